@@ -1,0 +1,262 @@
+"""The shared tier: a redis-py client on a bounded, blocking connection pool.
+
+A dumb store with a small surface: it prefixes keys, batches round trips and translates every
+redis-py error into :class:`CacheUnavailableError` at this boundary. Policy (what a failure
+means for a read or a write, L1 fills, singleflight) lives in :mod:`dragonfly_cache.tiered`.
+
+Time bounds. A command is attempted ``1 + max_retries`` times on connection errors and
+timeouts, with exponential backoff and full jitter between attempts (``_BACKOFF_BASE * 2**n``
+capped at ``_BACKOFF_CAP``), so with the server stalled a call ends within about
+``(1 + max_retries) * (connect_timeout + socket_timeout) + max_retries * _BACKOFF_CAP``;
+a free connection is awaited at most ``pool_timeout``. A refused connection fails in
+microseconds per attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from ._glob import escape_glob
+from .config import DragonflyConfig
+from .exceptions import CacheUnavailableError, ConfigError
+
+__all__ = ["L2", "ServerInfo"]
+
+logger = logging.getLogger("dragonfly_cache")
+
+_BACKOFF_BASE = 0.01
+_BACKOFF_CAP = 0.1
+_SCAN_COUNT = 1000
+_LOG_EVERY = 10.0  # seconds between repeated warnings about the same failing operation
+T = TypeVar("T")
+
+ServerInfo = dict[str, Any]
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def detect_server(info: Mapping[str, Any]) -> tuple[str, str]:
+    """Tell the server kind and version from an ``INFO server`` reply.
+
+    Dragonfly reports a fake ``redis_version`` (7.4.0) next to ``dragonfly_version``
+    ("df-v1.x.y"), so it is recognised by the latter and "df-" is stripped. Valkey reports
+    ``valkey_version`` (and ``server_name:valkey``) next to a compatibility redis_version.
+    """
+    if "dragonfly_version" in info:
+        version = str(info["dragonfly_version"])
+        return "dragonfly", version.removeprefix("df-")
+    if "valkey_version" in info or info.get("server_name") == "valkey":
+        return "valkey", str(info.get("valkey_version", info.get("redis_version", "")))
+    return "redis", str(info.get("redis_version", ""))
+
+
+class L2:
+    """Prefixed, batched access to one Dragonfly/Redis server.
+
+    Args:
+        config: connection settings.
+        key_prefix: prepended to every key; as a glob it is escaped, so ``*`` or ``[``
+            in the prefix match only themselves.
+    """
+
+    def __init__(self, config: DragonflyConfig, key_prefix: str) -> None:
+        if len(config.addresses) > 1:
+            raise ConfigError(
+                f"DragonflyConfig.addresses={config.addresses!r}: several addresses mean "
+                "cluster mode, which this version does not support yet; give one address"
+            )
+        host, port = _split_address(config.addresses[0])
+        self.address = config.addresses[0]
+        self.prefix = key_prefix
+        self._password = config.password
+        retry = Retry(ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE),
+                      config.max_retries)
+        connection_kwargs: dict[str, Any] = {}
+        if config.tls:
+            connection_kwargs["connection_class"] = redis.SSLConnection
+        # A blocking pool: at most pool_size sockets per process; a caller waits at most
+        # pool_timeout for one instead of opening connections without bound.
+        self._pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            max_connections=config.pool_size,
+            timeout=config.pool_timeout,
+            host=host,
+            port=port,
+            db=config.db,
+            username=config.username,
+            password=config.password,
+            socket_timeout=config.socket_timeout,
+            socket_connect_timeout=config.connect_timeout,
+            socket_keepalive=True,
+            client_name="dragonfly_cache",
+            retry=retry,
+            **connection_kwargs,
+        )
+        self._client = redis.Redis(connection_pool=self._pool, retry=retry)
+        self._counter_lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+        self._last_warning: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"<L2 {self.address} prefix={self.prefix!r}>"
+
+    # -- the error boundary --------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        # redis-py does not put passwords in messages; this makes sure no future path does.
+        return text.replace(self._password, "***") if self._password else text
+
+    def _call(self, operation: str, do: Callable[[], T]) -> T:
+        try:
+            return do()
+        except (redis.RedisError, OSError) as exc:
+            with self._counter_lock:
+                self.errors += 1
+            message = self._redact(f"{operation} on {self.address} failed: "
+                                   f"{type(exc).__name__}: {exc}")
+            self._warn(operation, message)
+            raise CacheUnavailableError(message) from None
+
+    def _warn(self, operation: str, message: str) -> None:
+        # One line per operation per _LOG_EVERY seconds: an outage must not flood the logs.
+        now = time.monotonic()
+        if now - self._last_warning.get(operation, -_LOG_EVERY) >= _LOG_EVERY:
+            self._last_warning[operation] = now
+            logger.warning("%s", message)
+
+    def _count(self, hits: int, misses: int) -> None:
+        with self._counter_lock:
+            self.hits += hits
+            self.misses += misses
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> tuple[bytes | None, int]:
+        """GET and PTTL of one key in one round trip.
+
+        Returns:
+            (value or None, remaining life in ms: -1 for no expiry, -2 if the key vanished).
+        """
+        name = self.prefix + key
+
+        def do() -> tuple[bytes | None, int]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(name)
+            pipe.pttl(name)
+            value, pttl = pipe.execute()
+            return value, pttl
+
+        value, pttl = self._call("GET", do)
+        self._count(value is not None, value is None)
+        return value, pttl
+
+    def get_many(self, keys: Sequence[str]) -> list[tuple[bytes | None, int]]:
+        """One MGET plus one PTTL per key, pipelined into a single round trip."""
+        names = [self.prefix + key for key in keys]
+
+        def do() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.mget(names)
+            for name in names:
+                pipe.pttl(name)
+            return pipe.execute()
+
+        values, *pttls = self._call("MGET", do)
+        found = sum(value is not None for value in values)
+        self._count(found, len(keys) - found)
+        return list(zip(values, pttls, strict=True))
+
+    def exists(self, key: str) -> bool:
+        """Whether the key exists in L2."""
+        return bool(self._call("EXISTS", lambda: self._client.exists(self.prefix + key)))
+
+    # -- writes --------------------------------------------------------------------------
+
+    def set_many(self, values: Mapping[str, bytes], ttl: float) -> None:
+        """SET each key with a PX expiry; several keys go in one pipeline (one round trip)."""
+        ttl_ms = max(1, round(ttl * 1000))
+
+        def do() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for key, value in values.items():
+                pipe.set(self.prefix + key, value, px=ttl_ms)
+            pipe.execute()
+
+        self._call("SET", do)
+
+    def delete(self, keys: Sequence[str]) -> int:
+        """UNLINK the keys; returns how many existed."""
+        names = [self.prefix + key for key in keys]
+        return int(self._call("UNLINK", lambda: self._client.unlink(*names)))
+
+    def invalidate(self, pattern: str) -> int:
+        """Remove every key matching the glob ``pattern`` (under the prefix).
+
+        SCAN MATCH with the prefix escaped, then UNLINK of each page: never KEYS, which
+        blocks the server (and silently truncates at 8192 keys on Dragonfly).
+
+        Returns:
+            How many keys were removed.
+        """
+        match = escape_glob(self.prefix) + pattern
+
+        def do() -> int:
+            removed = 0
+            for page in self._scan_pages(match):
+                removed += self._client.unlink(*page)
+            return removed
+
+        return self._call("SCAN/UNLINK", do)
+
+    def _scan_pages(self, match: str) -> Iterator[list[bytes | str]]:
+        cursor = 0
+        while True:
+            cursor, names = self._client.scan(cursor=cursor, match=match, count=_SCAN_COUNT)
+            if names:
+                yield names
+            if cursor == 0:
+                return
+
+    # -- health --------------------------------------------------------------------------
+
+    def probe(self) -> ServerInfo:
+        """PING and INFO server; raises CacheUnavailableError when the server can't answer.
+
+        Returns:
+            {"server": "dragonfly"|"redis"|"valkey", "version": str}
+        """
+
+        def do() -> ServerInfo:
+            self._client.ping()
+            server, version = detect_server(self._client.info("server"))
+            return {"server": server, "version": version}
+
+        return self._call("PING", do)
+
+    def stats(self) -> dict[str, Any]:
+        """The contract's ``l2_stats``."""
+        with self._counter_lock:
+            lookups = self.hits + self.misses
+            return {
+                "hits": self.hits,
+                "misses": self.misses,
+                "hit_rate": self.hits / lookups if lookups else 0.0,
+                "errors": self.errors,
+            }
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._client.close()
+        self._pool.disconnect()

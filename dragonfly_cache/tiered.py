@@ -1,0 +1,319 @@
+"""TieredCache: the policy layer over the local tier (L1) and the shared tier (L2).
+
+Reads: L1 (microseconds) -> on a miss one L2 round trip (GET + PTTL) -> fill L1 unless an
+invalidation raced the read. Writes: L2 first, then L1. When L2 is unreachable, reads answer
+from L1 or as a miss and never raise; writes still apply to L1 and then raise
+:class:`CacheUnavailableError`, because the shared tier did not get the change.
+
+No lock is ever held across network I/O or user code: L1 takes its lock only around dict
+work, and the singleflight leader runs the loader outside any lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from ._glob import compile_glob
+from ._l1 import L1
+from ._l2 import L2
+from ._singleflight import SingleFlight
+from .config import CacheConfig
+from .exceptions import CacheUnavailableError
+
+__all__ = ["TieredCache"]
+
+Loader = Callable[[], bytes]
+TTL = float | int | timedelta | None
+
+
+def _reject_key(key: object) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str, got {type(key).__name__}")
+    if not key:
+        raise ValueError("key must be a non-empty string")
+
+
+def _check_value(key: str, value: object) -> None:
+    if not isinstance(value, bytes):
+        raise TypeError(f"value for key {key!r} must be bytes, got {type(value).__name__}")
+
+
+def _check_keys(keys: Iterable[str]) -> list[str]:
+    """Validate every key up front (a rejected call changes nothing) and drop duplicates."""
+    if isinstance(keys, str | bytes):
+        raise TypeError(f"keys must be an iterable of str, not a single {type(keys).__name__}")
+    items = list(keys)
+    for key in items:
+        if type(key) is not str or not key:
+            _reject_key(key)
+    return list(dict.fromkeys(items))
+
+
+class TieredCache:
+    """A two-tier cache: in-process L1 in front of a shared Dragonfly/Redis L2.
+
+    Thread-safe; make one per process and share it. Usable as a context manager.
+
+    Args:
+        config: the configuration (default: ``CacheConfig()``).
+        timer: the monotonic clock used for L1 deadlines; tests pass a fake one.
+
+    Raises:
+        ConfigError: the configuration cannot be used (no network I/O happens here; the
+            first connection is made by the first command).
+    """
+
+    def __init__(self, config: CacheConfig | None = None, *,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self.config = config if config is not None else CacheConfig()
+        self._l1 = L1(self.config.l1.max_size, self.config.l1.ttl, timer)
+        self._l2 = L2(self.config.dragonfly, self.config.key_prefix)
+        self._flights: SingleFlight[bytes] = SingleFlight()
+        self._loads_lock = threading.Lock()
+        self._loads = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TieredCache:
+        """Build a cache from environment variables (see :meth:`CacheConfig.from_env`)."""
+        return cls(CacheConfig.from_env(environ))
+
+    def __repr__(self) -> str:
+        return (f"<TieredCache {self._l2.address} prefix={self.config.key_prefix!r} "
+                f"l1={len(self._l1)}/{self._l1.max_size}>")
+
+    def __enter__(self) -> TieredCache:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connection pool. A later call reconnects lazily."""
+        self._l2.close()
+
+    # -- validation ----------------------------------------------------------------------
+
+    def _ttl(self, ttl: TTL) -> float:
+        if ttl is None:
+            return self.config.l2.ttl
+        if isinstance(ttl, timedelta):
+            seconds = ttl.total_seconds()
+        elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
+            seconds = float(ttl)
+        else:
+            raise TypeError(f"ttl must be seconds (int/float), a timedelta or None, "
+                            f"got {type(ttl).__name__}")
+        if not 0 < seconds < math.inf:
+            raise ValueError(f"ttl must be positive and finite, got {ttl!r}")
+        return seconds
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        """Return the value of ``key``, or None on a miss (or when L2 is unreachable)."""
+        if type(key) is not str or not key:
+            _reject_key(key)
+        value = self._l1.get(key)
+        if value is not None:
+            return value
+        return self._read_through([key]).get(key)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """Return the values of the keys that are cached; misses are omitted.
+
+        L1 answers what it can; the rest is fetched in one L2 round trip.
+        """
+        distinct = _check_keys(keys)
+        found = self._l1.get_many(distinct)
+        missing = [key for key in distinct if key not in found]
+        if missing:
+            found.update(self._read_through(missing))
+        return found
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` is cached (L1, else L2; False when L2 is unreachable)."""
+        if type(key) is not str or not key:
+            _reject_key(key)
+        if self._l1.contains(key):
+            return True
+        try:
+            return self._l2.exists(key)
+        except CacheUnavailableError:
+            return False
+
+    def _read_through(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Fetch L1-missing keys from L2 in one round trip and fill L1 with them.
+
+        The L1 ticket is taken before the request, so an invalidation that arrives while it
+        is in flight wins over the fill; the clock is read before the request too, so an
+        entry's deadline (now + PTTL) never lies past the L2 key's expiry.
+        """
+        l1 = self._l1
+        ticket = l1.begin(keys)
+        start = l1.timer()
+        found: dict[str, bytes] = {}
+        fills: dict[str, tuple[bytes, float]] = {}
+        try:
+            replies = [self._l2.get(keys[0])] if len(keys) == 1 else self._l2.get_many(keys)
+            for key, (value, pttl) in zip(keys, replies, strict=True):
+                if value is None:
+                    continue
+                found[key] = value
+                if pttl >= 0:
+                    fills[key] = (value, start + pttl / 1000)
+                elif pttl == -1:  # no expiry on the server: L1's own ttl bounds it
+                    fills[key] = (value, math.inf)
+                # -2: the key vanished between GET and PTTL; answer, but don't keep it
+        except CacheUnavailableError:
+            pass  # reads degrade to a miss; the L2 tier counted and logged the failure
+        finally:
+            l1.fill(fills, ticket, [key for key in keys if key not in fills])
+        return found
+
+    def get_or_load(self, key: str, loader: Loader, ttl: TTL = None) -> bytes:
+        """Return the cached value, or call ``loader()`` once to produce and cache it.
+
+        Concurrent misses on one key in this process share a single ``loader()`` call. If
+        the loader raises, every waiting caller gets the exception, nothing is cached and
+        the next call tries again. When L2 is unreachable the loader is called and its value
+        returned (and kept in L1); this method never raises CacheUnavailableError.
+
+        Raises:
+            TypeError: bad key, a non-callable loader, or a loader returning non-bytes.
+            ValueError: empty key or bad ttl.
+            Exception: whatever ``loader`` raised.
+        """
+        if type(key) is not str or not key:
+            _reject_key(key)
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, got {type(loader).__name__}")
+        seconds = self._ttl(ttl)
+        value = self._l1.get(key)
+        if value is not None:
+            return value
+        return self._flights.do(key, lambda: self._load(key, loader, seconds))
+
+    def _load(self, key: str, loader: Loader, seconds: float) -> bytes:
+        value = self._read_through([key]).get(key)
+        if value is not None:
+            return value
+        with self._loads_lock:
+            self._loads += 1
+        value = loader()
+        if not isinstance(value, bytes):
+            raise TypeError(f"loader for key {key!r} returned {type(value).__name__}, "
+                            "expected bytes")
+        # A read never raises: if L2 refuses the write, the fresh value is in L1 and returned.
+        with contextlib.suppress(CacheUnavailableError):
+            self._write({key: value}, seconds)
+        return value
+
+    # -- writes --------------------------------------------------------------------------
+
+    def set(self, key: str, value: bytes, ttl: TTL = None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` (default ``l2.ttl``) in L2, then L1.
+
+        Raises:
+            TypeError / ValueError: bad key, value or ttl (nothing is changed).
+            CacheUnavailableError: L2 did not take the write (L1 was updated).
+        """
+        if type(key) is not str or not key:
+            _reject_key(key)
+        _check_value(key, value)
+        self._write({key: value}, self._ttl(ttl))
+
+    def set_many(self, mapping: Mapping[str, bytes], ttl: TTL = None) -> None:
+        """Store several values in one L2 round trip, then in L1.
+
+        Raises:
+            TypeError / ValueError: any bad key, value or ttl (nothing is changed).
+            CacheUnavailableError: L2 did not take the writes (L1 was updated).
+        """
+        if not isinstance(mapping, Mapping):
+            raise TypeError(f"mapping must be a Mapping of str to bytes, "
+                            f"got {type(mapping).__name__}")
+        values = dict(mapping)
+        for key in _check_keys(values):
+            _check_value(key, values[key])
+        seconds = self._ttl(ttl)
+        if values:
+            self._write(values, seconds)
+
+    def _write(self, values: dict[str, bytes], seconds: float) -> None:
+        l1 = self._l1
+        ticket = l1.begin(values)
+        try:
+            self._l2.set_many(values, seconds)
+        finally:
+            # Applied locally even when L2 failed; the CacheUnavailableError then propagates.
+            l1.write(values, seconds, ticket)
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` from L2 and L1.
+
+        Raises:
+            CacheUnavailableError: L2 did not take the delete (L1 no longer has the key).
+        """
+        if type(key) is not str or not key:
+            _reject_key(key)
+        try:
+            self._l2.delete([key])
+        finally:
+            # After L2, so a fill that read the old value before the delete is stamped stale.
+            self._l1.invalidate([key])
+
+    def invalidate(self, pattern: str) -> int:
+        """Remove every key matching the Redis glob ``pattern`` from L2 and L1.
+
+        Args:
+            pattern: a Redis glob over keys without the prefix (``*``, ``?``, ``[a-z]``,
+                ``[^x]``, ``\\`` escapes).
+
+        Returns:
+            How many L2 keys were removed.
+
+        Raises:
+            CacheUnavailableError: L2 could not be scanned (L1 matches were removed).
+        """
+        if not isinstance(pattern, str):
+            raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
+        if not pattern:
+            raise ValueError("pattern must be a non-empty Redis glob")
+        try:
+            return self._l2.invalidate(pattern)
+        finally:
+            self._l1.invalidate_matching(compile_glob(pattern))
+
+    # -- introspection -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``l1_stats``, ``l2_stats`` and ``singleflight``."""
+        with self._loads_lock:
+            loads = self._loads
+        return {
+            "l1_stats": self._l1.stats(),
+            "l2_stats": self._l2.stats(),
+            "singleflight": {"loads": loads, "coalesced": self._flights.coalesced},
+        }
+
+    def health(self) -> dict[str, Any]:
+        """Probe the server (PING + INFO) and report status, server, version and counters."""
+        dragonfly: dict[str, Any]
+        try:
+            dragonfly = {"connected": True, **self._l2.probe()}
+        except CacheUnavailableError as exc:
+            dragonfly = {"connected": False, "version": None, "error": str(exc)}
+        return {
+            "status": "healthy" if dragonfly["connected"] else "unhealthy",
+            "dragonfly": dragonfly,
+            "l1_stats": self._l1.stats(),
+            "l2_stats": self._l2.stats(),
+        }
