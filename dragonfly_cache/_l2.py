@@ -18,13 +18,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from ._glob import escape_glob
+from ._slots import FairSlots
 from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError, ConfigError
 
@@ -85,11 +86,16 @@ class L2:
         connection_kwargs: dict[str, Any] = {}
         if config.tls:
             connection_kwargs["connection_class"] = redis.SSLConnection
-        # A blocking pool: at most pool_size sockets per process; a caller waits at most
-        # pool_timeout for one instead of opening connections without bound.
+        # At most pool_size sockets per process. Callers queue fairly for a slot (at most
+        # pool_timeout) before they touch the pool, so the pool itself never has to block;
+        # its own timeout only guards against a slot/connection mismatch.
+        self._slots = FairSlots(config.pool_size)
+        self._pool_timeout = config.pool_timeout
+        # redis-py leaves BlockingConnectionPool.__init__ unannotated.
         self._pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
             max_connections=config.pool_size,
             timeout=config.pool_timeout,
+            protocol=2,  # RESP2: what every Redis 6+, Valkey and Dragonfly speaks the same way
             host=host,
             port=port,
             db=config.db,
@@ -119,15 +125,23 @@ class L2:
         return text.replace(self._password, "***") if self._password else text
 
     def _call(self, operation: str, do: Callable[[], T]) -> T:
+        if not self._slots.acquire(self._pool_timeout):
+            self._fail(operation, f"no free connection within {self._pool_timeout:g}s "
+                                  f"(pool_size={self._pool.max_connections})")
         try:
             return do()
         except (redis.RedisError, OSError) as exc:
-            with self._counter_lock:
-                self.errors += 1
-            message = self._redact(f"{operation} on {self.address} failed: "
-                                   f"{type(exc).__name__}: {exc}")
-            self._warn(operation, message)
-            raise CacheUnavailableError(message) from None
+            self._fail(operation, f"{type(exc).__name__}: {exc}", exc)
+        finally:
+            self._slots.release()
+
+    def _fail(self, operation: str, reason: str, cause: BaseException | None = None
+              ) -> NoReturn:
+        with self._counter_lock:
+            self.errors += 1
+        message = self._redact(f"{operation} on {self.address} failed: {reason}")
+        self._warn(operation, message)
+        raise CacheUnavailableError(message) from cause
 
     def _warn(self, operation: str, message: str) -> None:
         # One line per operation per _LOG_EVERY seconds: an outage must not flood the logs.

@@ -1,0 +1,211 @@
+"""Shared fixtures: real redis-server processes on private 127.0.0.1 ports.
+
+A missing redis-server fails the tests that need one with instructions; it never skips them.
+Every test that uses one of the server fixtures (directly or through another fixture) gets
+the ``server`` marker, so ``pytest -m "not server"`` runs only the fast unit tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pytest
+import redis
+
+from tests._servers import (
+    RedisServer,
+    RedisServerError,
+    ServerFactory,
+    find_redis_server,
+    stop_all,
+)
+
+if TYPE_CHECKING:
+    from dragonfly_cache import TieredCache
+
+SERVER_FIXTURES = frozenset(
+    {
+        "redis_binary",
+        "redis_session_server",
+        "redis_server",
+        "redis_server_factory",
+        "auth_redis_server",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_all()  # servers a test made by hand and never closed; atexit is the last resort
+
+
+def _start_or_fail(server: RedisServer) -> RedisServer:
+    try:
+        return server.start()
+    except RedisServerError as exc:
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)  # outside `except`: no chained traceback in the report
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    """Path of the redis-server executable (fails with install instructions if missing)."""
+    try:
+        return find_redis_server()
+    except RedisServerError as exc:
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_session_server(redis_binary: str) -> Iterator[RedisServer]:
+    """One server for the whole session; prefer ``redis_server``, which resets it per test."""
+    server = RedisServer(redis_binary)
+    try:
+        yield _start_or_fail(server)
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_server(redis_session_server: RedisServer) -> Iterator[RedisServer]:
+    """The session server, running and empty at the start of the test.
+
+    A test may kill, pause or restart it; the next test gets it back running. Tests that
+    change server configuration (CONFIG SET, ACL) should use ``redis_server_factory``.
+    """
+    server = redis_session_server
+    server.resume()
+    problem = None
+    try:
+        if not server.is_running():
+            server.restart()
+        try:
+            server.flushall()
+        except redis.RedisError:
+            # A previous test left it unusable (e.g. CONFIG SET requirepass): start afresh.
+            server.restart()
+            server.flushall()
+    except RedisServerError as exc:
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield server
+    finally:
+        server.close_clients()
+
+
+@pytest.fixture
+def redis_server_factory(redis_binary: str) -> Iterator[ServerFactory]:
+    """``factory(password=None, extra_args=()) -> RedisServer``, started on a fresh port.
+
+    Every server it made is stopped and its directory removed at teardown, pass or fail.
+    """
+    servers: list[RedisServer] = []
+
+    def factory(password: str | None = None, extra_args: Iterable[str] = ()) -> RedisServer:
+        server = RedisServer(redis_binary, password=password, extra_args=extra_args)
+        servers.append(server)  # before start(): a failed start is cleaned up too
+        return _start_or_fail(server)
+
+    try:
+        yield factory
+    finally:
+        for server in servers:
+            server.close()
+
+
+@pytest.fixture
+def auth_redis_server(redis_server_factory: ServerFactory) -> RedisServer:
+    """A server with ``requirepass`` set to a random password (``server.password``)."""
+    return redis_server_factory(password=secrets.token_hex(16))
+
+
+# -- TieredCache helpers ---------------------------------------------------------------------
+
+
+class FakeClock:
+    """A manual monotonic clock for TTL tests: call it for the time, ``advance()`` to move it."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class CacheFactory(Protocol):
+    """The type of the ``cache_factory`` fixture."""
+
+    def __call__(
+        self,
+        server: RedisServer | None = None,
+        *,
+        key_prefix: str = "",
+        timer: Callable[[], float] = time.monotonic,
+        l1_ttl: float = 300.0,
+        l1_max_size: int = 10_000,
+        l2_ttl: float = 3600.0,
+        **dragonfly: Any,
+    ) -> TieredCache: ...
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """A :class:`FakeClock` starting at 1000.0."""
+    return FakeClock()
+
+
+@pytest.fixture
+def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
+    """``factory(server=None, *, key_prefix, timer, l1_ttl, l1_max_size, l2_ttl, **dragonfly)``.
+
+    Builds a TieredCache on ``server`` (default: the per-test ``redis_server``); extra keyword
+    arguments are DragonflyConfig fields (``password`` defaults to the server's). Every cache
+    is closed at teardown.
+    """
+    from dragonfly_cache import CacheConfig, DragonflyConfig, L1Config, L2Config, TieredCache
+
+    caches: list[TieredCache] = []
+
+    def factory(
+        server: RedisServer | None = None,
+        *,
+        key_prefix: str = "",
+        timer: Callable[[], float] = time.monotonic,
+        l1_ttl: float = 300.0,
+        l1_max_size: int = 10_000,
+        l2_ttl: float = 3600.0,
+        **dragonfly: Any,
+    ) -> TieredCache:
+        target = server if server is not None else redis_server
+        dragonfly.setdefault("password", target.password)
+        config = CacheConfig(
+            dragonfly=DragonflyConfig(addresses=[target.address], **dragonfly),
+            l1=L1Config(max_size=l1_max_size, ttl=l1_ttl),
+            l2=L2Config(ttl=l2_ttl),
+            key_prefix=key_prefix,
+        )
+        cache = TieredCache(config, timer=timer)
+        caches.append(cache)
+        return cache
+
+    try:
+        yield factory
+    finally:
+        for cache in caches:
+            with contextlib.suppress(Exception):  # teardown must not mask the test's result
+                cache.close()
