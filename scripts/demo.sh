@@ -47,19 +47,11 @@ if [[ -z "${DRAGONFLY_ADDRESSES:-}" ]]; then
     echo "demo: private redis-server on $DRAGONFLY_ADDRESSES (discarded on exit)"
 fi
 
-# gunicorn with several workers needs prometheus_client's multiprocess directory.
-export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$scratch/prometheus}
-mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
-if [[ -z "${CACHE_ADMIN_TOKEN:-}" ]]; then
-    CACHE_ADMIN_TOKEN=$(.venv/bin/python -c 'import secrets; print(secrets.token_hex(16))')
-    export CACHE_ADMIN_TOKEN
-fi
-
 url="http://127.0.0.1:${PORT:-8000}"
 cat <<MSG
 demo: serving $url  (Ctrl-C to stop)
   curl $url/api/v1/health/cache
-  curl -H 'Authorization: Bearer $CACHE_ADMIN_TOKEN' $url/api/v1/admin/cache/stats
-  curl $url/metrics
+  curl -X PUT --data 'hello' $url/demo/greeting
+  curl $url/demo/greeting
 MSG
 .venv/bin/gunicorn --bind "127.0.0.1:${PORT:-8000}" --workers "${WORKERS:-2}" wsgi:app
