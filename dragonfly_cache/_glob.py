@@ -28,17 +28,23 @@ def _byte(value: int) -> bytes:
     return re.escape(bytes([value]))
 
 
-def _translate(pattern: bytes) -> bytes:
-    out: list[bytes] = []
+def _single(members: bytes, negate: bool) -> bytes:
+    if members:
+        return b"[" + (b"^" if negate else b"") + members + b"]"
+    return b"." if negate else b"(?!)"
+
+
+def _tokens(pattern: bytes) -> list[bytes | None]:
+    """Split a glob into single-byte regex pieces; ``None`` stands for a run of ``*``."""
+    tokens: list[bytes | None] = []
     i, n = 0, len(pattern)
     while i < n:
         c = pattern[i]
         if c == ord("*"):
-            while i + 1 < n and pattern[i + 1] == ord("*"):
-                i += 1
-            out.append(b".*")
+            if not tokens or tokens[-1] is not None:
+                tokens.append(None)
         elif c == ord("?"):
-            out.append(b".")
+            tokens.append(b".")
         elif c == ord("["):
             i += 1
             negate = i < n and pattern[i] == ord("^")
@@ -61,26 +67,48 @@ def _translate(pattern: bytes) -> bytes:
                 i += 1
             # An unterminated '[' ends with the pattern: the loop ran off the end, which is
             # what Redis does too (it steps back and treats what it saw as the set).
-            body = b"".join(members)
-            if body:
-                out.append(b"[" + (b"^" if negate else b"") + body + b"]")
-            else:
-                out.append(b"." if negate else b"(?!)")
+            tokens.append(_single(b"".join(members), negate))
         elif c == ord("\\") and i + 1 < n:
             i += 1
-            out.append(_byte(pattern[i]))
+            tokens.append(_byte(pattern[i]))
         else:
-            out.append(_byte(c))
+            tokens.append(_byte(c))
         i += 1
+    return tokens
+
+
+def _translate(pattern: bytes) -> bytes:
+    """A regex that cannot backtrack catastrophically (as fnmatch does since bpo-40480).
+
+    Between two stars every piece matches exactly one byte, so placing each such segment at
+    its leftmost possible position is always right; the segment is matched inside a
+    lookahead and consumed through a backreference, which Python never backtracks into.
+    Without this, ``*a*a*a*a*a*a*b`` takes minutes on a long key, with the L1 lock held.
+    """
+    segments: list[list[bytes]] = [[]]
+    for token in _tokens(pattern):
+        if token is None:
+            segments.append([])
+        else:
+            segments[-1].append(token)
+    head, *middle = segments
+    if not middle:
+        return b"".join(head)
+    *middle, tail = middle
+    out = [b"".join(head)]
+    for number, segment in enumerate(middle):
+        group = b"g%d" % number
+        out.append(b"(?=(?P<" + group + b">.*?" + b"".join(segment) + b"))(?P=" + group + b")")
+    out.append(b".*" + b"".join(tail))
     return b"".join(out)
 
 
 @lru_cache(maxsize=256)
 def compile_glob(pattern: str) -> Callable[[str], bool]:
     """Return a predicate that tells whether a key matches the Redis glob ``pattern``."""
-    regex = re.compile(_translate(pattern.encode("utf-8")), re.DOTALL)
+    fullmatch = re.compile(_translate(pattern.encode("utf-8")), re.DOTALL).fullmatch
 
     def matches(key: str) -> bool:
-        return regex.fullmatch(key.encode("utf-8")) is not None
+        return fullmatch(key.encode("utf-8")) is not None
 
     return matches

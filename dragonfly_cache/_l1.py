@@ -157,8 +157,10 @@ class L1:
             for key in keys:
                 self._release(key)
 
-    def write(self, values: Mapping[str, bytes], ttl: float, ticket: int) -> None:
+    def write(self, values: Mapping[str, bytes], deadline: float, ticket: int) -> None:
         """Apply this process's own write of ``values`` to L1; release the ticket.
+
+        ``deadline`` (on :attr:`timer`'s clock) is clamped to now + the L1 ttl.
 
         If another write or invalidation of a key landed while ours was in flight, we cannot
         tell which reached L2 last, so the key is dropped from L1 (the next read refetches)
@@ -166,7 +168,7 @@ class L1:
         """
         with self._lock:
             self._generation += 1
-            deadline = self.timer() + min(ttl, self.ttl)
+            deadline = min(deadline, self.timer() + self.ttl)
             for key, value in values.items():
                 if self._stale(key, ticket):
                     self._entries.pop(key, None)

@@ -4,12 +4,12 @@ A dumb store with a small surface: it prefixes keys, batches round trips and tra
 redis-py error into :class:`CacheUnavailableError` at this boundary. Policy (what a failure
 means for a read or a write, L1 fills, singleflight) lives in :mod:`dragonfly_cache.tiered`.
 
-Time bounds. A command is attempted ``1 + max_retries`` times on connection errors and
-timeouts, with exponential backoff and full jitter between attempts (``_BACKOFF_BASE * 2**n``
-capped at ``_BACKOFF_CAP``), so with the server stalled a call ends within about
-``(1 + max_retries) * (connect_timeout + socket_timeout) + max_retries * _BACKOFF_CAP``;
-a free connection is awaited at most ``pool_timeout``. A refused connection fails in
-microseconds per attempt.
+Time bounds. A command that fails with a connection error (refused, reset, a pooled socket
+the server closed) is attempted up to ``1 + max_retries`` times with exponential backoff and
+full jitter between attempts (``_BACKOFF_BASE * 2**n`` capped at ``_BACKOFF_CAP``); a
+timeout ends the call at once. So a stalled server costs one ``connect_timeout`` or
+``socket_timeout``, and no call takes longer than ``pool_timeout + (1 + max_retries) *
+(connect_timeout + socket_timeout) + max_retries * _BACKOFF_CAP``.
 """
 
 from __future__ import annotations
@@ -80,9 +80,11 @@ class L2:
         host, port = _split_address(config.addresses[0])
         self.address = config.addresses[0]
         self.prefix = key_prefix
-        self._password = config.password
+        # Retry connection errors only (refused, reset, a pooled socket the server closed):
+        # they fail fast and a retry often succeeds. A timeout means a stalled server, and
+        # retrying it would multiply the stall by 1 + max_retries.
         retry = Retry(ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE),
-                      config.max_retries)
+                      config.max_retries, supported_errors=(redis.ConnectionError,))
         connection_kwargs: dict[str, Any] = {}
         if config.tls:
             connection_kwargs["connection_class"] = redis.SSLConnection
@@ -104,7 +106,6 @@ class L2:
             socket_timeout=config.socket_timeout,
             socket_connect_timeout=config.connect_timeout,
             socket_keepalive=True,
-            client_name="dragonfly_cache",
             retry=retry,
             **connection_kwargs,
         )
@@ -119,10 +120,6 @@ class L2:
         return f"<L2 {self.address} prefix={self.prefix!r}>"
 
     # -- the error boundary --------------------------------------------------------------
-
-    def _redact(self, text: str) -> str:
-        # redis-py does not put passwords in messages; this makes sure no future path does.
-        return text.replace(self._password, "***") if self._password else text
 
     def _call(self, operation: str, do: Callable[[], T]) -> T:
         if not self._slots.acquire(self._pool_timeout):
@@ -139,7 +136,8 @@ class L2:
               ) -> NoReturn:
         with self._counter_lock:
             self.errors += 1
-        message = self._redact(f"{operation} on {self.address} failed: {reason}")
+        # redis-py's messages name host and port, never the password (tests check this).
+        message = f"{operation} on {self.address} failed: {reason}"
         self._warn(operation, message)
         raise CacheUnavailableError(message) from cause
 

@@ -20,9 +20,10 @@ T = TypeVar("T")
 
 
 class _Flight(Generic[T]):
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "leader", "value")
 
     def __init__(self) -> None:
+        self.leader = threading.get_ident()
         self.done = threading.Event()
         self.value: T | None = None
         self.error: BaseException | None = None
@@ -47,9 +48,13 @@ class SingleFlight(Generic[T]):
             leader = flight is None
             if flight is None:
                 flight = self._flights[key] = _Flight()
-            else:
+            elif flight.leader != threading.get_ident():
                 self.coalesced += 1
         if not leader:
+            if flight.leader == threading.get_ident():
+                # Waiting for our own flight would never end.
+                raise CacheError(f"re-entrant call for key {key!r}: the function for this "
+                                 "key called back into the cache for the same key")
             flight.done.wait()
             if flight.error is not None:
                 raise flight.error

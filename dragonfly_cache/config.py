@@ -245,6 +245,12 @@ class DragonflyConfig:
     def __post_init__(self) -> None:
         _validate_fields(self)
 
+    def __hash__(self) -> int:
+        # addresses is a list (as the contract spells it); hash it as a tuple so configs
+        # can be dict keys and lru_cache arguments like any frozen value.
+        return hash(tuple((f, tuple(v) if isinstance(v, list) else v)
+                          for f, v in vars(self).items()))
+
 
 @dataclass(frozen=True)
 class L1Config:

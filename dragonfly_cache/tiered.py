@@ -33,11 +33,21 @@ Loader = Callable[[], bytes]
 TTL = float | int | timedelta | None
 
 
-def _reject_key(key: object) -> None:
+# Longest accepted ttl. Redis refuses an expiry past 2**63-1 ms from now ("invalid expire
+# time"); refusing it here keeps a rejected call from touching L1 first.
+MAX_TTL = 100 * 365 * 86400.0
+
+
+def _check_key(key: object, what: str = "key") -> None:
+    """The full key check; hot paths first test ``type(key) is str and key`` inline."""
     if not isinstance(key, str):
-        raise TypeError(f"key must be a str, got {type(key).__name__}")
+        raise TypeError(f"{what} must be a str, got {type(key).__name__}")
     if not key:
-        raise ValueError("key must be a non-empty string")
+        raise ValueError(f"{what} must be a non-empty string")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {key!r} cannot be encoded as UTF-8") from None
 
 
 def _check_value(key: str, value: object) -> None:
@@ -51,8 +61,7 @@ def _check_keys(keys: Iterable[str]) -> list[str]:
         raise TypeError(f"keys must be an iterable of str, not a single {type(keys).__name__}")
     items = list(keys)
     for key in items:
-        if type(key) is not str or not key:
-            _reject_key(key)
+        _check_key(key)
     return list(dict.fromkeys(items))
 
 
@@ -111,8 +120,9 @@ class TieredCache:
         else:
             raise TypeError(f"ttl must be seconds (int/float), a timedelta or None, "
                             f"got {type(ttl).__name__}")
-        if not 0 < seconds < math.inf:
-            raise ValueError(f"ttl must be positive and finite, got {ttl!r}")
+        if not 0 < seconds <= MAX_TTL:
+            raise ValueError(f"ttl must be positive and at most {MAX_TTL:.0f}s (100 years), "
+                             f"got {ttl!r}")
         return seconds
 
     # -- reads ---------------------------------------------------------------------------
@@ -120,10 +130,11 @@ class TieredCache:
     def get(self, key: str) -> bytes | None:
         """Return the value of ``key``, or None on a miss (or when L2 is unreachable)."""
         if type(key) is not str or not key:
-            _reject_key(key)
-        value = self._l1.get(key)
+            _check_key(key)
+        value = self._l1.get(key)  # only validated keys are ever stored, so a hit is one
         if value is not None:
             return value
+        _check_key(key)
         return self._read_through([key]).get(key)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
@@ -140,8 +151,7 @@ class TieredCache:
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is cached (L1, else L2; False when L2 is unreachable)."""
-        if type(key) is not str or not key:
-            _reject_key(key)
+        _check_key(key)
         if self._l1.contains(key):
             return True
         try:
@@ -191,8 +201,7 @@ class TieredCache:
             ValueError: empty key or bad ttl.
             Exception: whatever ``loader`` raised.
         """
-        if type(key) is not str or not key:
-            _reject_key(key)
+        _check_key(key)
         if not callable(loader):
             raise TypeError(f"loader must be callable, got {type(loader).__name__}")
         seconds = self._ttl(ttl)
@@ -225,8 +234,7 @@ class TieredCache:
             TypeError / ValueError: bad key, value or ttl (nothing is changed).
             CacheUnavailableError: L2 did not take the write (L1 was updated).
         """
-        if type(key) is not str or not key:
-            _reject_key(key)
+        _check_key(key)
         _check_value(key, value)
         self._write({key: value}, self._ttl(ttl))
 
@@ -250,11 +258,14 @@ class TieredCache:
     def _write(self, values: dict[str, bytes], seconds: float) -> None:
         l1 = self._l1
         ticket = l1.begin(values)
+        # The server starts the key's expiry when the SET arrives; reading the clock before
+        # sending keeps the L1 deadline no later than that, however slow the reply.
+        deadline = l1.timer() + seconds
         try:
             self._l2.set_many(values, seconds)
         finally:
             # Applied locally even when L2 failed; the CacheUnavailableError then propagates.
-            l1.write(values, seconds, ticket)
+            l1.write(values, deadline, ticket)
 
     def delete(self, key: str) -> None:
         """Remove ``key`` from L2 and L1.
@@ -262,8 +273,7 @@ class TieredCache:
         Raises:
             CacheUnavailableError: L2 did not take the delete (L1 no longer has the key).
         """
-        if type(key) is not str or not key:
-            _reject_key(key)
+        _check_key(key)
         try:
             self._l2.delete([key])
         finally:
@@ -283,10 +293,7 @@ class TieredCache:
         Raises:
             CacheUnavailableError: L2 could not be scanned (L1 matches were removed).
         """
-        if not isinstance(pattern, str):
-            raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
-        if not pattern:
-            raise ValueError("pattern must be a non-empty Redis glob")
+        _check_key(pattern, "pattern")
         try:
             return self._l2.invalidate(pattern)
         finally:

@@ -27,7 +27,7 @@ def make_l1(max_size: int = 100, ttl: float = 300.0) -> tuple[L1, FakeClock]:
 def test_write_then_get_hits_and_counts() -> None:
     l1, _ = make_l1()
     assert l1.get("k") is None
-    l1.write({"k": b"v"}, 60.0, l1.begin(["k"]))
+    l1.write({"k": b"v"}, l1.timer() + 60.0, l1.begin(["k"]))
     assert l1.get("k") == b"v"
     stats = l1.stats()
     assert (stats["hits"], stats["misses"], stats["size"]) == (1, 1, 1)
@@ -36,7 +36,7 @@ def test_write_then_get_hits_and_counts() -> None:
 
 def test_entry_expires_at_the_key_ttl_when_shorter_than_l1_ttl() -> None:
     l1, clock = make_l1(ttl=300.0)
-    l1.write({"k": b"v"}, 10.0, l1.begin(["k"]))
+    l1.write({"k": b"v"}, l1.timer() + 10.0, l1.begin(["k"]))
     clock.advance(9.99)
     assert l1.get("k") == b"v"
     clock.advance(0.02)
@@ -48,7 +48,7 @@ def test_entry_expires_at_the_key_ttl_when_shorter_than_l1_ttl() -> None:
 
 def test_entry_expires_at_the_l1_ttl_when_shorter_than_the_key_ttl() -> None:
     l1, clock = make_l1(ttl=5.0)
-    l1.write({"k": b"v"}, 3600.0, l1.begin(["k"]))
+    l1.write({"k": b"v"}, l1.timer() + 3600.0, l1.begin(["k"]))
     clock.advance(4.9)
     assert l1.get("k") == b"v"
     clock.advance(0.2)
@@ -69,7 +69,7 @@ def test_fill_deadline_is_clamped_to_the_l1_ttl_and_kept_when_earlier() -> None:
 def test_size_evictions_and_expirations_are_counted_apart() -> None:
     l1, clock = make_l1(max_size=3)
     for i in range(5):
-        l1.write({f"k{i}": b"v"}, 1.0, l1.begin([f"k{i}"]))
+        l1.write({f"k{i}": b"v"}, l1.timer() + 1.0, l1.begin([f"k{i}"]))
     assert l1.stats()["size"] == 3
     assert l1.stats()["evictions"] == 2
     clock.advance(2.0)
@@ -80,23 +80,23 @@ def test_size_evictions_and_expirations_are_counted_apart() -> None:
 
 def test_lru_order_keeps_recently_read_entries() -> None:
     l1, _ = make_l1(max_size=2)
-    l1.write({"a": b"1", "b": b"2"}, 60.0, l1.begin(["a", "b"]))
+    l1.write({"a": b"1", "b": b"2"}, l1.timer() + 60.0, l1.begin(["a", "b"]))
     assert l1.get("a") == b"1"
-    l1.write({"c": b"3"}, 60.0, l1.begin(["c"]))
+    l1.write({"c": b"3"}, l1.timer() + 60.0, l1.begin(["c"]))
     assert l1.get("b") is None
     assert l1.get("a") == b"1"
 
 
 def test_get_many_counts_each_key() -> None:
     l1, _ = make_l1()
-    l1.write({"a": b"1"}, 60.0, l1.begin(["a"]))
+    l1.write({"a": b"1"}, l1.timer() + 60.0, l1.begin(["a"]))
     assert l1.get_many(["a", "b", "c"]) == {"a": b"1"}
     assert (l1.stats()["hits"], l1.stats()["misses"]) == (1, 2)
 
 
 def test_contains_counts_nothing_and_respects_deadlines() -> None:
     l1, clock = make_l1()
-    l1.write({"a": b"1"}, 1.0, l1.begin(["a"]))
+    l1.write({"a": b"1"}, l1.timer() + 1.0, l1.begin(["a"]))
     assert l1.contains("a")
     clock.advance(1.5)
     assert not l1.contains("a")
@@ -151,16 +151,16 @@ def test_concurrent_writes_of_one_key_drop_it_instead_of_guessing_the_order() ->
     l1, _ = make_l1()
     first, second = l1.begin(["k"]), l1.begin(["k"])
     # Both wrote L2; which landed last is unknown. Whichever applies L1 second drops the key.
-    l1.write({"k": b"v1"}, 60.0, first)
+    l1.write({"k": b"v1"}, l1.timer() + 60.0, first)
     assert l1.get("k") == b"v1"
-    l1.write({"k": b"v2"}, 60.0, second)
+    l1.write({"k": b"v2"}, l1.timer() + 60.0, second)
     assert l1.get("k") is None
 
 
 def test_own_write_invalidates_a_racing_fill() -> None:
     l1, _ = make_l1()
     reader = l1.begin(["k"])
-    l1.write({"k": b"new"}, 60.0, l1.begin(["k"]))
+    l1.write({"k": b"new"}, l1.timer() + 60.0, l1.begin(["k"]))
     l1.fill({"k": (b"old", math.inf)}, reader)
     assert l1.get("k") == b"new"
 
@@ -170,7 +170,7 @@ def test_ticket_bookkeeping_is_released() -> None:
     t1 = l1.begin(["a", "b"])
     l1.invalidate(["a"])
     l1.fill({"a": (b"1", math.inf)}, t1, ["b"])
-    l1.write({"c": b"3"}, 1.0, l1.begin(["c"]))
+    l1.write({"c": b"3"}, l1.timer() + 1.0, l1.begin(["c"]))
     l1.begin(["d"])
     l1.end(["d"])
     assert l1._tickets == {}
@@ -186,7 +186,7 @@ def test_bound_holds_under_concurrent_churn() -> None:
         barrier.wait()
         for i in range(300):
             key = f"{worker}:{i}"
-            l1.write({key: b"x"}, 60.0, l1.begin([key]))
+            l1.write({key: b"x"}, l1.timer() + 60.0, l1.begin([key]))
             l1.get(key)
             sizes.append(len(l1))
 

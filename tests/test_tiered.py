@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dragonfly_cache import CacheUnavailableError, TieredCache
+from dragonfly_cache import CacheError, CacheUnavailableError, TieredCache
 from tests.conftest import CacheFactory, FakeClock
 
 
@@ -580,6 +580,17 @@ def _bad_calls() -> list[tuple[str, Any, type[Exception], str]]:
         ("delete None", lambda c: c.delete(None), TypeError, "key must be a str"),
         ("invalidate empty", lambda c: c.invalidate(""), ValueError, "non-empty"),
         ("invalidate bytes", lambda c: c.invalidate(b"*"), TypeError, "pattern must be"),
+        ("get surrogate key", lambda c: c.get("\ud800"), ValueError, "UTF-8"),
+        ("set surrogate key", lambda c: c.set("\ud800", b"v"), ValueError, "UTF-8"),
+        ("set_many surrogate key", lambda c: c.set_many({"a": b"1", "\udfff": b"2"}),
+         ValueError, "UTF-8"),
+        ("get_many surrogate key", lambda c: c.get_many(["a", "\ud800"]), ValueError,
+         "UTF-8"),
+        ("invalidate surrogate", lambda c: c.invalidate("\ud800*"), ValueError, "UTF-8"),
+        ("ttl too large", lambda c: c.set("k", b"v", ttl=1e308), ValueError, "at most"),
+        ("ttl past redis limit", lambda c: c.set("k", b"v", ttl=1e16), ValueError, "at most"),
+        ("get_or_load huge ttl", lambda c: c.get_or_load("k", loader, ttl=1e308), ValueError,
+         "at most"),
         ("get_or_load not callable", lambda c: c.get_or_load("k", b"v"), TypeError,
          "callable"),
         ("get_or_load bad ttl", lambda c: c.get_or_load("k", loader, ttl=-5), ValueError,
@@ -638,3 +649,73 @@ def test_more_threads_than_connections_do_not_starve(cache_factory: CacheFactory
 
     run_threads(16, worker)
     assert cache.stats()["l2_stats"]["errors"] == 0
+
+
+def test_a_stalled_server_costs_one_timeout_not_one_per_retry(cache_factory: CacheFactory,
+                                                              redis_server: Any) -> None:
+    cache = cache_factory(max_retries=3, socket_timeout=0.2, connect_timeout=0.2)
+    cache.set("warm", b"v")  # a pooled connection exists
+    cache._l1.clear()
+    redis_server.pause()  # accepts connections, never answers
+    try:
+        started = time.monotonic()
+        assert cache.get("warm") is None
+        assert time.monotonic() - started < 0.6  # one 0.2 s timeout, not four
+    finally:
+        redis_server.resume()
+    assert cache.get("warm") == b"v"
+
+
+def test_l1_deadline_of_a_write_counts_from_before_the_send(cache_factory: CacheFactory,
+                                                            fake_clock: FakeClock) -> None:
+    cache = cache_factory(timer=fake_clock)
+    real_set_many = cache._l2.set_many
+
+    def slow_set_many(values: Any, ttl: float) -> None:
+        real_set_many(values, ttl)
+        fake_clock.advance(0.5)  # the reply takes 0.5 s to come back
+
+    cache._l2.set_many = slow_set_many  # type: ignore[method-assign]
+    cache.set("k", b"v", ttl=1)
+    fake_clock.advance(0.6)  # 1.1 s after the SET was sent: the server key is gone
+    assert cache._l1.get("k") is None
+
+
+def test_a_loader_that_reenters_its_own_key_gets_an_error_not_a_deadlock(
+        cache_factory: CacheFactory) -> None:
+    cache = cache_factory()
+
+    def loader() -> bytes:
+        return cache.get_or_load("k", lambda: b"inner")
+
+    with pytest.raises(CacheError, match="re-entrant"):
+        cache.get_or_load("k", loader)
+    assert cache.get_or_load("k", lambda: b"fine") == b"fine"
+
+
+def test_least_privilege_acl_user_can_use_the_cache(cache_factory: CacheFactory,
+                                                    redis_server_factory: Any) -> None:
+    server = redis_server_factory(password="admin-secret")
+    server.client().acl_setuser("app", enabled=True, passwords=["+app-secret"],
+                                keys=["*"], commands=["+@read", "+@write", "+@keyspace",
+                                                      "+ping", "+info"])
+    cache = cache_factory(server, username="app", password="app-secret")
+    cache.set("k", b"v")
+    assert cache.get_many(["k"]) == {"k": b"v"}
+    assert cache.health()["status"] == "healthy"
+
+
+def test_errors_do_not_mask_address_digits_with_a_short_password(
+        cache_factory: CacheFactory, redis_server: Any) -> None:
+    cache = cache_factory(password="1")
+    redis_server.kill()
+    error = cache.health()["dragonfly"]["error"]
+    assert redis_server.address in error
+    assert "***" not in error
+
+
+def test_config_is_hashable() -> None:
+    from dragonfly_cache import CacheConfig
+
+    assert hash(CacheConfig()) == hash(CacheConfig())
+    assert len({CacheConfig(), CacheConfig()}) == 1
