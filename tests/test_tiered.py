@@ -719,3 +719,13 @@ def test_config_is_hashable() -> None:
 
     assert hash(CacheConfig()) == hash(CacheConfig())
     assert len({CacheConfig(), CacheConfig()}) == 1
+
+
+@pytest.mark.parametrize(("tls", "connection_class"), [(True, "SSLConnection"),
+                                                       (False, "Connection")])
+def test_tls_flag_selects_the_connection_class(tls: bool, connection_class: str) -> None:
+    from dragonfly_cache import CacheConfig, DragonflyConfig
+
+    cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(tls=tls)))
+    assert cache._l2._pool.connection_class.__name__ == connection_class
+    cache.close()

@@ -1,0 +1,191 @@
+"""Validators for configuration values, and the option table they hang on.
+
+Each validator takes ``(name, value)``: ``name`` is what the user wrote (field, environment
+variable or YAML key) and appears in every error message; secrets are never echoed.
+Validators accept the native type or its text form (environment variables and YAML
+interpolation produce strings) and return the normalised value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from .exceptions import ConfigError
+
+__all__ = ["Option", "Validator", "parse_duration"]
+
+Validator = Callable[[str, object], Any]
+
+# Go accepts both micro signs (U+00B5 and U+03BC).
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6,
+    "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}
+_BARE_SECONDS = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def parse_duration(value: object, name: str = "duration") -> float:
+    """Convert a duration to float seconds (must be > 0).
+
+    Args:
+        value: Go-style string ("250ms", "1h30m"), bare seconds as a string or number,
+            or a ``timedelta``.
+        name: what to call the value in an error message (field, env var or YAML key).
+
+    Returns:
+        The duration in seconds.
+
+    Raises:
+        ConfigError: the value is not a duration or is not positive.
+    """
+    seconds: float
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ConfigError(f"{name}: duration is too large") from None
+    elif isinstance(value, str):
+        text = value.strip()
+        if _BARE_SECONDS.fullmatch(text):
+            seconds = float(text)
+        else:
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ConfigError(
+                    f"{name}={value!r}: not a duration (use Go syntax such as '250ms', '30s', "
+                    "'5m', '1h30m', or bare seconds)"
+                )
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    else:
+        raise ConfigError(f"{name}={value!r}: expected a duration, got {type(value).__name__}")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{name}={value!r}: duration must be positive and finite")
+    return seconds
+
+
+def duration(name: str, value: object) -> float:
+    return parse_duration(value, name)
+
+
+def int_at_least(minimum: int) -> Validator:
+    def parse(name: str, value: object) -> int:
+        # ASCII digits only (int() accepts other scripts' digits; \d would too), and few
+        # enough of them that int() can't hit its digit limit.
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9]{1,18}\s*", value):
+            number = int(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            raise ConfigError(f"{name}={value!r}: expected an integer >= {minimum}")
+        if number < minimum:
+            raise ConfigError(f"{name}={value!r}: expected an integer >= {minimum}")
+        return number
+
+    return parse
+
+
+def boolean(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(f"{name}={value!r}: expected a boolean (true/false, 1/0, yes/no, on/off)")
+
+
+def text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}={value!r}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def secret(name: str, value: object) -> str | None:
+    # Never echo the value: it may be a real password that was merely mistyped.
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{name}: expected a string (value not shown; quote it in YAML), "
+            f"got {type(value).__name__}"
+        )
+    return value or None
+
+
+def optional_text(name: str, value: object) -> str | None:
+    return None if value is None else (text(name, value) or None)
+
+
+_ADDRESS = re.compile(
+    r"\[(?P<v6>[^\]]+)\](?::(?P<p6>[^:]*))?"  # [::1]:6379
+    r"|(?P<host>[^:\[\]]+)(?::(?P<port>[^:]*))?"  # host:6379 or host
+)
+
+
+def _address(name: str, item: object) -> str:
+    if not isinstance(item, str) or not item.strip():
+        raise ConfigError(f"{name}={item!r}: expected 'host:port'")
+    text = item.strip()
+    match = _ADDRESS.fullmatch(text)
+    if match is None:
+        raise ConfigError(f"{name}={item!r}: expected 'host:port' (IPv6 as '[::1]:6379')")
+    host = match["v6"] or match["host"]
+    port_text = match["p6"] if match["v6"] else match["port"]
+    port = 6379
+    if port_text is not None:
+        if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
+            raise ConfigError(f"{name}={item!r}: port must be an integer in 1..65535")
+        port = int(port_text)
+    return f"[{host}]:{port}" if match["v6"] else f"{host}:{port}"
+
+
+def addresses(name: str, value: object) -> list[str]:
+    items: Iterable[object]
+    if isinstance(value, str):
+        items = [part for part in value.split(",") if part.strip()]
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        raise ConfigError(f"{name}={value!r}: expected a list of 'host:port' strings")
+    addresses = [_address(name, item) for item in items]
+    if not addresses:
+        raise ConfigError(f"{name}={value!r}: at least one address is required")
+    return addresses
+
+
+def section(cls: type) -> Validator:
+    def parse(name: str, value: object) -> object:
+        if not isinstance(value, cls):
+            raise ConfigError(f"{name}: expected a {cls.__name__}, got {type(value).__name__}")
+        return value
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration field: its environment variable and its validator.
+
+    The tables built from these drive validation, ``from_env``, ``from_yaml`` and the
+    configuration reference test, so a new option is declared exactly once.
+    """
+
+    field: str
+    env: str | None
+    parse: Validator
+    doc: str
+
+
+def validate_fields(instance: Any) -> None:
+    """Validate and normalise every declared field of a frozen config dataclass in place."""
+    owner = type(instance).__name__
+    for option in instance.OPTIONS:
+        value = option.parse(f"{owner}.{option.field}", getattr(instance, option.field))
+        object.__setattr__(instance, option.field, value)
