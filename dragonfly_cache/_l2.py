@@ -24,6 +24,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from ._breaker import CircuitBreaker
 from ._glob import escape_glob
 from ._slots import FairSlots
 from .config import DragonflyConfig
@@ -80,41 +81,59 @@ class L2:
         host, port = _split_address(config.addresses[0])
         self.address = config.addresses[0]
         self.prefix = key_prefix
+        self.config = config
         # Retry connection errors only (refused, reset, a pooled socket the server closed):
         # they fail fast and a retry often succeeds. A timeout means a stalled server, and
         # retrying it would multiply the stall by 1 + max_retries.
-        retry = Retry(ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE),
-                      config.max_retries, supported_errors=(redis.ConnectionError,))
-        connection_kwargs: dict[str, Any] = {}
+        self._retry = Retry(ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE),
+                            config.max_retries, supported_errors=(redis.ConnectionError,))
+        self._pool_kwargs: dict[str, Any] = {
+            "max_connections": config.pool_size,
+            "timeout": config.pool_timeout,
+            "protocol": 2,  # RESP2: what Redis 6+, Valkey and Dragonfly all speak the same way
+            "host": host,
+            "port": port,
+            "db": config.db,
+            "username": config.username,
+            "password": config.password,
+            "socket_timeout": config.socket_timeout,
+            "socket_connect_timeout": config.connect_timeout,
+            "socket_keepalive": True,
+            "retry": self._retry,
+        }
         if config.tls:
-            connection_kwargs["connection_class"] = redis.SSLConnection
+            self._pool_kwargs["connection_class"] = redis.SSLConnection
+        self._pool_timeout = config.pool_timeout
+        self._start_process_state()
+
+    def _start_process_state(self) -> None:
+        """Create what each process must own: the pool, locks, counters, breaker, slots."""
+        config = self.config
+        # redis-py leaves BlockingConnectionPool.__init__ unannotated.
+        self._pool = redis.BlockingConnectionPool(**self._pool_kwargs)  # type: ignore[no-untyped-call]
+        self._client = redis.Redis(connection_pool=self._pool, retry=self._retry)
         # At most pool_size sockets per process. Callers queue fairly for a slot (at most
         # pool_timeout) before they touch the pool, so the pool itself never has to block;
         # its own timeout only guards against a slot/connection mismatch.
         self._slots = FairSlots(config.pool_size)
-        self._pool_timeout = config.pool_timeout
-        # redis-py leaves BlockingConnectionPool.__init__ unannotated.
-        self._pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
-            max_connections=config.pool_size,
-            timeout=config.pool_timeout,
-            protocol=2,  # RESP2: what every Redis 6+, Valkey and Dragonfly speaks the same way
-            host=host,
-            port=port,
-            db=config.db,
-            username=config.username,
-            password=config.password,
-            socket_timeout=config.socket_timeout,
-            socket_connect_timeout=config.connect_timeout,
-            socket_keepalive=True,
-            retry=retry,
-            **connection_kwargs,
-        )
-        self._client = redis.Redis(connection_pool=self._pool, retry=retry)
+        self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown,
+                                      config.breaker_max_cooldown)
         self._counter_lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         self.errors = 0
         self._last_warning: dict[str, float] = {}
+
+    def after_fork_in_child(self) -> None:
+        """Drop the parent's connections, locks, breaker state and counters.
+
+        The pool's sockets belong to the parent's sessions (sharing them would interleave
+        replies), and any lock may have been held by a parent thread that does not exist
+        here. A new pool, not ``pool.reset()``: reset takes the pool's lock, which such a
+        thread may hold forever. The old pool is dropped without closing its sockets here
+        (redis-py only shuts a socket down in the process that opened it).
+        """
+        self._start_process_state()
 
     def __repr__(self) -> str:
         return f"<L2 {self.address} prefix={self.prefix!r}>"
@@ -122,15 +141,26 @@ class L2:
     # -- the error boundary --------------------------------------------------------------
 
     def _call(self, operation: str, do: Callable[[], T]) -> T:
+        breaker = self.breaker
+        if not breaker.allow():
+            raise CacheUnavailableError(
+                f"{operation} on {self.address} not attempted: circuit breaker open "
+                f"(probing again within {breaker.stats()['cooldown']:g}s)")
         if not self._slots.acquire(self._pool_timeout):
             self._fail(operation, f"no free connection within {self._pool_timeout:g}s "
-                                  f"(pool_size={self._pool.max_connections})")
+                                  f"(pool_size={self.config.pool_size})")
         try:
-            return do()
-        except (redis.RedisError, OSError) as exc:
+            result = do()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            breaker.failure()  # the server could not be reached
+            self._fail(operation, f"{type(exc).__name__}: {exc}", exc)
+        except redis.RedisError as exc:
+            breaker.success()  # it answered, with an error (e.g. out of memory)
             self._fail(operation, f"{type(exc).__name__}: {exc}", exc)
         finally:
             self._slots.release()
+        breaker.success()
+        return result
 
     def _fail(self, operation: str, reason: str, cause: BaseException | None = None
               ) -> NoReturn:
@@ -258,7 +288,7 @@ class L2:
         return self._call("PING", do)
 
     def stats(self) -> dict[str, Any]:
-        """The contract's ``l2_stats``."""
+        """The contract's ``l2_stats``, plus ``rejected`` (calls the open breaker refused)."""
         with self._counter_lock:
             lookups = self.hits + self.misses
             return {
@@ -266,6 +296,7 @@ class L2:
                 "misses": self.misses,
                 "hit_rate": self.hits / lookups if lookups else 0.0,
                 "errors": self.errors,
+                "rejected": self.breaker.rejected,
             }
 
     def close(self) -> None:

@@ -46,6 +46,9 @@ class DragonflyConfig:
     connect_timeout: float = 0.25
     socket_timeout: float = 0.25
     pool_timeout: float = 0.25
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 1.0
+    breaker_max_cooldown: float = 10.0
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("addresses", "DRAGONFLY_ADDRESSES", v.addresses,
@@ -65,6 +68,12 @@ class DragonflyConfig:
                "per-command read/write timeout"),
         Option("pool_timeout", "DRAGONFLY_POOL_TIMEOUT", v.duration,
                "longest wait for a free pooled connection"),
+        Option("breaker_threshold", "DRAGONFLY_BREAKER_THRESHOLD", v.int_at_least(1),
+               "consecutive connection failures/timeouts that open the circuit breaker"),
+        Option("breaker_cooldown", "DRAGONFLY_BREAKER_COOLDOWN", v.duration,
+               "wait before the first probe of an open breaker"),
+        Option("breaker_max_cooldown", "DRAGONFLY_BREAKER_MAX_COOLDOWN", v.duration,
+               "cap of the cooldown, which doubles after each failed probe"),
     )
 
     def __post_init__(self) -> None:

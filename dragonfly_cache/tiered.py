@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
@@ -65,6 +67,22 @@ def _check_keys(keys: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+# Every live cache, so the child of a fork can rebuild what it must not inherit.
+_caches: weakref.WeakSet[TieredCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_caches):
+        cache._after_fork_in_child()
+
+
+# Why at-fork hooks rather than pid checks on every call: a pid check costs the L1 hit path
+# a syscall-free but non-zero comparison on every get, and it runs too late to save a lock
+# that a parent thread held at the moment of fork (gunicorn --preload forks while the
+# master's threads may be mid-call). The hook runs in the child before any user code.
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class TieredCache:
     """A two-tier cache: in-process L1 in front of a shared Dragonfly/Redis L2.
 
@@ -82,11 +100,26 @@ class TieredCache:
     def __init__(self, config: CacheConfig | None = None, *,
                  timer: Callable[[], float] = time.monotonic) -> None:
         self.config = config if config is not None else CacheConfig()
-        self._l1 = L1(self.config.l1.max_size, self.config.l1.ttl, timer)
         self._l2 = L2(self.config.dragonfly, self.config.key_prefix)
+        self._timer = timer
+        self._start_process_state()
+        _caches.add(self)
+
+    def _start_process_state(self) -> None:
+        """Create the per-process state: L1 (and its lock), singleflight, counters."""
+        l1 = self.config.l1
+        self._l1 = L1(l1.max_size, l1.ttl, self._timer)
         self._flights: SingleFlight[bytes] = SingleFlight()
         self._loads_lock = threading.Lock()
         self._loads = 0
+
+    def _after_fork_in_child(self) -> None:
+        """Start the child afresh: a lock held by a parent thread at fork time would never
+        be released here, in-flight loads belong to threads that do not exist here, and
+        the parent's connections must not be shared. L1 starts empty; counters from zero.
+        """
+        self._start_process_state()
+        self._l2.after_fork_in_child()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TieredCache:
@@ -309,10 +342,16 @@ class TieredCache:
             "l1_stats": self._l1.stats(),
             "l2_stats": self._l2.stats(),
             "singleflight": {"loads": loads, "coalesced": self._flights.coalesced},
+            "breaker": self._l2.breaker.stats(),
         }
 
     def health(self) -> dict[str, Any]:
-        """Probe the server (PING + INFO) and report status, server, version and counters."""
+        """Probe the server (PING + INFO) and report status, server, version and counters.
+
+        The probe goes through the circuit breaker like any call: while the breaker is open
+        the report is "unhealthy" at once, without touching the network; once the cooldown
+        has passed, a health check is as good a recovery probe as any request.
+        """
         dragonfly: dict[str, Any]
         try:
             dragonfly = {"connected": True, **self._l2.probe()}
@@ -321,6 +360,7 @@ class TieredCache:
         return {
             "status": "healthy" if dragonfly["connected"] else "unhealthy",
             "dragonfly": dragonfly,
+            "breaker": self._l2.breaker.stats()["state"],
             "l1_stats": self._l1.stats(),
             "l2_stats": self._l2.stats(),
         }

@@ -509,6 +509,9 @@ FULL_ENV = {
     "DRAGONFLY_CONNECT_TIMEOUT": "500ms",
     "DRAGONFLY_SOCKET_TIMEOUT": "2",
     "DRAGONFLY_POOL_TIMEOUT": "1.5s",
+    "DRAGONFLY_BREAKER_THRESHOLD": "7",
+    "DRAGONFLY_BREAKER_COOLDOWN": "500ms",
+    "DRAGONFLY_BREAKER_MAX_COOLDOWN": "1m",
     "CACHE_L1_MAX_SIZE": "123",
     "CACHE_L1_TTL": "1m30s",
     "CACHE_L2_TTL": "2h",
@@ -524,6 +527,7 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     assert d.db == 4
     assert d.pool_size == 25
     assert d.max_retries == 0
+    assert (d.breaker_threshold, d.breaker_cooldown, d.breaker_max_cooldown) == (7, 0.5, 60.0)
     assert d.tls is True
     assert d.username == "alice"
     assert d.connect_timeout == 0.5

@@ -434,7 +434,8 @@ def test_stats_counters_and_shape(cache_factory: CacheFactory) -> None:
     assert stats["l1_stats"] == {"size": 1, "max_size": 7, "hits": 1, "misses": 2,
                                  "hit_rate": pytest.approx(1 / 3), "evictions": 0,
                                  "expirations": 0}
-    assert stats["l2_stats"] == {"hits": 1, "misses": 1, "hit_rate": 0.5, "errors": 0}
+    assert stats["l2_stats"] == {"hits": 1, "misses": 1, "hit_rate": 0.5, "errors": 0,
+                                 "rejected": 0}
     assert stats["singleflight"] == {"loads": 0, "coalesced": 0}
     json.dumps(stats)
 
@@ -447,7 +448,8 @@ def test_health_against_a_live_server(cache_factory: CacheFactory, redis_server:
     version = redis_server.client().info("server")["redis_version"]
     assert report["status"] == "healthy"
     assert report["dragonfly"] == {"connected": True, "server": "redis", "version": version}
-    assert set(report) == {"status", "dragonfly", "l1_stats", "l2_stats"}
+    assert set(report) == {"status", "dragonfly", "breaker", "l1_stats", "l2_stats"}
+    assert report["breaker"] == "closed"
     json.dumps(report)
 
 
@@ -529,10 +531,13 @@ def test_reads_degrade_and_writes_report_when_l2_is_down(cache_factory: CacheFac
     with pytest.raises(CacheUnavailableError):
         cache.invalidate("m*")
     assert cache.get_many(["m1", "m2"]) == {}
-    assert cache.stats()["l2_stats"]["errors"] >= 6
+    l2_stats = cache.stats()["l2_stats"]
+    assert l2_stats["errors"] + l2_stats["rejected"] >= 6
 
     redis_server.restart()
-    cache.set("after", b"ok")  # recovery is automatic
+    # Recovery is automatic: within one breaker cooldown a probe finds the server again.
+    wait_until(lambda: cache.health()["status"] == "healthy", timeout=3.0)
+    cache.set("after", b"ok")
     assert cache.get("after") == b"ok"
 
 

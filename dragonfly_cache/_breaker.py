@@ -1,0 +1,105 @@
+"""A circuit breaker for the shared tier: fail fast while the server is down, probe to recover.
+
+closed     every call goes through; ``threshold`` consecutive failures open the circuit.
+open       calls are refused without touching a socket until the cooldown has passed.
+half-open  one call (the probe) goes through; the others are still refused. Success closes
+           the circuit and resets the cooldown; failure reopens it with the cooldown
+           doubled, up to ``max_cooldown``.
+
+Only failures that say the server cannot be reached count (connection errors, timeouts).
+A server that answers with an error (out of memory, WRONGTYPE) is reachable: that counts as
+a success here, so a full Dragonfly never stops reads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["CircuitBreaker"]
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class CircuitBreaker:
+    """Thread-safe; consulted only on the L2 path, never on an L1 hit.
+
+    Args:
+        threshold: consecutive failures that open the circuit.
+        cooldown: first wait before a probe, in seconds.
+        max_cooldown: cap of the doubling cooldown.
+        timer: monotonic clock (tests pass a fake one).
+    """
+
+    def __init__(self, threshold: int, cooldown: float, max_cooldown: float,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = threshold
+        self.base_cooldown = cooldown
+        self.max_cooldown = max(cooldown, max_cooldown)
+        self._timer = timer
+        self._lock = threading.Lock()
+        self.state = CLOSED
+        self._failures = 0
+        self._cooldown = cooldown
+        self._retry_at = 0.0
+        self._probe_deadline = 0.0  # a probe that never reported frees its slot after this
+        self.opened = 0  # closed/half-open -> open transitions
+        self.closed = 0  # half-open -> closed transitions
+        self.rejected = 0  # calls refused without a socket attempt
+
+    def allow(self) -> bool:
+        """Whether a call may go to the server now (and, if half-open, it is the probe)."""
+        with self._lock:
+            if self.state == CLOSED:
+                return True
+            now = self._timer()
+            if self.state == OPEN and now >= self._retry_at:
+                self.state = HALF_OPEN
+                self._probe_deadline = now + self._cooldown
+                return True
+            if self.state == HALF_OPEN and now >= self._probe_deadline:
+                # The previous probe never reported (its thread died): let another one try.
+                self._probe_deadline = now + self._cooldown
+                return True
+            self.rejected += 1
+            return False
+
+    def success(self) -> None:
+        """The server answered."""
+        if self.state == CLOSED and not self._failures:
+            return  # the common case, without the lock: nothing to reset
+        with self._lock:
+            self._failures = 0
+            if self.state != CLOSED:
+                self.state = CLOSED
+                self._cooldown = self.base_cooldown
+                self.closed += 1
+
+    def failure(self) -> None:
+        """The server could not be reached."""
+        with self._lock:
+            self._failures += 1
+            if self.state == HALF_OPEN:
+                self._cooldown = min(self._cooldown * 2, self.max_cooldown)
+                self._open()
+            elif self.state == CLOSED and self._failures >= self.threshold:
+                self._open()
+
+    def _open(self) -> None:
+        self.state = OPEN
+        self._retry_at = self._timer() + self._cooldown
+        self.opened += 1
+
+    def stats(self) -> dict[str, Any]:
+        """State and transition counters."""
+        with self._lock:
+            return {
+                "state": self.state,
+                "consecutive_failures": self._failures,
+                "cooldown": self._cooldown,
+                "opened": self.opened,
+                "closed": self.closed,
+                "rejected": self.rejected,
+            }
