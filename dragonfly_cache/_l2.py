@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from ._breaker import CircuitBreaker
+from ._coherence import channel_name
 from ._glob import escape_glob
 from ._slots import FairSlots
 from .config import DragonflyConfig
@@ -81,6 +82,7 @@ class L2:
         host, port = _split_address(config.addresses[0])
         self.address = config.addresses[0]
         self.prefix = key_prefix
+        self.channel = channel_name(config.db, key_prefix)
         self.config = config
         # Retry connection errors only (refused, reset, a pooled socket the server closed):
         # they fail fast and a retry often succeeds. A timeout means a stalled server, and
@@ -226,28 +228,51 @@ class L2:
 
     # -- writes --------------------------------------------------------------------------
 
-    def set_many(self, values: Mapping[str, bytes], ttl: float) -> None:
-        """SET each key with a PX expiry; several keys go in one pipeline (one round trip)."""
+    def set_many(self, values: Mapping[str, bytes], ttl: float, announce: str | None = None
+                 ) -> None:
+        """SET each key with a PX expiry, then PUBLISH ``announce``: one round trip.
+
+        Args:
+            values: key -> value.
+            ttl: seconds.
+            announce: an invalidation message for the other caches, published after the
+                writes in the same pipeline (so whoever refetches on it sees them).
+        """
         ttl_ms = max(1, round(ttl * 1000))
 
         def do() -> None:
             pipe = self._client.pipeline(transaction=False)
             for key, value in values.items():
                 pipe.set(self.prefix + key, value, px=ttl_ms)
+            if announce is not None:
+                pipe.publish(self.channel, announce)
             pipe.execute()
 
         self._call("SET", do)
 
-    def delete(self, keys: Sequence[str]) -> int:
-        """UNLINK the keys; returns how many existed."""
-        names = [self.prefix + key for key in keys]
-        return int(self._call("UNLINK", lambda: self._client.unlink(*names)))
+    def delete(self, keys: Sequence[str], announce: str | None = None) -> int:
+        """UNLINK the keys (and PUBLISH ``announce`` after, same round trip).
 
-    def invalidate(self, pattern: str) -> int:
+        Returns:
+            How many of the keys existed.
+        """
+        names = [self.prefix + key for key in keys]
+
+        def do() -> int:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.unlink(*names)
+            if announce is not None:
+                pipe.publish(self.channel, announce)
+            return int(pipe.execute()[0])
+
+        return self._call("UNLINK", do)
+
+    def invalidate(self, pattern: str, announce: str | None = None) -> int:
         """Remove every key matching the glob ``pattern`` (under the prefix).
 
         SCAN MATCH with the prefix escaped, then UNLINK of each page: never KEYS, which
-        blocks the server (and silently truncates at 8192 keys on Dragonfly).
+        blocks the server (and silently truncates at 8192 keys on Dragonfly). The
+        ``announce`` message is published after the last page.
 
         Returns:
             How many keys were removed.
@@ -258,9 +283,24 @@ class L2:
             removed = 0
             for page in self._scan_pages(match):
                 removed += self._client.unlink(*page)
+            if announce is not None:
+                self._client.publish(self.channel, announce)
             return removed
 
         return self._call("SCAN/UNLINK", do)
+
+    def subscriber(self) -> redis.Redis:
+        """A new client on its own connection for the invalidation listener.
+
+        It never retries: redis-py's retry would reconnect and resubscribe silently, and
+        the listener must see every drop, since messages may have been lost in it.
+        """
+        kwargs = {k: v for k, v in self._pool_kwargs.items()
+                  if k not in ("max_connections", "timeout")}
+        kwargs["retry"] = Retry(NoBackoff(), 0)
+        if kwargs.pop("connection_class", None) is not None:
+            kwargs["ssl"] = True  # Redis() takes the flag, not the pool's connection class
+        return redis.Redis(**kwargs)
 
     def _scan_pages(self, match: str) -> Iterator[list[bytes | str]]:
         cursor = 0

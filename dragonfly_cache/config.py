@@ -92,10 +92,17 @@ class L1Config:
 
     max_size: int = 10000
     ttl: float = 300.0
+    invalidation: bool = True
+    degraded_ttl: float = 1.0
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("max_size", "CACHE_L1_MAX_SIZE", v.int_at_least(1), "maximum entries in L1 (LRU)"),
         Option("ttl", "CACHE_L1_TTL", v.duration, "longest life of an L1 entry"),
+        Option("invalidation", "CACHE_L1_INVALIDATION", v.boolean,
+               "cross-process L1 invalidation over pub/sub"),
+        Option("degraded_ttl", "CACHE_L1_DEGRADED_TTL", v.duration,
+               "longest life of an L1 entry stored while the invalidation listener is not "
+               "subscribed"),
     )
 
     def __post_init__(self) -> None:

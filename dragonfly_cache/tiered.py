@@ -22,6 +22,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
+from ._coherence import Coherence
 from ._glob import compile_glob
 from ._l1 import L1
 from ._l2 import L2
@@ -106,20 +107,41 @@ class TieredCache:
         _caches.add(self)
 
     def _start_process_state(self) -> None:
-        """Create the per-process state: L1 (and its lock), singleflight, counters."""
+        """Create the per-process state: L1 (and its lock), singleflight, counters, and the
+        coherence listener (started lazily by the first operation that reaches L2)."""
         l1 = self.config.l1
         self._l1 = L1(l1.max_size, l1.ttl, self._timer)
         self._flights: SingleFlight[bytes] = SingleFlight()
         self._loads_lock = threading.Lock()
         self._loads = 0
+        self._coherence = (Coherence(self._l1, self._l2.subscriber, self._l2.channel)
+                           if l1.invalidation else None)
+
+    def _listen(self) -> None:
+        if self._coherence is not None:
+            self._coherence.ensure_started()
+
+    def _horizon(self, now: float) -> float:
+        """The latest deadline an L1 entry stored now may have.
+
+        Unbounded while the invalidation listener is subscribed (or coherence is off);
+        ``l1.degraded_ttl`` from now while it is not, since invalidations may be missed.
+        """
+        coherence = self._coherence
+        if coherence is None or coherence.subscribed:
+            return math.inf
+        return now + self.config.l1.degraded_ttl
+
+    def _announce_keys(self, keys: list[str]) -> str | None:
+        return None if self._coherence is None else self._coherence.keys_message(keys)
 
     def _after_fork_in_child(self) -> None:
         """Start the child afresh: a lock held by a parent thread at fork time would never
         be released here, in-flight loads belong to threads that do not exist here, and
         the parent's connections must not be shared. L1 starts empty; counters from zero.
         """
-        self._start_process_state()
         self._l2.after_fork_in_child()
+        self._start_process_state()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TieredCache:
@@ -138,7 +160,13 @@ class TieredCache:
         self.close()
 
     def close(self) -> None:
-        """Release the connection pool. A later call reconnects lazily."""
+        """Stop the invalidation listener and release the connection pool.
+
+        A later call reconnects lazily, with coherence off: L1 entries then live at most
+        ``l1.degraded_ttl``.
+        """
+        if self._coherence is not None:
+            self._coherence.stop()
         self._l2.close()
 
     # -- validation ----------------------------------------------------------------------
@@ -199,9 +227,11 @@ class TieredCache:
         is in flight wins over the fill; the clock is read before the request too, so an
         entry's deadline (now + PTTL) never lies past the L2 key's expiry.
         """
+        self._listen()
         l1 = self._l1
         ticket = l1.begin(keys)
         start = l1.timer()
+        horizon = self._horizon(start)
         found: dict[str, bytes] = {}
         fills: dict[str, tuple[bytes, float]] = {}
         try:
@@ -211,9 +241,9 @@ class TieredCache:
                     continue
                 found[key] = value
                 if pttl >= 0:
-                    fills[key] = (value, start + pttl / 1000)
+                    fills[key] = (value, min(start + pttl / 1000, horizon))
                 elif pttl == -1:  # no expiry on the server: L1's own ttl bounds it
-                    fills[key] = (value, math.inf)
+                    fills[key] = (value, horizon)
                 # -2: the key vanished between GET and PTTL; answer, but don't keep it
         except CacheUnavailableError:
             pass  # reads degrade to a miss; the L2 tier counted and logged the failure
@@ -289,13 +319,15 @@ class TieredCache:
             self._write(values, seconds)
 
     def _write(self, values: dict[str, bytes], seconds: float) -> None:
+        self._listen()
         l1 = self._l1
         ticket = l1.begin(values)
         # The server starts the key's expiry when the SET arrives; reading the clock before
         # sending keeps the L1 deadline no later than that, however slow the reply.
-        deadline = l1.timer() + seconds
+        start = l1.timer()
+        deadline = min(start + seconds, self._horizon(start))
         try:
-            self._l2.set_many(values, seconds)
+            self._l2.set_many(values, seconds, self._announce_keys(list(values)))
         finally:
             # Applied locally even when L2 failed; the CacheUnavailableError then propagates.
             l1.write(values, deadline, ticket)
@@ -307,8 +339,9 @@ class TieredCache:
             CacheUnavailableError: L2 did not take the delete (L1 no longer has the key).
         """
         _check_key(key)
+        self._listen()
         try:
-            self._l2.delete([key])
+            self._l2.delete([key], self._announce_keys([key]))
         finally:
             # After L2, so a fill that read the old value before the delete is stamped stale.
             self._l1.invalidate([key])
@@ -327,8 +360,10 @@ class TieredCache:
             CacheUnavailableError: L2 could not be scanned (L1 matches were removed).
         """
         _check_key(pattern, "pattern")
+        self._listen()
+        announce = None if self._coherence is None else self._coherence.pattern_message(pattern)
         try:
-            return self._l2.invalidate(pattern)
+            return self._l2.invalidate(pattern, announce)
         finally:
             self._l1.invalidate_matching(compile_glob(pattern))
 
@@ -343,7 +378,13 @@ class TieredCache:
             "l2_stats": self._l2.stats(),
             "singleflight": {"loads": loads, "coalesced": self._flights.coalesced},
             "breaker": self._l2.breaker.stats(),
+            "coherence": self._coherence_stats(),
         }
+
+    def _coherence_stats(self) -> dict[str, Any]:
+        if self._coherence is None:
+            return {"state": "disabled"}
+        return self._coherence.stats()
 
     def health(self) -> dict[str, Any]:
         """Probe the server (PING + INFO) and report status, server, version and counters.
@@ -361,6 +402,7 @@ class TieredCache:
             "status": "healthy" if dragonfly["connected"] else "unhealthy",
             "dragonfly": dragonfly,
             "breaker": self._l2.breaker.stats()["state"],
+            "coherence": self._coherence_stats()["state"],
             "l1_stats": self._l1.stats(),
             "l2_stats": self._l2.stats(),
         }

@@ -159,6 +159,8 @@ class CacheFactory(Protocol):
         l1_ttl: float = 300.0,
         l1_max_size: int = 10_000,
         l2_ttl: float = 3600.0,
+        invalidation: bool = True,
+        subscribed: bool = True,
         **dragonfly: Any,
     ) -> TieredCache: ...
 
@@ -189,18 +191,27 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
         l1_ttl: float = 300.0,
         l1_max_size: int = 10_000,
         l2_ttl: float = 3600.0,
+        invalidation: bool = True,
+        subscribed: bool = True,
         **dragonfly: Any,
     ) -> TieredCache:
         target = server if server is not None else redis_server
         dragonfly.setdefault("password", target.password)
         config = CacheConfig(
             dragonfly=DragonflyConfig(addresses=[target.address], **dragonfly),
-            l1=L1Config(max_size=l1_max_size, ttl=l1_ttl),
+            l1=L1Config(max_size=l1_max_size, ttl=l1_ttl, invalidation=invalidation),
             l2=L2Config(ttl=l2_ttl),
             key_prefix=key_prefix,
         )
         cache = TieredCache(config, timer=timer)
         caches.append(cache)
+        if subscribed and cache._coherence is not None:
+            # Like a warmed-up process: L1 entries are trusted for their full life only
+            # once the invalidation listener is subscribed.
+            cache._listen()
+            deadline = time.monotonic() + 5
+            while not cache._coherence.subscribed and time.monotonic() < deadline:
+                time.sleep(0.002)
         return cache
 
     try:

@@ -513,6 +513,8 @@ FULL_ENV = {
     "DRAGONFLY_BREAKER_COOLDOWN": "500ms",
     "DRAGONFLY_BREAKER_MAX_COOLDOWN": "1m",
     "CACHE_L1_MAX_SIZE": "123",
+    "CACHE_L1_INVALIDATION": "off",
+    "CACHE_L1_DEGRADED_TTL": "250ms",
     "CACHE_L1_TTL": "1m30s",
     "CACHE_L2_TTL": "2h",
     "CACHE_KEY_PREFIX": "app:v1:",
@@ -526,6 +528,7 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     assert d.password == SECRET
     assert d.db == 4
     assert d.pool_size == 25
+    assert (cfg.l1.invalidation, cfg.l1.degraded_ttl) == (False, 0.25)
     assert d.max_retries == 0
     assert (d.breaker_threshold, d.breaker_cooldown, d.breaker_max_cooldown) == (7, 0.5, 60.0)
     assert d.tls is True
@@ -533,7 +536,7 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     assert d.connect_timeout == 0.5
     assert d.socket_timeout == 2.0
     assert d.pool_timeout == 1.5
-    assert cfg.l1 == L1Config(max_size=123, ttl=90.0)
+    assert cfg.l1 == L1Config(max_size=123, ttl=90.0, invalidation=False, degraded_ttl=0.25)
     assert cfg.l2 == L2Config(ttl=7200.0)
     assert cfg.key_prefix == "app:v1:"
     assert cfg.admin_token == TOKEN

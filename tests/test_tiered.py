@@ -25,6 +25,15 @@ def wait_until(condition: Any, timeout: float = 5.0) -> None:
         time.sleep(0.001)
 
 
+def received(cache: TieredCache, count: int) -> None:
+    """Wait until ``cache``'s listener has applied ``count`` invalidations from others.
+
+    A write's invalidation may reach another cache after that cache already read the new
+    value; tests that count L1 hits wait for it so the late message can't land mid-test.
+    """
+    wait_until(lambda: cache.stats()["coherence"]["received"] >= count)
+
+
 def run_threads(count: int, target: Any, *args: Any) -> None:
     threads = [threading.Thread(target=target, args=(n, *args)) for n in range(count)]
     for thread in threads:
@@ -58,6 +67,7 @@ def test_set_get_exists_delete_round_trip(cache_factory: CacheFactory) -> None:
 def test_values_are_shared_through_l2(cache_factory: CacheFactory) -> None:
     writer, reader = cache_factory(), cache_factory()
     writer.set("k", b"\x00binary\xff")
+    received(reader, 1)
     assert reader.get("k") == b"\x00binary\xff"
     assert reader.exists("k")
     assert reader.stats()["l2_stats"]["hits"] == 1
@@ -68,6 +78,7 @@ def test_values_are_shared_through_l2(cache_factory: CacheFactory) -> None:
 def test_get_many_and_set_many(cache_factory: CacheFactory, redis_server: Any) -> None:
     writer, reader = cache_factory(), cache_factory()
     writer.set_many({"a": b"1", "b": b"2", "c": b"3"})
+    received(reader, 1)
     assert reader.get("a") == b"1"  # now in reader's L1
     raw = redis_server.client()
     raw.config_resetstat()
@@ -428,6 +439,7 @@ def test_stats_counters_and_shape(cache_factory: CacheFactory) -> None:
     cache, other = cache_factory(l1_max_size=7), cache_factory()
     assert cache.get("k") is None  # L1 miss, L2 miss
     other.set("k", b"v")
+    received(cache, 1)
     assert cache.get("k") == b"v"  # L1 miss, L2 hit
     assert cache.get("k") == b"v"  # L1 hit
     stats = cache.stats()
@@ -436,6 +448,8 @@ def test_stats_counters_and_shape(cache_factory: CacheFactory) -> None:
                                  "expirations": 0}
     assert stats["l2_stats"] == {"hits": 1, "misses": 1, "hit_rate": 0.5, "errors": 0,
                                  "rejected": 0}
+    assert stats["coherence"] == {"state": "subscribed", "received": 1, "applied": 1,
+                                  "flushes": 0, "reconnects": 0}
     assert stats["singleflight"] == {"loads": 0, "coalesced": 0}
     json.dumps(stats)
 
@@ -448,7 +462,8 @@ def test_health_against_a_live_server(cache_factory: CacheFactory, redis_server:
     version = redis_server.client().info("server")["redis_version"]
     assert report["status"] == "healthy"
     assert report["dragonfly"] == {"connected": True, "server": "redis", "version": version}
-    assert set(report) == {"status", "dragonfly", "breaker", "l1_stats", "l2_stats"}
+    assert set(report) == {"status", "dragonfly", "breaker", "coherence", "l1_stats",
+                           "l2_stats"}
     assert report["breaker"] == "closed"
     json.dumps(report)
 
@@ -470,7 +485,7 @@ def test_health_with_a_wrong_password_leaks_nothing(cache_factory: CacheFactory,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "Wr0ng-Secret-Password"
-    cache = cache_factory(auth_redis_server, password=wrong)
+    cache = cache_factory(auth_redis_server, password=wrong, subscribed=False)
     report = cache.health()
     assert report["status"] == "unhealthy"
     assert "auth" in report["dragonfly"]["error"].lower() or "password" in \
@@ -508,7 +523,9 @@ def test_server_detection(info: dict[str, str], server: str, version: str) -> No
 
 def test_reads_degrade_and_writes_report_when_l2_is_down(cache_factory: CacheFactory,
                                                          redis_server: Any) -> None:
-    cache = cache_factory()
+    # Coherence off: L1 keeps serving through the outage (with coherence on it is flushed
+    # when the listener loses the server, see test_coherence).
+    cache = cache_factory(invalidation=False)
     cache.set("cached", b"in-l1")
     redis_server.kill()
     assert cache.get("cached") == b"in-l1"
@@ -676,8 +693,8 @@ def test_l1_deadline_of_a_write_counts_from_before_the_send(cache_factory: Cache
     cache = cache_factory(timer=fake_clock)
     real_set_many = cache._l2.set_many
 
-    def slow_set_many(values: Any, ttl: float) -> None:
-        real_set_many(values, ttl)
+    def slow_set_many(values: Any, ttl: float, announce: Any = None) -> None:
+        real_set_many(values, ttl, announce)
         fake_clock.advance(0.5)  # the reply takes 0.5 s to come back
 
     cache._l2.set_many = slow_set_many  # type: ignore[method-assign]
@@ -702,8 +719,9 @@ def test_least_privilege_acl_user_can_use_the_cache(cache_factory: CacheFactory,
                                                     redis_server_factory: Any) -> None:
     server = redis_server_factory(password="admin-secret")
     server.client().acl_setuser("app", enabled=True, passwords=["+app-secret"],
-                                keys=["*"], commands=["+@read", "+@write", "+@keyspace",
-                                                      "+ping", "+info"])
+                                keys=["*"], channels=["*"],
+                                commands=["+@read", "+@write", "+@keyspace", "+ping",
+                                          "+info", "+publish", "+subscribe"])
     cache = cache_factory(server, username="app", password="app-secret")
     cache.set("k", b"v")
     assert cache.get_many(["k"]) == {"k": b"v"}
@@ -712,7 +730,7 @@ def test_least_privilege_acl_user_can_use_the_cache(cache_factory: CacheFactory,
 
 def test_errors_do_not_mask_address_digits_with_a_short_password(
         cache_factory: CacheFactory, redis_server: Any) -> None:
-    cache = cache_factory(password="1")
+    cache = cache_factory(password="1", subscribed=False)
     redis_server.kill()
     error = cache.health()["dragonfly"]["error"]
     assert redis_server.address in error

@@ -1,0 +1,255 @@
+"""Cross-process L1 coherence: invalidation messages over pub/sub, one listener per cache.
+
+Every write (set, set_many, delete, invalidate, the store after a load) publishes a small
+JSON message on a channel derived from the db and ``key_prefix``, in the same pipeline as
+the write itself, after it, so a receiver that refetches sees the new value. The message
+carries the writer's sender id, so a cache ignores its own messages.
+
+Design: one daemon listener thread per :class:`~dragonfly_cache.TieredCache`, on a
+dedicated connection outside the pool. One per cache (not one shared per process) keeps
+each cache's lifetime, credentials and fork handling self-contained; a process normally
+has one cache, so the cost is one thread and one socket per process. The thread is
+started lazily by the first operation that reaches L2, in each process: after a fork the
+child starts its own on first use, with a new sender id.
+
+Why pub/sub and not CLIENT TRACKING: Dragonfly supports tracking only in RESP3 without
+BCAST, PREFIX or REDIRECT; pub/sub works on Redis 6+, Valkey and Dragonfly alike. In
+cluster mode the same channel is meant for sharded pub/sub (SPUBLISH/SSUBSCRIBE): one
+channel name maps to one slot, so every process meets on the same shard.
+
+Trust. L1 is trusted only while the listener is subscribed. If its connection fails or
+stops answering the periodic PING, L1 is flushed at once (messages may be lost from then
+on) and the listener reconnects with backoff. Entries stored while it is not subscribed
+(before the first subscription, or while reconnecting) live at most ``l1.degraded_ttl``,
+which bounds how long a missed message can leave one stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import redis
+
+from ._glob import compile_glob
+
+__all__ = ["Coherence", "InvalidationTarget"]
+
+logger = logging.getLogger("dragonfly_cache")
+
+PING_INTERVAL = 1.0  # idle seconds before the listener PINGs the server
+PONG_TIMEOUT = 1.0  # a PING unanswered this long means the connection is dead
+_POLL = 0.1  # how often the listener checks for stop/ping while idle
+_BACKOFF_FIRST, _BACKOFF_CAP = 0.05, 2.0
+
+STOPPED, CONNECTING, SUBSCRIBED, DOWN = "stopped", "connecting", "subscribed", "down"
+
+
+class InvalidationTarget(Protocol):
+    """What the listener acts on: the cache's L1."""
+
+    def invalidate(self, keys: Iterable[str]) -> None: ...
+
+    def invalidate_matching(self, matches: Callable[[str], bool]) -> int: ...
+
+    def clear(self) -> None: ...
+
+
+class _ListenerDead(Exception):
+    """The listener's connection stopped answering PINGs."""
+
+
+def channel_name(db: int, key_prefix: str) -> str:
+    """The invalidation channel shared by every cache on one db and key prefix."""
+    return f"dragonfly_cache:invalidate:{db}:{key_prefix}"
+
+
+class Coherence:
+    """Publisher side (message building) and listener thread of one cache.
+
+    Args:
+        target: the L1 the listener invalidates (held weakly: a cache that is garbage
+            collected stops its listener).
+        connect: makes a new, dedicated, non-retrying client for the subscription.
+        channel: the channel name.
+    """
+
+    def __init__(self, target: InvalidationTarget, connect: Callable[[], redis.Redis],
+                 channel: str) -> None:
+        self._target = weakref.ref(target)
+        self._connect = connect
+        self.channel = channel
+        self._lock = threading.Lock()
+        self._start_process_state()
+
+    def _start_process_state(self) -> None:
+        self.sender = uuid.uuid4().hex
+        self.state = STOPPED
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._pubsub: Any = None
+        self._client: redis.Redis | None = None
+        self.received = 0  # messages from other senders
+        self.applied = 0  # of those, the ones that reached L1
+        self.flushes = 0  # whole-L1 flushes: (re)subscriptions and lost connections
+        self.reconnects = 0
+
+    def after_fork_in_child(self) -> None:
+        """The parent's thread does not exist here: forget it, take a new sender id."""
+        self._lock = threading.Lock()
+        self._start_process_state()
+
+    # -- publisher side -------------------------------------------------------------------
+
+    def keys_message(self, keys: list[str]) -> str:
+        """The message that invalidates ``keys`` elsewhere."""
+        return json.dumps({"s": self.sender, "k": keys}, separators=(",", ":"))
+
+    def pattern_message(self, pattern: str) -> str:
+        """The message that invalidates the keys matching ``pattern`` elsewhere."""
+        return json.dumps({"s": self.sender, "p": pattern}, separators=(",", ":"))
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether L1 can be trusted now."""
+        return self.state == SUBSCRIBED
+
+    # -- listener --------------------------------------------------------------------------
+
+    def ensure_started(self) -> None:
+        """Start the listener thread in this process if it is not running."""
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self.state = CONNECTING
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name=f"dragonfly_cache-listener-{self.sender[:8]}")
+                self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the listener (idempotent); L1 is no longer trusted afterwards."""
+        self._stop.set()
+        # Wake the listener from its wait instead of letting it finish a poll interval.
+        # redis-py has no public handle on the socket; without one, the poll ends it.
+        sock = getattr(getattr(self._pubsub, "connection", None), "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self.state = STOPPED
+
+    def _run(self) -> None:
+        backoff = _BACKOFF_FIRST
+        while not self._stop.is_set() and self._target() is not None:
+            try:
+                self._listen()
+                backoff = _BACKOFF_FIRST
+            except Exception as exc:  # whatever broke, L1 must stop being trusted
+                if self._stop.is_set():
+                    break
+                self._lost(exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_CAP)
+            finally:
+                self._close()
+        self.state = STOPPED
+
+    def _listen(self) -> None:
+        self._client = self._connect()
+        # redis-py leaves Redis.pubsub unannotated.
+        pubsub = self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub.subscribe(self.channel)
+        deadline = time.monotonic() + PONG_TIMEOUT
+        while True:  # wait for the server to confirm the subscription
+            message = pubsub.get_message(timeout=_POLL)
+            if message is not None and message["type"] == "subscribe":
+                break
+            if time.monotonic() > deadline or self._stop.is_set():
+                raise _ListenerDead("no subscribe confirmation")
+        # Entries stored before this moment may have missed messages; they were stored
+        # with a deadline at most l1.degraded_ttl away, which bounds that.
+        self.state = SUBSCRIBED
+        last_heard = time.monotonic()
+        ping_sent: float | None = None
+        while not self._stop.is_set():
+            message = pubsub.get_message(timeout=_POLL)
+            now = time.monotonic()
+            if message is not None:
+                last_heard, ping_sent = now, None
+                if message["type"] == "message":
+                    self._apply(message["data"])
+            elif ping_sent is not None:
+                if now - ping_sent > PONG_TIMEOUT:
+                    raise _ListenerDead(f"no answer to PING within {PONG_TIMEOUT:g}s")
+            elif now - last_heard > PING_INTERVAL:
+                pubsub.ping()
+                ping_sent = now
+            if self._target() is None:
+                return
+
+    def _apply(self, data: bytes) -> None:
+        target = self._target()
+        if target is None:
+            return
+        try:
+            message = json.loads(data)
+            sender = message["s"]
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignored a malformed invalidation message on %s", self.channel)
+            return
+        if sender == self.sender:
+            return
+        self.received += 1
+        if "k" in message:
+            target.invalidate([str(key) for key in message["k"]])
+        elif "p" in message:
+            target.invalidate_matching(compile_glob(str(message["p"])))
+        else:
+            target.clear()
+        self.applied += 1
+
+    def _lost(self, exc: BaseException) -> None:
+        was_subscribed = self.state == SUBSCRIBED
+        self.state = DOWN
+        self.reconnects += 1
+        if was_subscribed:
+            # Messages may be lost from here on: nothing in L1 can be vouched for.
+            self._flush()
+            logger.warning("invalidation listener on %s lost its connection (%s: %s); "
+                           "L1 flushed, reconnecting", self.channel, type(exc).__name__, exc)
+
+    def _flush(self) -> None:
+        target = self._target()
+        if target is not None:
+            target.clear()
+            self.flushes += 1
+
+    def _close(self) -> None:
+        pubsub, client = self._pubsub, self._client
+        self._pubsub = self._client = None
+        for closeable in (pubsub, client):
+            if closeable is not None:
+                # A broken connection has nothing left to release.
+                with contextlib.suppress(redis.RedisError, OSError):
+                    closeable.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Listener state and counters."""
+        return {
+            "state": self.state,
+            "received": self.received,
+            "applied": self.applied,
+            "flushes": self.flushes,
+            "reconnects": self.reconnects,
+        }
