@@ -215,6 +215,7 @@ class TieredCache:
         _check_key(key)
         if self._l1.contains(key):
             return True
+        self._listen()
         try:
             return self._l2.exists(key)
         except CacheUnavailableError:
@@ -394,6 +395,7 @@ class TieredCache:
         has passed, a health check is as good a recovery probe as any request.
         """
         dragonfly: dict[str, Any]
+        self._listen()
         try:
             dragonfly = {"connected": True, **self._l2.probe()}
         except CacheUnavailableError as exc:

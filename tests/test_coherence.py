@@ -1,0 +1,283 @@
+"""Cross-process L1 coherence, with a second process started by multiprocessing spawn."""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dragonfly_cache import TieredCache
+from tests._coherence_worker import worker_main
+from tests.conftest import CacheFactory
+from tests.test_resilience import _fork, percentile
+from tests.test_tiered import wait_until
+
+
+class Worker:
+    """Process B: a TieredCache in a spawned process, driven over a pipe."""
+
+    def __init__(self, address: str, prefix: str, invalidation: bool = True) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=worker_main,
+                                       args=(address, prefix, child, invalidation))
+        self.process.start()
+        child.close()
+        started = self.call()
+        assert started[0] == "started", started
+        self.coherence = started[1]
+
+    def call(self, *command: Any, timeout: float = 10.0) -> Any:
+        if command:
+            self.conn.send(command)
+        assert self.conn.poll(timeout), f"worker did not answer {command!r}"
+        return self.conn.recv()
+
+    def stats(self) -> dict[str, Any]:
+        return self.call("stats")[1]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.call("stop", timeout=5)
+            except (AssertionError, OSError, EOFError):
+                self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+
+@pytest.fixture
+def worker(redis_server: Any) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def start(prefix: str = "app:", invalidation: bool = True) -> Worker:
+        worker = Worker(redis_server.address, prefix, invalidation)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.close()
+
+
+def measure(writer: TieredCache, b: Worker, key: str, old: bytes,
+            write: Callable[[], None], timeout: float = 2.0) -> tuple[str, float, Any, int]:
+    """B holds ``key`` = ``old`` in L1; A runs ``write``; how long until B serves the change?"""
+    reply = b.call("watch", key, old, timeout)
+    assert reply == ("ready",), reply
+    started = time.monotonic()
+    write()
+    outcome = b.call(timeout=timeout + 5)
+    if outcome[0] == "seen":
+        return "seen", outcome[1] - started, outcome[2], outcome[3]
+    return outcome[0], timeout, None, outcome[1]
+
+
+def test_another_process_stops_serving_the_old_value_within_100ms(
+        cache_factory: CacheFactory, worker: Callable[..., Worker]) -> None:
+    a = cache_factory(key_prefix="app:")
+    trials = 60
+    a.set_many({f"user:{n}": b"old" for n in range(trials)})
+    b = worker()
+    assert b.coherence == "subscribed"
+    writes: list[tuple[str, Callable[[str], None], bytes | None]] = [
+        ("set", lambda key: a.set(key, b"new"), b"new"),
+        ("delete", lambda key: a.delete(key), None),
+        # a real glob that matches this key alone: user:1[2] for user:12
+        ("invalidate", lambda key: a.invalidate(f"{key[:-1]}[{key[-1]}]"), None),
+        ("set_many", lambda key: a.set_many({key: b"new", key + ":x": b"x"}), b"new"),
+    ]
+    delays: list[float] = []
+    for n in range(trials):
+        name, write, expected = writes[n % len(writes)]
+        key = f"user:{n}"
+        outcome, delay, value, l2_lookups = measure(a, b, key, b"old",
+                                                    functools.partial(write, key))
+        assert outcome == "seen", (name, key)
+        assert value == expected, (name, key, value)
+        # B spun on L1 until the invalidation arrived, then read L2 once (maybe twice).
+        assert l2_lookups <= 2, (name, l2_lookups)
+        delays.append(delay)
+    p50, p99 = percentile(delays, 0.5), percentile(delays, 0.99)
+    print(f"\ninvalidation delay over {trials} trials: p50 {p50 * 1000:.2f} ms, "
+          f"p99 {p99 * 1000:.2f} ms, max {max(delays) * 1000:.2f} ms")
+    assert p99 < 0.100
+    stats = b.stats()["coherence"]
+    assert stats["state"] == "subscribed"
+    assert stats["applied"] >= trials
+
+
+def test_pattern_invalidation_reaches_the_other_process(cache_factory: CacheFactory,
+                                                        worker: Callable[..., Worker]) -> None:
+    a = cache_factory(key_prefix="app:")
+    a.set_many({"user:1": b"old", "user:2": b"old", "post:1": b"old"})
+    b = worker()
+    assert b.call("get_many", ["user:1", "user:2", "post:1"])[1] == {
+        "user:1": b"old", "user:2": b"old", "post:1": b"old"}
+    outcome, delay, value, _ = measure(a, b, "user:2", b"old", lambda: a.invalidate("user:*"))
+    assert (outcome, value) == ("seen", None)
+    assert delay < 0.1
+    assert b.call("get", "post:1")[1] == b"old"
+    assert b.call("get", "user:1")[1] is None
+
+
+def test_without_coherence_the_other_process_stays_stale(
+        cache_factory: CacheFactory, worker: Callable[..., Worker]) -> None:
+    """The control: the measurement above is not passing by accident."""
+    a = cache_factory(key_prefix="app:", invalidation=False)
+    a.set("k", b"old")
+    b = worker(invalidation=False)
+    outcome, _, _, l2_lookups = measure(a, b, "k", b"old", lambda: a.set("k", b"new"),
+                                        timeout=0.3)
+    assert outcome == "timeout"
+    assert l2_lookups == 0  # B served the stale value from L1 the whole time
+
+
+def test_different_prefixes_do_not_invalidate_each_other(
+        cache_factory: CacheFactory, worker: Callable[..., Worker]) -> None:
+    a = cache_factory(key_prefix="a:")
+    b_side = cache_factory(key_prefix="b:")
+    b_side.set("k", b"b-value")
+    b = worker(prefix="b:")
+    assert b.call("get", "k")[1] == b"b-value"
+    for n in range(20):
+        a.set("k", b"a-value-%d" % n)
+        a.delete("other")
+        a.invalidate("*")
+    a.set("sync", b"1")
+    b_side.set("sync", b"1")  # a message B does receive, so B's listener has caught up
+    wait_until(lambda: b.stats()["coherence"]["received"] >= 1)
+    stats = b.stats()
+    assert stats["coherence"]["received"] == 1
+    assert b.call("get", "k")[1] == b"b-value"
+    assert b.stats()["l1_stats"]["hits"] >= stats["l1_stats"]["hits"] + 1
+
+
+def test_a_killed_listener_connection_flushes_l1(cache_factory: CacheFactory,
+                                                 worker: Callable[..., Worker],
+                                                 redis_server: Any) -> None:
+    a = cache_factory(key_prefix="app:")
+    a.set("k", b"old")
+    b = worker()
+    assert b.call("get", "k")[1] == b"old"
+    raw = redis_server.client()
+    # Kill B's subscription (A's too) and write while it is down: the message is lost.
+    killed = raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    assert killed >= 1
+    raw.set("app:k", b"new")  # a write whose invalidation B can never receive
+    # B notices the closed connection at once (a silent drop: within PING_INTERVAL +
+    # PONG_TIMEOUT) and flushes L1, so the lost message cannot leave it stale.
+    wait_until(lambda: b.stats()["coherence"]["flushes"] >= 1, timeout=1.0)
+    assert b.call("get", "k")[1] == b"new"
+    wait_until(lambda: b.stats()["coherence"]["state"] == "subscribed")
+    stats = b.stats()["coherence"]
+    assert stats["flushes"] >= 1
+    assert stats["reconnects"] >= 1
+    # Coherence works again after the reconnect.
+    outcome, _, value, _ = measure(a, b, "k", b"new", lambda: a.set("k", b"newer"))
+    assert (outcome, value) == ("seen", b"newer")
+
+
+def test_a_restarted_server_flushes_l1(cache_factory: CacheFactory,
+                                       worker: Callable[..., Worker],
+                                       redis_server: Any) -> None:
+    a = cache_factory(key_prefix="app:")
+    a.set("k", b"old")
+    b = worker()
+    assert b.call("get", "k")[1] == b"old"
+    redis_server.restart()  # the data is gone, and so is every subscription
+    wait_until(lambda: b.stats()["coherence"]["flushes"] >= 1)
+    assert b.call("get", "k")[1] is None
+    wait_until(lambda: b.stats()["coherence"]["state"] == "subscribed", timeout=10)
+    a.set("k", b"fresh")
+    assert b.call("get", "k")[1] == b"fresh"
+
+
+def test_with_coherence_a_dead_server_leaves_no_l1_to_serve_stale(
+        cache_factory: CacheFactory, redis_server: Any) -> None:
+    cache = cache_factory()
+    cache.set("k", b"v")
+    redis_server.kill()
+    wait_until(lambda: cache.stats()["coherence"]["state"] == "down")
+    assert cache.stats()["coherence"]["flushes"] == 1
+    assert cache.get("k") is None  # nobody can tell us about deletes now
+    assert cache.health()["coherence"] == "down"
+
+
+def test_race_stress_readers_end_on_the_final_version(cache_factory: CacheFactory,
+                                                      worker: Callable[..., Worker]) -> None:
+    a = cache_factory(key_prefix="app:")
+    keys = [f"hot:{n}" for n in range(8)]
+    a.set_many({key: b"v0" for key in keys})
+    b = worker()
+    assert b.call("stress_start", keys, 8)[0] == "started"
+    version = 0
+    finish = time.monotonic() + 3.0
+    while time.monotonic() < finish:
+        version += 1
+        value = b"v%d" % version
+        if version % 7 == 0:
+            a.delete(keys[version % 8])
+            a.set(keys[version % 8], value)
+        elif version % 5 == 0:
+            a.set_many(dict.fromkeys(keys, value))
+        else:
+            a.set(keys[version % 8], value)
+    final = a.get_many(keys)
+    other = cache_factory(key_prefix="app:")  # a fresh L1: what L2 holds
+    assert other.get_many(keys) == final
+    reply = b.call("stress_check", final, 0.2, 0.5, timeout=30)
+    assert reply[0] == "checked"
+    wrong, reads = reply[1], reply[2]
+    print(f"\nrace stress: {version} writes by A, {reads} reads by B's 8 threads")
+    assert reads > 1000
+    assert wrong == []
+
+
+def test_fork_parent_and_child_both_keep_coherence(cache_factory: CacheFactory) -> None:
+    writer = cache_factory(key_prefix="app:")
+    shared = cache_factory(key_prefix="app:")  # made before the fork
+    writer.set_many({"parent-key": b"old", "child-key": b"old"})
+    assert shared.get("parent-key") == b"old"
+    ready_read, ready_write = os.pipe()
+    go_read, go_write = os.pipe()
+    pid = _fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            signal.alarm(20)
+            os.close(ready_read)
+            os.close(go_write)
+            assert shared.get("child-key") == b"old"  # starts the child's own listener
+            deadline = time.monotonic() + 5
+            while (shared.stats()["coherence"]["state"] != "subscribed"
+                   and time.monotonic() < deadline):
+                time.sleep(0.005)
+            assert shared.get("child-key") == b"old"
+            assert shared.stats()["l1_stats"]["hits"] >= 1
+            os.write(ready_write, b"r")
+            os.read(go_read, 1)  # the parent has written
+            deadline = time.monotonic() + 1
+            while shared.get("child-key") == b"old" and time.monotonic() < deadline:
+                pass
+            code = 0 if shared.get("child-key") == b"new" else 2
+        finally:
+            os._exit(code)
+    os.close(ready_write)
+    os.close(go_read)
+    assert os.read(ready_read, 1) == b"r"
+    writer.set("child-key", b"new")
+    writer.set("parent-key", b"new")
+    os.write(go_write, b"g")
+    _, status = os.waitpid(pid, 0)
+    os.close(ready_read)
+    os.close(go_write)
+    assert os.waitstatus_to_exitcode(status) == 0
+    wait_until(lambda: shared.get("parent-key") == b"new", timeout=1.0)
+    assert shared.stats()["coherence"]["state"] == "subscribed"
