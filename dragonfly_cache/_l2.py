@@ -272,7 +272,7 @@ class L2:
 
         SCAN MATCH with the prefix escaped, then UNLINK of each page: never KEYS, which
         blocks the server (and silently truncates at 8192 keys on Dragonfly). The
-        ``announce`` message is published after the last page.
+        ``announce`` message is published with every page (once if nothing matched).
 
         Returns:
             How many keys were removed.
@@ -280,10 +280,17 @@ class L2:
         match = escape_glob(self.prefix) + pattern
 
         def do() -> int:
-            removed = 0
+            removed, pages = 0, 0
             for page in self._scan_pages(match):
-                removed += self._client.unlink(*page)
-            if announce is not None:
+                # Each page is announced with its UNLINK, in one round trip: if the scan
+                # dies halfway, every key already removed has been announced.
+                pipe = self._client.pipeline(transaction=False)
+                pipe.unlink(*page)
+                if announce is not None:
+                    pipe.publish(self.channel, announce)
+                removed += int(pipe.execute()[0])
+                pages += 1
+            if announce is not None and not pages:
                 self._client.publish(self.channel, announce)
             return removed
 
