@@ -106,6 +106,9 @@ class L2:
         if config.tls:
             self._pool_kwargs["connection_class"] = redis.SSLConnection
         self._pool_timeout = config.pool_timeout
+        # Called with (operation, seconds) after every command that reached the server;
+        # the metrics module sets it. Kept across forks: it is not per-process state.
+        self.latency_observer: Callable[[str, float], None] | None = None
         self._start_process_state()
 
     def _start_process_state(self) -> None:
@@ -124,6 +127,7 @@ class L2:
         self.hits = 0
         self.misses = 0
         self.errors = 0
+        self.errors_by_operation: dict[str, int] = {}
         self._last_warning: dict[str, float] = {}
 
     def after_fork_in_child(self) -> None:
@@ -151,6 +155,7 @@ class L2:
         if not self._slots.acquire(self._pool_timeout):
             self._fail(operation, f"no free connection within {self._pool_timeout:g}s "
                                   f"(pool_size={self.config.pool_size})")
+        started = time.perf_counter()
         try:
             result = do()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -161,6 +166,8 @@ class L2:
             self._fail(operation, f"{type(exc).__name__}: {exc}", exc)
         finally:
             self._slots.release()
+            if self.latency_observer is not None:
+                self.latency_observer(operation, time.perf_counter() - started)
         breaker.success()
         return result
 
@@ -168,6 +175,7 @@ class L2:
               ) -> NoReturn:
         with self._counter_lock:
             self.errors += 1
+            self.errors_by_operation[operation] = self.errors_by_operation.get(operation, 0) + 1
         # redis-py's messages name host and port, never the password (tests check this).
         message = f"{operation} on {self.address} failed: {reason}"
         self._warn(operation, message)
@@ -343,6 +351,7 @@ class L2:
                 "misses": self.misses,
                 "hit_rate": self.hits / lookups if lookups else 0.0,
                 "errors": self.errors,
+                "errors_by_operation": dict(self.errors_by_operation),
                 "rejected": self.breaker.rejected,
             }
 

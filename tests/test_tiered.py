@@ -447,7 +447,7 @@ def test_stats_counters_and_shape(cache_factory: CacheFactory) -> None:
                                  "hit_rate": pytest.approx(1 / 3), "evictions": 0,
                                  "expirations": 0}
     assert stats["l2_stats"] == {"hits": 1, "misses": 1, "hit_rate": 0.5, "errors": 0,
-                                 "rejected": 0}
+                                 "errors_by_operation": {}, "rejected": 0}
     assert stats["coherence"] == {"state": "subscribed", "received": 1, "applied": 1,
                                   "flushes": 0, "reconnects": 0}
     assert stats["singleflight"] == {"loads": 0, "coalesced": 0}

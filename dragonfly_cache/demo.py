@@ -1,0 +1,94 @@
+"""The demo service: the cache in front of a slow "database", served by gunicorn.
+
+``GET /demo/items/<id>`` reads an item through ``get_or_load``: the first read in the fleet
+pays the simulated 50 ms query, later reads come from L2 or L1. ``PUT /demo/items/<id>``
+(JSON ``{"name": ...}``) updates the database and deletes the cached copy; coherence then
+drops it from every worker's L1. The database is a SQLite file shared by all workers
+(``DEMO_DB_PATH``, default in the temp directory), so any worker may serve any request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import time
+
+from flask import Flask, Response, jsonify, request
+
+from .flask import DragonflyCache
+
+__all__ = ["create_app"]
+
+QUERY_SECONDS = 0.05
+
+
+def _database_path() -> str:
+    return os.environ.get("DEMO_DB_PATH") or os.path.join(tempfile.gettempdir(),
+                                                          "dragonfly_cache_demo.sqlite3")
+
+
+def _connect() -> sqlite3.Connection:
+    connection = sqlite3.connect(_database_path(), timeout=5)
+    connection.execute("CREATE TABLE IF NOT EXISTS items "
+                       "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL)")
+    return connection
+
+
+def _load_item(item_id: int) -> bytes:
+    """The slow query the cache protects (50 ms, simulated)."""
+    time.sleep(QUERY_SECONDS)
+    with _connect() as connection:
+        row = connection.execute("SELECT name, version FROM items WHERE id = ?",
+                                 (item_id,)).fetchone()
+    name, version = row if row else (f"item {item_id}", 0)
+    return json.dumps({"id": item_id, "name": name, "version": version,
+                       "loaded_by": os.getpid()}).encode()
+
+
+def create_app() -> Flask:
+    """The demo app: the extension's endpoints, /metrics and the /demo resource."""
+    app = Flask("dragonfly_cache.demo")
+    extension = DragonflyCache(app)
+
+    @app.get("/")
+    def index() -> Response:
+        return jsonify(endpoints={
+            "health": "/api/v1/health/cache",
+            "stats": "/api/v1/admin/cache/stats (Authorization: Bearer $CACHE_ADMIN_TOKEN)",
+            "metrics": "/metrics",
+            "read": "GET /demo/items/<id>",
+            "write": "PUT /demo/items/<id> with JSON {\"name\": ...}",
+        })
+
+    @app.get("/demo/items/<int:item_id>")
+    def read_item(item_id: int) -> Response:
+        started = time.perf_counter()
+        value = extension.cache.get_or_load(f"item:{item_id}", lambda: _load_item(item_id),
+                                            ttl=300)
+        item = json.loads(value)
+        item["served_by"] = os.getpid()
+        item["ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return jsonify(item)
+
+    @app.put("/demo/items/<int:item_id>")
+    def write_item(item_id: int) -> Response:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            response = jsonify(error='expected a JSON body {"name": "..."}', status=400)
+            response.status_code = 400
+            return response
+        with _connect() as connection:
+            connection.execute(
+                "INSERT INTO items (id, name, version) VALUES (?, ?, 1) "
+                "ON CONFLICT(id) DO UPDATE SET name = excluded.name, version = version + 1",
+                (item_id, body["name"]))
+            version = connection.execute("SELECT version FROM items WHERE id = ?",
+                                         (item_id,)).fetchone()[0]
+        # The database changed: drop the cached copy everywhere. If the cache server is
+        # down this raises CacheUnavailableError, which the caller must hear about.
+        extension.cache.delete(f"item:{item_id}")
+        return jsonify(id=item_id, name=body["name"], version=version)
+
+    return app

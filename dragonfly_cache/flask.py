@@ -1,0 +1,236 @@
+"""Flask integration: the ``DragonflyCache`` extension, its endpoints and /metrics.
+
+```python
+from flask import Flask
+from dragonfly_cache.flask import DragonflyCache
+
+app = Flask(__name__)
+app.config["DRAGONFLY_ADDRESSES"] = "127.0.0.1:6379"
+cache_ext = DragonflyCache(app)          # or DragonflyCache() + cache_ext.init_app(app)
+cache = app.extensions["dragonfly_cache"]  # the TieredCache
+```
+
+Configuration is read from ``app.config`` first, then the environment, under the same
+names (``DRAGONFLY_*``, ``CACHE_*``; see docs/configuration.md), plus the extension's own:
+``CACHE_API_PREFIX`` (``/api/v1``), ``CACHE_HEALTH_INTERVAL`` (``1s``),
+``CACHE_METRICS`` (``true``) and ``CACHE_METRICS_PATH`` (``/metrics``). Invalid values
+raise ``ConfigError`` from ``init_app``, naming the key.
+
+State lives in ``app.extensions`` (never on the extension object), so one extension
+object may serve several apps, each with its own cache unless one was passed in.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hmac
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+
+from . import _validators as v
+from . import metrics as cache_metrics
+from .config import CacheConfig, DragonflyConfig, L1Config, L2Config
+from .tiered import TieredCache
+
+__all__ = ["EXTENSION_KEY", "DragonflyCache", "config_from_app"]
+
+EXTENSION_KEY = "dragonfly_cache"
+_STATE_KEY = "dragonfly_cache.state"
+
+# The extension's own settings: name -> (validator, default).
+_SETTINGS: dict[str, tuple[v.Validator, object]] = {
+    "CACHE_API_PREFIX": (v.text, "/api/v1"),
+    "CACHE_HEALTH_INTERVAL": (v.duration, 1.0),
+    "CACHE_METRICS": (v.boolean, True),
+    "CACHE_METRICS_PATH": (v.text, "/metrics"),
+}
+
+
+def _cache_variable_names() -> list[str]:
+    return [option.env for section in (DragonflyConfig, L1Config, L2Config, CacheConfig)
+            for option in section.OPTIONS if option.env is not None]
+
+
+def _setting(app: Flask, name: str) -> Any:
+    validate, default = _SETTINGS[name]
+    raw = app.config.get(name, os.environ.get(name, default))
+    return validate(name, raw)
+
+
+def config_from_app(app: Flask) -> CacheConfig:
+    """The cache configuration from ``app.config``, falling back to the environment.
+
+    Raises:
+        ConfigError: naming the key whose value is invalid.
+    """
+    names = _cache_variable_names()
+    values: dict[str, Any] = {name: os.environ[name] for name in names if name in os.environ}
+    values.update({name: app.config[name] for name in names if name in app.config})
+    return CacheConfig.from_env(values)
+
+
+def _process_started() -> float:
+    """This process's start, as a time.time() value (Linux /proc; else module import)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat_file:
+            ticks = int(stat_file.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as uptime_file:
+            uptime = float(uptime_file.read().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
+@dataclass
+class _AppState:
+    """Per-app state, kept in ``app.extensions``."""
+
+    cache: TieredCache
+    admin_token: str | None
+    health_interval: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    report: dict[str, Any] | None = None
+    checked_at: float = 0.0
+
+    def health(self) -> dict[str, Any]:
+        """``cache.health()``, probed at most once per ``health_interval``.
+
+        A load balancer polling every 100 ms then costs the server one PING + INFO per
+        interval and process; an outage still shows within the interval plus one
+        connect timeout.
+        """
+        with self.lock:
+            now = time.monotonic()
+            if self.report is None or now - self.checked_at >= self.health_interval:
+                self.report = self.cache.health()
+                self.checked_at = now
+            return self.report
+
+
+def _state() -> _AppState:
+    state: _AppState = current_app.extensions[_STATE_KEY]
+    return state
+
+
+def _error(status: int, message: str, **headers: str) -> Response:
+    response = jsonify(error=message, status=status)
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
+blueprint = Blueprint("dragonfly_cache", __name__)
+
+
+@blueprint.get("/health/cache")
+def health() -> Response:
+    """200 with ``health()`` when healthy, 503 with the same shape when not."""
+    report = _state().health()
+    response = jsonify(report)
+    response.status_code = 200 if report["status"] == "healthy" else 503
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@blueprint.get("/admin/cache/stats")
+def stats() -> Response:
+    """``stats()`` plus pid and uptime; ``Authorization: Bearer <CACHE_ADMIN_TOKEN>``."""
+    state = _state()
+    if not state.admin_token:
+        return _error(403, "the admin endpoints are disabled: set CACHE_ADMIN_TOKEN")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    expected = state.admin_token.encode("utf-8")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"),
+                                                             expected):
+        return _error(401, "missing or wrong bearer token",
+                      **{"WWW-Authenticate": 'Bearer realm="dragonfly_cache"'})
+    body = state.cache.stats()
+    body["pid"] = os.getpid()
+    body["uptime_seconds"] = round(time.time() - _process_started(), 3)
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+class DragonflyCache:
+    """The Flask extension.
+
+    Args:
+        app: the app to initialise now (or call :meth:`init_app` later, once per app).
+        cache: a ready ``TieredCache`` to use for every app; by default each app gets one
+            built from its config, closed when the process exits.
+    """
+
+    def __init__(self, app: Flask | None = None, cache: TieredCache | None = None) -> None:
+        self._cache = cache
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Build/attach the cache, register the endpoints and metrics on ``app``.
+
+        Raises:
+            ConfigError: an invalid configuration value, naming its key.
+        """
+        settings = {name: _setting(app, name) for name in _SETTINGS}
+        cache = self._cache
+        admin_token = app.config.get("CACHE_ADMIN_TOKEN")
+        if cache is None:
+            config = config_from_app(app)
+            cache = TieredCache(config)
+            atexit.register(cache.close)
+        token = v.secret("CACHE_ADMIN_TOKEN", admin_token) if admin_token is not None \
+            else cache.config.admin_token
+        app.extensions[EXTENSION_KEY] = cache
+        app.extensions[_STATE_KEY] = _AppState(cache, token, settings["CACHE_HEALTH_INTERVAL"])
+        app.register_blueprint(blueprint, url_prefix=settings["CACHE_API_PREFIX"])
+        if settings["CACHE_METRICS"]:
+            _install_metrics(app, cache, settings["CACHE_METRICS_PATH"])
+
+    @property
+    def cache(self) -> TieredCache:
+        """The current app's cache (inside an app context)."""
+        cache: TieredCache = current_app.extensions[EXTENSION_KEY]
+        return cache
+
+
+def _install_metrics(app: Flask, cache: TieredCache, path: str) -> None:
+    """HTTP metrics from prometheus-flask-exporter plus the cache's series, at ``path``."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    # Requests are labelled by URL rule ("/items/<int:id>"), not by path: one series per
+    # route, not one per id.
+    exporter: PrometheusMetrics
+    if cache_metrics.multiprocess_mode():
+        from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+        # Its registry reads every worker's files; the cache families write to them too.
+        exporter = GunicornInternalPrometheusMetrics(app, path=path, group_by="url_rule")
+    else:
+        # A registry per app: several apps in one process must not collide in the
+        # global default registry.
+        registry = CollectorRegistry(auto_describe=True)
+        exporter = PrometheusMetrics(app, path=path, registry=registry,
+                                     group_by="url_rule")
+        cache_metrics.register(registry)
+    exported = cache_metrics.CacheMetrics(cache)
+    app.extensions["dragonfly_cache.metrics"] = (exporter, exported)
+
+    @app.before_request
+    def _sync_before_scrape() -> None:
+        if request.path == path:
+            cache_metrics.sync_all()
+
+    @app.after_request
+    def _sync_after_request(response: Response) -> Response:
+        exported.sync()
+        return response

@@ -1,0 +1,193 @@
+"""Prometheus series for the cache: ``dragonfly_cache_*``.
+
+The hot path never touches Prometheus. The cache keeps plain counters (it needs them for
+``stats()`` anyway); :meth:`CacheMetrics.sync` turns their growth since the last sync into
+Prometheus counter increments and gauge updates. The Flask extension syncs after every
+request and before every scrape. The only per-call cost is on the L2 path (already a
+network round trip): one histogram observation of its latency.
+
+Under gunicorn with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` *before* the first
+import of ``prometheus_client`` (``gunicorn.conf.py`` does): the client picks its storage
+when it is imported, and a late variable silently leaves every worker writing to memory
+no scrape can see (prometheus_flask_exporter #165). Counters then add up across
+workers; gauges use ``livesum`` (L1 entries) or ``livemax`` (breaker state) or
+``livemin`` (coherence) over the live workers.
+
+Several caches in one process add into the same series.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from .tiered import TieredCache
+
+__all__ = ["METRICS", "CacheMetrics", "multiprocess_mode", "register", "sync_all"]
+
+_BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0)
+
+
+def multiprocess_mode() -> bool:
+    """Whether prometheus_client stores values in ``PROMETHEUS_MULTIPROC_DIR``."""
+    # prometheus_client still honours the old lower-case name.
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+                or os.environ.get("prometheus_multiproc_dir"))  # noqa: SIM112
+
+
+class _Families:
+    """The metric families, created once per process and registered nowhere by default.
+
+    In multiprocess mode the values live in files that a MultiProcessCollector reads; in
+    single-process mode :func:`register` adds the families to the registry that serves
+    /metrics (a collector may be registered with several registries).
+    """
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "dragonfly_cache_requests", "Cache lookups by tier and result.",
+            ["tier", "result"], registry=None)
+        self.l2_errors = Counter(
+            "dragonfly_cache_l2_errors", "Failed L2 commands by operation.",
+            ["operation"], registry=None)
+        self.l2_rejected = Counter(
+            "dragonfly_cache_l2_rejected", "L2 calls refused by the open circuit breaker.",
+            registry=None)
+        self.l2_latency = Histogram(
+            "dragonfly_cache_l2_latency_seconds", "L2 command latency by operation.",
+            ["operation"], buckets=_LATENCY_BUCKETS, registry=None)
+        self.l1_entries = Gauge(
+            "dragonfly_cache_l1_entries", "Entries in the in-process L1.",
+            registry=None, multiprocess_mode="livesum")
+        self.l1_evictions = Counter(
+            "dragonfly_cache_l1_evictions", "L1 entries dropped, by reason (size, expired).",
+            ["reason"], registry=None)
+        self.loads = Counter(
+            "dragonfly_cache_loads", "Loader calls made by get_or_load.", registry=None)
+        self.coalesced = Counter(
+            "dragonfly_cache_coalesced", "get_or_load callers that shared another's load.",
+            registry=None)
+        self.breaker_state = Gauge(
+            "dragonfly_cache_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+            registry=None, multiprocess_mode="livemax")
+        self.breaker_opened = Counter(
+            "dragonfly_cache_breaker_opened", "Times the circuit breaker opened.", registry=None)
+        self.invalidations = Counter(
+            "dragonfly_cache_invalidations",
+            "Invalidation messages from other caches, received and applied.",
+            ["stage"], registry=None)
+        self.l1_flushes = Counter(
+            "dragonfly_cache_l1_flushes", "Whole-L1 flushes after the listener lost its channel.",
+            registry=None)
+        self.coherence_subscribed = Gauge(
+            "dragonfly_cache_coherence_subscribed",
+            "1 while the invalidation listener is subscribed (or coherence is off), else 0.",
+            registry=None, multiprocess_mode="livemin")
+
+    def all(self) -> list[Any]:
+        return list(vars(self).values())
+
+
+METRICS = _Families()
+# livemin over every live process that imported this module, synced or not (a gunicorn
+# master with preload_app counts): start at the neutral value, "no cache is unsubscribed".
+METRICS.coherence_subscribed.set(1)
+
+# (stat path, counter, labels): cumulative cache counters exported as Prometheus counters.
+_COUNTERS: list[tuple[tuple[str, ...], Any, dict[str, str]]] = [
+    (("l1_stats", "hits"), METRICS.requests, {"tier": "l1", "result": "hit"}),
+    (("l1_stats", "misses"), METRICS.requests, {"tier": "l1", "result": "miss"}),
+    (("l2_stats", "hits"), METRICS.requests, {"tier": "l2", "result": "hit"}),
+    (("l2_stats", "misses"), METRICS.requests, {"tier": "l2", "result": "miss"}),
+    (("l2_stats", "rejected"), METRICS.l2_rejected, {}),
+    (("l1_stats", "evictions"), METRICS.l1_evictions, {"reason": "size"}),
+    (("l1_stats", "expirations"), METRICS.l1_evictions, {"reason": "expired"}),
+    (("singleflight", "loads"), METRICS.loads, {}),
+    (("singleflight", "coalesced"), METRICS.coalesced, {}),
+    (("breaker", "opened"), METRICS.breaker_opened, {}),
+    (("coherence", "received"), METRICS.invalidations, {"stage": "received"}),
+    (("coherence", "applied"), METRICS.invalidations, {"stage": "applied"}),
+    (("coherence", "flushes"), METRICS.l1_flushes, {}),
+]
+
+_registered: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
+_instances: weakref.WeakSet[CacheMetrics] = weakref.WeakSet()
+
+
+def register(registry: CollectorRegistry) -> None:
+    """Serve the cache families from ``registry`` (single-process mode; idempotent)."""
+    if registry in _registered:
+        return
+    for family in METRICS.all():
+        registry.register(family)
+    _registered.add(registry)
+
+
+class CacheMetrics:
+    """Exports one cache's counters into the ``dragonfly_cache_*`` families.
+
+    Args:
+        cache: the cache to export. Its L2 latency is observed from now on.
+    """
+
+    def __init__(self, cache: TieredCache) -> None:
+        self._cache = weakref.ref(cache)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._last: dict[tuple[str, ...], float] = {}
+        self._entries = 0.0
+        self.breaker_state = 0
+        self.subscribed = 1
+        latency = METRICS.l2_latency
+        cache._l2.latency_observer = lambda operation, seconds: (
+            latency.labels(operation).observe(seconds))
+        _instances.add(self)
+
+    def sync(self) -> None:
+        """Push what the cache counted since the last sync into the Prometheus families."""
+        cache = self._cache()
+        if cache is None:
+            return
+        stats = cache.stats()
+        with self._lock:
+            if self._pid != os.getpid():
+                # A forked child: the cache's counters restarted from zero here.
+                self._pid, self._last, self._entries = os.getpid(), {}, 0.0
+            for path, counter, labels in _COUNTERS:
+                section = stats.get(path[0], {})
+                value = float(section.get(path[1], 0))
+                delta = value - self._last.get(path, 0.0)
+                if delta > 0:
+                    (counter.labels(**labels) if labels else counter).inc(delta)
+                self._last[path] = value
+            errors = stats["l2_stats"].get("errors_by_operation", {})
+            for operation, count in errors.items():
+                path = ("errors_by_operation", operation)
+                delta = count - self._last.get(path, 0.0)
+                if delta > 0:
+                    METRICS.l2_errors.labels(operation).inc(delta)
+                self._last[path] = float(count)
+            size = float(stats["l1_stats"]["size"])
+            METRICS.l1_entries.inc(size - self._entries)  # inc: several caches add up
+            self._entries = size
+            self.breaker_state = _BREAKER_STATES.get(stats["breaker"]["state"], 2)
+            self.subscribed = int(stats["coherence"]["state"] in ("subscribed", "disabled"))
+        # The worst state among this process's caches, as of their last syncs.
+        live = [metrics for metrics in list(_instances) if metrics._cache() is not None]
+        METRICS.breaker_state.set(max(metrics.breaker_state for metrics in live))
+        METRICS.coherence_subscribed.set(min(metrics.subscribed for metrics in live))
+
+
+def sync_all() -> None:
+    """Sync every cache of this process (before a scrape)."""
+    for metrics in list(_instances):
+        metrics.sync()

@@ -1,0 +1,257 @@
+"""The Flask extension, its endpoints and /metrics, through Flask's test client."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from dragonfly_cache import ConfigError, TieredCache
+from dragonfly_cache.flask import DragonflyCache
+from tests.test_tiered import command_calls, wait_until
+
+TOKEN = "s3cret-admin-token"
+
+
+@pytest.fixture
+def make_app(redis_server: Any) -> Iterator[Callable[..., Flask]]:
+    apps: list[Flask] = []
+
+    def make(**config: Any) -> Flask:
+        app = Flask(f"test_app_{len(apps)}")
+        app.config.update({"DRAGONFLY_ADDRESSES": redis_server.address,
+                           "CACHE_ADMIN_TOKEN": TOKEN, **config})
+        DragonflyCache(app)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["dragonfly_cache"].close()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
+        if not match or match[1] != name:
+            continue
+        sample = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2] or ""))
+        if all(sample.get(key) == value for key, value in labels.items()):
+            total += float(match[3])
+    return total
+
+
+def test_extension_builds_the_cache_from_app_config(make_app: Callable[..., Flask]) -> None:
+    app = make_app(CACHE_KEY_PREFIX="flask:", CACHE_L1_MAX_SIZE=123)
+    cache = app.extensions["dragonfly_cache"]
+    assert isinstance(cache, TieredCache)
+    assert cache.config.key_prefix == "flask:"
+    assert cache.config.l1.max_size == 123
+
+
+def test_state_lives_in_app_extensions_and_several_apps_coexist(redis_server: Any) -> None:
+    extension = DragonflyCache()
+    first, second = Flask("first"), Flask("second")
+    first.config.update(DRAGONFLY_ADDRESSES=redis_server.address, CACHE_KEY_PREFIX="one:")
+    second.config.update(DRAGONFLY_ADDRESSES=redis_server.address, CACHE_KEY_PREFIX="two:")
+    extension.init_app(first)
+    extension.init_app(second)
+    try:
+        assert not hasattr(extension, "app")
+        one, two = first.extensions["dragonfly_cache"], second.extensions["dragonfly_cache"]
+        assert one is not two
+        with first.app_context():
+            assert extension.cache is one
+        with second.app_context():
+            assert extension.cache is two
+        for app in (first, second):
+            response = app.test_client().get("/metrics")
+            assert response.status_code == 200
+            assert b"dragonfly_cache_requests_total" in response.data
+    finally:
+        first.extensions["dragonfly_cache"].close()
+        second.extensions["dragonfly_cache"].close()
+
+
+def test_a_given_cache_is_used_as_is(cache_factory: Any) -> None:
+    cache = cache_factory()
+    app = Flask("given")
+    DragonflyCache(app, cache=cache)
+    assert app.extensions["dragonfly_cache"] is cache
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("DRAGONFLY_POOL_SIZE", 0), ("CACHE_L1_TTL", "soon"), ("DRAGONFLY_ADDRESSES", "host:0"),
+     ("CACHE_HEALTH_INTERVAL", "-1s"), ("CACHE_METRICS", "maybe")],
+)
+def test_init_app_validates_config_naming_the_key(key: str, value: object) -> None:
+    app = Flask("bad")
+    app.config[key] = value
+    with pytest.raises(ConfigError, match=f"^{key}="):
+        DragonflyCache(app)
+    assert "dragonfly_cache" not in app.extensions
+
+
+def test_health_200_then_503_then_200_around_an_outage(make_app: Callable[..., Flask],
+                                                       redis_server: Any) -> None:
+    app = make_app(CACHE_HEALTH_INTERVAL="200ms", DRAGONFLY_BREAKER_COOLDOWN="200ms")
+    client = app.test_client()
+    response = client.get("/api/v1/health/cache")
+    assert response.status_code == 200
+    assert response.content_type == "application/json"
+    body = response.get_json()
+    assert body["status"] == "healthy"
+    assert {"status", "dragonfly", "l1_stats", "l2_stats"} <= set(body)
+    assert body["dragonfly"]["connected"] is True
+    redis_server.kill()
+    killed = time.monotonic()
+    wait_until(lambda: client.get("/api/v1/health/cache").status_code == 503, timeout=2.0)
+    print(f"\nunhealthy {time.monotonic() - killed:.2f} s after the kill")
+    unhealthy = client.get("/api/v1/health/cache").get_json()
+    assert unhealthy["status"] == "unhealthy"
+    assert set(unhealthy) == set(body)  # the same shape
+    redis_server.restart()
+    wait_until(lambda: client.get("/api/v1/health/cache").status_code == 200, timeout=3.0)
+
+
+def test_health_probe_is_cached_for_the_interval(make_app: Callable[..., Flask],
+                                                 redis_server: Any) -> None:
+    app = make_app(CACHE_HEALTH_INTERVAL="5s")
+    client = app.test_client()
+    raw = redis_server.client()
+    raw.config_resetstat()
+    for _ in range(50):  # a load balancer polling fast
+        assert client.get("/api/v1/health/cache").status_code == 200
+    assert command_calls(raw, "info") == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [(None, 401), ("Bearer wrong", 401), (f"Basic {TOKEN}", 401), ("Bearer", 401),
+     (f"Bearer {TOKEN}", 200), (f"bearer {TOKEN}", 200)],
+)
+def test_admin_stats_token_rules(make_app: Callable[..., Flask], header: str | None,
+                                 status: int) -> None:
+    client = make_app().test_client()
+    headers = {"Authorization": header} if header else {}
+    response = client.get("/api/v1/admin/cache/stats", headers=headers)
+    assert response.status_code == status
+    assert response.content_type == "application/json"
+    body = response.get_json()
+    if status == 200:
+        assert {"l1_stats", "l2_stats", "singleflight", "pid", "uptime_seconds"} <= set(body)
+        assert body["uptime_seconds"] > 0
+    else:
+        assert body["status"] == 401
+        assert "Bearer" in response.headers["WWW-Authenticate"]
+        assert TOKEN not in response.get_data(as_text=True)
+
+
+def test_admin_stats_is_closed_without_a_token(redis_server: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CACHE_ADMIN_TOKEN", raising=False)
+    app = Flask("closed")
+    app.config["DRAGONFLY_ADDRESSES"] = redis_server.address
+    DragonflyCache(app)
+    try:
+        response = app.test_client().get("/api/v1/admin/cache/stats",
+                                         headers={"Authorization": "Bearer anything"})
+        assert response.status_code == 403
+        assert response.get_json()["error"].startswith("the admin endpoints are disabled")
+    finally:
+        app.extensions["dragonfly_cache"].close()
+
+
+def test_url_prefix_is_configurable(make_app: Callable[..., Flask]) -> None:
+    client = make_app(CACHE_API_PREFIX="/internal").test_client()
+    assert client.get("/internal/health/cache").status_code == 200
+    assert client.get("/api/v1/health/cache").status_code == 404
+
+
+def test_no_password_anywhere(auth_redis_server: Any) -> None:
+    app = Flask("auth")
+    app.config.update(DRAGONFLY_ADDRESSES=auth_redis_server.address,
+                      DRAGONFLY_PASSWORD=auth_redis_server.password, CACHE_ADMIN_TOKEN=TOKEN)
+    DragonflyCache(app)
+    try:
+        client = app.test_client()
+        bodies = [client.get("/api/v1/health/cache").get_data(as_text=True),
+                  client.get("/api/v1/admin/cache/stats",
+                             headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True),
+                  client.get("/metrics").get_data(as_text=True)]
+        assert json.loads(bodies[0])["status"] == "healthy"
+        for body in bodies:
+            assert auth_redis_server.password not in body
+    finally:
+        app.extensions["dragonfly_cache"].close()
+
+
+def test_metrics_export_the_cache_series(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    client = app.test_client()
+    cache = app.extensions["dragonfly_cache"]
+
+    @app.get("/work")
+    def work() -> str:
+        cache.set("k", b"v")
+        for _ in range(10):
+            cache.get("k")
+        cache.get("missing")
+        return "ok"
+
+    before = client.get("/metrics")
+    assert before.status_code == 200
+    assert before.content_type.startswith("text/plain")
+    text = before.get_data(as_text=True)
+    l1_hits = metric(text, "dragonfly_cache_requests_total", tier="l1", result="hit")
+    assert client.get("/work").status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    assert metric(text, "dragonfly_cache_requests_total", tier="l1",
+                  result="hit") == l1_hits + 10
+    assert metric(text, "dragonfly_cache_requests_total", tier="l2", result="miss") >= 1
+    assert metric(text, "dragonfly_cache_l2_latency_seconds_count", operation="SET") >= 1
+    assert metric(text, "dragonfly_cache_l1_entries") >= 1
+    assert metric(text, "dragonfly_cache_breaker_state") == 0
+    assert metric(text, "flask_http_request_total") >= 1
+    for name in ("dragonfly_cache_l2_errors_total", "dragonfly_cache_loads_total",
+                 "dragonfly_cache_coalesced_total", "dragonfly_cache_invalidations_total",
+                 "dragonfly_cache_l1_evictions_total", "dragonfly_cache_coherence_subscribed"):
+        assert f"# TYPE {name.removesuffix('_total')}" in text
+
+
+def test_metrics_can_be_turned_off(make_app: Callable[..., Flask]) -> None:
+    client = make_app(CACHE_METRICS=False).test_client()
+    assert client.get("/metrics").status_code == 404
+
+
+def test_demo_reads_through_the_cache_and_writes_invalidate(
+        redis_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("DRAGONFLY_ADDRESSES", redis_server.address)
+    monkeypatch.setenv("DEMO_DB_PATH", str(tmp_path / "demo.sqlite3"))
+    from dragonfly_cache.demo import create_app
+
+    app = create_app()
+    client: FlaskClient = app.test_client()
+    try:
+        first = client.get("/demo/items/7").get_json()
+        assert first["name"] == "item 7"
+        assert first["ms"] >= 45  # the simulated query
+        second = client.get("/demo/items/7").get_json()
+        assert second["ms"] < 10  # from L1
+        updated = client.put("/demo/items/7", json={"name": "renamed"})
+        assert updated.status_code == 200
+        assert updated.get_json()["version"] == 1
+        assert client.get("/demo/items/7").get_json()["name"] == "renamed"
+        assert client.put("/demo/items/7", data="not json").status_code == 400
+        assert client.get("/").status_code == 200
+    finally:
+        app.extensions["dragonfly_cache"].close()
