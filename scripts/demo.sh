@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the demo app under gunicorn on http://127.0.0.1:${PORT:-8000}.
 # Without DRAGONFLY_ADDRESSES it starts a private, non-persistent redis-server on a free
-# 127.0.0.1 port and stops it on exit. WORKERS (default 2) sets the gunicorn worker count.
+# 127.0.0.1 port and stops it on exit. WORKERS (default 2) sets the gunicorn worker count;
+# CACHE_ADMIN_TOKEN is generated (and printed) when not set.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -47,11 +48,23 @@ if [[ -z "${DRAGONFLY_ADDRESSES:-}" ]]; then
     echo "demo: private redis-server on $DRAGONFLY_ADDRESSES (discarded on exit)"
 fi
 
-url="http://127.0.0.1:${PORT:-8000}"
+if [[ -z "${CACHE_ADMIN_TOKEN:-}" ]]; then
+    CACHE_ADMIN_TOKEN=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))')
+    export CACHE_ADMIN_TOKEN
+    echo "demo: generated CACHE_ADMIN_TOKEN for this run"
+fi
+export WEB_CONCURRENCY=${WORKERS:-${WEB_CONCURRENCY:-2}}
+export PORT=${PORT:-8000}
+export DEMO_DB_PATH=${DEMO_DB_PATH:-$scratch/demo.sqlite3}
+
+url="http://127.0.0.1:$PORT"
 cat <<MSG
-demo: serving $url  (Ctrl-C to stop)
-  curl $url/api/v1/health/cache
-  curl -X PUT --data 'hello' $url/demo/greeting
-  curl $url/demo/greeting
+demo: gunicorn with $WEB_CONCURRENCY workers on $url  (Ctrl-C to stop)
+  health   curl $url/api/v1/health/cache
+  stats    curl -H 'Authorization: Bearer $CACHE_ADMIN_TOKEN' $url/api/v1/admin/cache/stats
+  metrics  curl $url/metrics
+  demo     curl $url/demo/items/1      (first read: a 50 ms "query"; then cached)
+           curl -X PUT -H 'Content-Type: application/json' -d '{"name": "new"}' $url/demo/items/1
 MSG
-.venv/bin/gunicorn --bind "127.0.0.1:${PORT:-8000}" --workers "${WORKERS:-2}" wsgi:app
+# gunicorn reads ./gunicorn.conf.py: workers, bind and Prometheus multiprocess mode.
+.venv/bin/gunicorn wsgi:app

@@ -15,6 +15,7 @@ from dragonfly_cache import CacheConfig, DragonflyConfig, L1Config, L2Config
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 REFERENCE = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+FLASK_DOC = (ROOT / "docs" / "flask.md").read_text(encoding="utf-8")
 
 
 def blocks(text: str, language: str) -> list[str]:
@@ -55,7 +56,9 @@ def test_every_option_is_in_the_reference(key: str, env: str) -> None:
 
 
 def test_the_reference_names_no_option_the_code_lacks() -> None:
-    known_env = {env for _, env in options()}
+    from dragonfly_cache.flask import _SETTINGS
+
+    known_env = {env for _, env in options()} | set(_SETTINGS)
     known_keys = {key for key, _ in options()}
     assert set(re.findall(r"`((?:DRAGONFLY|CACHE)_[A-Z0-9_]+)`", REFERENCE)) <= known_env
     assert set(re.findall(r"`(cache\.[a-z0-9_.]+)`", REFERENCE)) <= known_keys
@@ -66,3 +69,19 @@ def test_yaml_examples_load(document: str) -> None:
     config = CacheConfig.from_yaml(document, environ={})
     assert config.key_prefix == "myapp:"
     assert config.l1.ttl == 300.0
+
+
+def test_every_flask_setting_is_documented() -> None:
+    from dragonfly_cache.flask import _SETTINGS
+
+    for name in _SETTINGS:
+        assert f"`{name}`" in FLASK_DOC, name
+    assert "[Flask" in REFERENCE or "flask.md" in REFERENCE
+
+
+def test_every_metric_family_is_documented() -> None:
+    from dragonfly_cache.metrics import METRICS
+
+    for family in METRICS.all():
+        name = family._name + ("_total" if family._type == "counter" else "")
+        assert f"`{name}`" in FLASK_DOC, name
