@@ -6,9 +6,11 @@ half-open  one call (the probe) goes through; the others are still refused. Succ
            the circuit and resets the cooldown; failure reopens it with the cooldown
            doubled, up to ``max_cooldown``.
 
-Only failures that say the server cannot be reached count (connection errors, timeouts).
-A server that answers with an error (out of memory, WRONGTYPE) is reachable: that counts as
-a success here, so a full Dragonfly never stops reads.
+Failures that say the server cannot be used count: connection errors, timeouts, and
+authentication errors (redis-py reports those as connection errors; retrying a wrong
+password every call is as pointless as retrying a dead server). A server that answers a
+command with an error (out of memory, WRONGTYPE) is reachable: that counts as a success
+here, so a full Dragonfly never stops reads.
 """
 
 from __future__ import annotations
@@ -65,6 +67,17 @@ class CircuitBreaker:
                 return True
             self.rejected += 1
             return False
+
+    def abandon(self) -> None:
+        """A call that :meth:`allow` let through never reached the server (no verdict).
+
+        If it was the half-open probe, the next call may probe at once instead of every
+        call being refused until the probe deadline.
+        """
+        with self._lock:
+            if self.state == HALF_OPEN:
+                self.state = OPEN
+                self._retry_at = self._timer()
 
     def success(self) -> None:
         """The server answered."""

@@ -99,13 +99,8 @@ class Coherence:
         self._client: redis.Redis | None = None
         self.received = 0  # messages from other senders
         self.applied = 0  # of those, the ones that reached L1
-        self.flushes = 0  # whole-L1 flushes: (re)subscriptions and lost connections
+        self.flushes = 0  # whole-L1 flushes: lost connections, malformed messages, stop()
         self.reconnects = 0
-
-    def after_fork_in_child(self) -> None:
-        """The parent's thread does not exist here: forget it, take a new sender id."""
-        self._lock = threading.Lock()
-        self._start_process_state()
 
     # -- publisher side -------------------------------------------------------------------
 
@@ -136,7 +131,12 @@ class Coherence:
                 self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the listener (idempotent); L1 is no longer trusted afterwards."""
+        """Stop the listener (idempotent) and flush L1, which nothing keeps coherent now.
+
+        Entries stored from now on live at most ``l1.degraded_ttl``; the flush also makes
+        reads that are in flight lose their fills.
+        """
+        was_subscribed = self.state == SUBSCRIBED
         self._stop.set()
         # Wake the listener from its wait instead of letting it finish a poll interval.
         # redis-py has no public handle on the socket; without one, the poll ends it.
@@ -148,6 +148,8 @@ class Coherence:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         self.state = STOPPED
+        if was_subscribed:
+            self._flush()
 
     def _run(self) -> None:
         backoff = _BACKOFF_FIRST
@@ -206,7 +208,10 @@ class Coherence:
             message = json.loads(data)
             sender = message["s"]
         except (ValueError, KeyError, TypeError):
-            logger.warning("ignored a malformed invalidation message on %s", self.channel)
+            # Something meant to invalidate, but what? Dropping everything is the only
+            # answer that cannot leave a stale entry behind.
+            logger.warning("malformed invalidation message on %s; L1 flushed", self.channel)
+            self._flush()
             return
         if sender == self.sender:
             return

@@ -120,6 +120,11 @@ class L1:
                 tickets[key] = tickets.get(key, 0) + 1
             return self._generation
 
+    def stale(self, key: str, ticket: int) -> bool:
+        """Whether ``key`` was invalidated after ``ticket`` was issued."""
+        with self._lock:
+            return self._stale(key, ticket)
+
     def _stale(self, key: str, ticket: int) -> bool:
         return self._flushed_at > ticket or self._stamps.get(key, -1) > ticket
 

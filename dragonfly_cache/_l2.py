@@ -4,7 +4,8 @@ A dumb store with a small surface: it prefixes keys, batches round trips and tra
 redis-py error into :class:`CacheUnavailableError` at this boundary. Policy (what a failure
 means for a read or a write, L1 fills, singleflight) lives in :mod:`dragonfly_cache.tiered`.
 
-Time bounds. A command that fails with a connection error (refused, reset, a pooled socket
+Time bounds (per command; ``health()`` sends two, ``invalidate`` two per page). A command
+that fails with a connection error (refused, reset, a pooled socket
 the server closed) is attempted up to ``1 + max_retries`` times with exponential backoff and
 full jitter between attempts (``_BACKOFF_BASE * 2**n`` capped at ``_BACKOFF_CAP``); a
 timeout ends the call at once. So a stalled server costs one ``connect_timeout`` or
@@ -153,23 +154,36 @@ class L2:
                 f"{operation} on {self.address} not attempted: circuit breaker open "
                 f"(probing again within {breaker.stats()['cooldown']:g}s)")
         if not self._slots.acquire(self._pool_timeout):
+            breaker.abandon()  # no verdict on the server: it was never asked
             self._fail(operation, f"no free connection within {self._pool_timeout:g}s "
                                   f"(pool_size={self.config.pool_size})")
         started = time.perf_counter()
         try:
             result = do()
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            breaker.failure()  # the server could not be reached
-            self._fail(operation, f"{type(exc).__name__}: {exc}", exc)
         except redis.RedisError as exc:
-            breaker.success()  # it answered, with an error (e.g. out of memory)
+            if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+                breaker.failure()  # the server could not be reached (or refused our login)
+            else:
+                breaker.success()  # it answered, with an error (e.g. out of memory)
+            self._fail(operation, f"{type(exc).__name__}: {exc}", exc)
+        except Exception as exc:
+            # Anything else (an OSError, or redis-py tripping over a pool that close()
+            # tore down under it) is still a failed call: reads must not see it raise.
+            breaker.failure()
             self._fail(operation, f"{type(exc).__name__}: {exc}", exc)
         finally:
             self._slots.release()
-            if self.latency_observer is not None:
-                self.latency_observer(operation, time.perf_counter() - started)
+            self._observe(operation, time.perf_counter() - started)
         breaker.success()
         return result
+
+    def _observe(self, operation: str, seconds: float) -> None:
+        observer = self.latency_observer
+        if observer is not None:
+            try:
+                observer(operation, seconds)
+            except Exception:  # a metrics problem must never fail a cache call
+                logger.exception("latency observer failed")
 
     def _fail(self, operation: str, reason: str, cause: BaseException | None = None
               ) -> NoReturn:
@@ -257,6 +271,24 @@ class L2:
             pipe.execute()
 
         self._call("SET", do)
+
+    def set_if_absent(self, key: str, value: bytes, ttl: float, announce: str | None = None
+                      ) -> bool:
+        """SET NX with a PX expiry (then PUBLISH ``announce``): one round trip.
+
+        Returns:
+            Whether the value was stored (False: the key exists, written by someone else).
+        """
+        ttl_ms = max(1, round(ttl * 1000))
+
+        def do() -> bool:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(self.prefix + key, value, px=ttl_ms, nx=True)
+            if announce is not None:
+                pipe.publish(self.channel, announce)
+            return bool(pipe.execute()[0])
+
+        return self._call("SET", do)
 
     def delete(self, keys: Sequence[str], announce: str | None = None) -> int:
         """UNLINK the keys (and PUBLISH ``announce`` after, same round trip).

@@ -11,7 +11,6 @@ work, and the singleflight leader runs the loader outside any lock.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -103,6 +102,7 @@ class TieredCache:
         self.config = config if config is not None else CacheConfig()
         self._l2 = L2(self.config.dragonfly, self.config.key_prefix)
         self._timer = timer
+        self._closed = False
         self._start_process_state()
         _caches.add(self)
 
@@ -116,6 +116,8 @@ class TieredCache:
         self._loads = 0
         self._coherence = (Coherence(self._l1, self._l2.subscriber, self._l2.channel)
                            if l1.invalidation else None)
+        if self._closed and self._coherence is not None:
+            self._coherence.stop()  # a cache closed before a fork stays closed in the child
 
     def _listen(self) -> None:
         if self._coherence is not None:
@@ -165,6 +167,7 @@ class TieredCache:
         A later call reconnects lazily, with coherence off: L1 entries then live at most
         ``l1.degraded_ttl``.
         """
+        self._closed = True
         if self._coherence is not None:
             self._coherence.stop()
         self._l2.close()
@@ -231,26 +234,36 @@ class TieredCache:
         self._listen()
         l1 = self._l1
         ticket = l1.begin(keys)
-        start = l1.timer()
+        found: dict[str, bytes] = {}
+        fills: dict[str, tuple[bytes, float]] = {}
+        try:
+            found, fills = self._fetch(keys)
+        finally:
+            l1.fill(fills, ticket, [key for key in keys if key not in fills])
+        return found
+
+    def _fetch(self, keys: Sequence[str]
+               ) -> tuple[dict[str, bytes], dict[str, tuple[bytes, float]]]:
+        """Read ``keys`` from L2 (GET+PTTL, or MGET+PTTLs): the values found, and the L1
+        fills they allow (value, deadline). L2 failures read as misses."""
+        start = self._l1.timer()
         horizon = self._horizon(start)
         found: dict[str, bytes] = {}
         fills: dict[str, tuple[bytes, float]] = {}
         try:
             replies = [self._l2.get(keys[0])] if len(keys) == 1 else self._l2.get_many(keys)
-            for key, (value, pttl) in zip(keys, replies, strict=True):
-                if value is None:
-                    continue
-                found[key] = value
-                if pttl >= 0:
-                    fills[key] = (value, min(start + pttl / 1000, horizon))
-                elif pttl == -1:  # no expiry on the server: L1's own ttl bounds it
-                    fills[key] = (value, horizon)
-                # -2: the key vanished between GET and PTTL; answer, but don't keep it
         except CacheUnavailableError:
-            pass  # reads degrade to a miss; the L2 tier counted and logged the failure
-        finally:
-            l1.fill(fills, ticket, [key for key in keys if key not in fills])
-        return found
+            return found, fills  # reads degrade to a miss; the L2 tier counted and logged it
+        for key, (value, pttl) in zip(keys, replies, strict=True):
+            if value is None:
+                continue
+            found[key] = value
+            if pttl >= 0:
+                fills[key] = (value, min(start + pttl / 1000, horizon))
+            elif pttl == -1:  # no expiry on the server: L1's own ttl bounds it
+                fills[key] = (value, horizon)
+            # -2: the key vanished between GET and PTTL; answer, but don't keep it
+        return found, fills
 
     def get_or_load(self, key: str, loader: Loader, ttl: TTL = None) -> bytes:
         """Return the cached value, or call ``loader()`` once to produce and cache it.
@@ -275,19 +288,56 @@ class TieredCache:
         return self._flights.do(key, lambda: self._load(key, loader, seconds))
 
     def _load(self, key: str, loader: Loader, seconds: float) -> bytes:
-        value = self._read_through([key]).get(key)
-        if value is not None:
+        """The singleflight leader's work: L2, else the loader, then store.
+
+        One L1 ticket covers everything from before the L2 read until the store. A write
+        or delete of the key meanwhile (here, or elsewhere through coherence) stamps it;
+        the loaded value, perhaps read from the database before that write, is then
+        returned but stored nowhere. The store itself is SET NX, so a write that reached
+        L2 first always wins over a load that started before it.
+        """
+        self._listen()
+        l1 = self._l1
+        ticket = l1.begin([key])
+        released = False
+        try:
+            found, fills = self._fetch([key])
+            if key in found:
+                released = True
+                l1.fill(fills, ticket, [] if key in fills else [key])
+                return found[key]
+            with self._loads_lock:
+                self._loads += 1
+            value = loader()
+            if not isinstance(value, bytes):
+                raise TypeError(f"loader for key {key!r} returned {type(value).__name__}, "
+                                "expected bytes")
+            released = True
+            self._store_loaded(key, value, seconds, ticket)
             return value
-        with self._loads_lock:
-            self._loads += 1
-        value = loader()
-        if not isinstance(value, bytes):
-            raise TypeError(f"loader for key {key!r} returned {type(value).__name__}, "
-                            "expected bytes")
-        # A read never raises: if L2 refuses the write, the fresh value is in L1 and returned.
-        with contextlib.suppress(CacheUnavailableError):
-            self._write({key: value}, seconds)
-        return value
+        finally:
+            if not released:
+                l1.end([key])
+
+    def _store_loaded(self, key: str, value: bytes, seconds: float, ticket: int) -> None:
+        """Store a loaded value in L2 (if still absent) and L1; release the ticket."""
+        l1 = self._l1
+        if l1.stale(key, ticket):
+            l1.end([key])  # invalidated while loading: the value may predate that write
+            return
+        start = l1.timer()
+        deadline = min(start + seconds, self._horizon(start))
+        try:
+            stored = self._l2.set_if_absent(key, value, seconds, self._announce_keys([key]))
+        except CacheUnavailableError:
+            # A read never raises. The fresh value is kept locally, briefly: L2 and the
+            # other processes did not get it.
+            l1.fill({key: (value, min(deadline, start + self.config.l1.degraded_ttl))}, ticket)
+            return
+        if stored:
+            l1.fill({key: (value, deadline)}, ticket)
+        else:
+            l1.end([key])  # someone wrote the key while we loaded: theirs wins
 
     # -- writes --------------------------------------------------------------------------
 
@@ -329,9 +379,12 @@ class TieredCache:
         deadline = min(start + seconds, self._horizon(start))
         try:
             self._l2.set_many(values, seconds, self._announce_keys(list(values)))
-        finally:
-            # Applied locally even when L2 failed; the CacheUnavailableError then propagates.
-            l1.write(values, deadline, ticket)
+        except BaseException:
+            # Applied locally all the same (the CacheUnavailableError then propagates), but
+            # only briefly: L2 and the other processes still have the old value.
+            l1.write(values, min(deadline, start + self.config.l1.degraded_ttl), ticket)
+            raise
+        l1.write(values, deadline, ticket)
 
     def delete(self, key: str) -> None:
         """Remove ``key`` from L2 and L1.

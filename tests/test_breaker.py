@@ -90,3 +90,13 @@ def test_successes_in_the_closed_state_take_no_lock() -> None:
 
     breaker._lock = Boom()  # type: ignore[assignment]
     breaker.success()
+
+
+def test_a_probe_abandoned_without_a_verdict_lets_the_next_call_probe_at_once() -> None:
+    breaker, clock = make(threshold=1, cooldown=5.0)
+    breaker.failure()
+    clock.advance(5.0)
+    assert breaker.allow()  # the probe ...
+    breaker.abandon()  # ... never reached the server (no free connection)
+    assert breaker.state == "open"
+    assert breaker.allow()  # the next call probes now, not after another cooldown
