@@ -1,0 +1,81 @@
+"""The benchmark harness runs end to end, so it never rots (issue 8).
+
+Smoke mode runs every workload with tiny sizes against real redis-server processes it
+starts itself; it makes no timing claims, and neither does this test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "benchmarks" / "run.py"
+
+WORKLOADS = {
+    "hot_reads_1t",
+    "hot_reads_8t",
+    "mixed_90_10_4t",
+    "l2_path",
+    "stampede",
+    "get_many_100",
+    "cross_process_staleness",
+    "metrics_overhead",
+    "l1_memory",
+}
+
+
+@pytest.mark.server
+def test_smoke_run_covers_every_workload(tmp_path: Path) -> None:
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--smoke", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=100, check=False,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+    document = json.loads(out.read_text())
+    assert set(document["workloads"]) == WORKLOADS
+    assert document["mode"] == "smoke"
+    assert document["date"]
+    machine = document["machine"]
+    assert machine["nproc"] >= 1
+    assert machine["cpu_model"]
+    assert machine["python"]
+    assert machine["redis_server"].startswith("Redis server")
+    for name, workload in document["workloads"].items():
+        assert workload["title"], name
+        assert workload["data"], name
+        for target in workload["targets"]:
+            assert target["met"] is None, f"{name}: smoke mode must not judge targets"
+
+    # Every workload printed its markdown table.
+    assert "## Benchmark results (smoke run" in proc.stdout
+    for workload in document["workloads"].values():
+        assert f"### {workload['title']}" in proc.stdout
+    assert "### Targets (issue 8)" in proc.stdout
+
+
+@pytest.mark.server
+def test_smoke_run_answers_each_system(tmp_path: Path) -> None:
+    """The systems really ran: reads found their values, loaders returned them."""
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--smoke", "--only", "stampede", "--only", "hot_reads_1t",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=100, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    workloads = json.loads(out.read_text())["workloads"]
+    assert set(workloads) == {"stampede", "hot_reads_1t"}
+    stampede = workloads["stampede"]["data"]
+    assert {"dragonfly_cache", "dogpile.cache", "flask-caching"} <= set(stampede)
+    for name, entry in stampede.items():
+        assert entry["all_callers_got_value"], name
+    assert stampede["dragonfly_cache"]["loader_calls_max"] == 1
+    hot = workloads["hot_reads_1t"]["data"]
+    assert all(entry["ops_per_s"] > 0 for entry in hot.values())
