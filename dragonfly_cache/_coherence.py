@@ -92,6 +92,7 @@ class Coherence:
 
     def _start_process_state(self) -> None:
         self.sender = uuid.uuid4().hex
+        self._own_prefix = self.keys_message([]).split(",", 1)[0].encode()  # {"s":"<id>"
         self.state = STOPPED
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -201,6 +202,8 @@ class Coherence:
                 return
 
     def _apply(self, data: bytes) -> None:
+        if data.startswith(self._own_prefix):
+            return  # our own write, already applied locally: skip the JSON decoding
         target = self._target()
         if target is None:
             return

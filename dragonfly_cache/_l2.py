@@ -1,4 +1,4 @@
-"""The shared tier: a redis-py client on a bounded, blocking connection pool.
+"""The shared tier: commands to Dragonfly/Redis over a bounded set of connections.
 
 A dumb store with a small surface: it prefixes keys, batches round trips and translates every
 redis-py error into :class:`CacheUnavailableError` at this boundary. Policy (what a failure
@@ -15,6 +15,7 @@ timeout ends the call at once. So a stalled server costs one ``connect_timeout``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -23,10 +24,12 @@ from typing import Any, NoReturn, TypeVar
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from ._breaker import CircuitBreaker
 from ._coherence import channel_name
+from ._connections import Connections
 from ._glob import escape_glob
 from ._slots import FairSlots
 from .config import DragonflyConfig
@@ -39,6 +42,15 @@ logger = logging.getLogger("dragonfly_cache")
 _BACKOFF_BASE = 0.01
 _BACKOFF_CAP = 0.1
 _SCAN_COUNT = 1000
+_SCRIPT_CHUNK = 500  # keys per EVALSHA (Lua's unpack() has a limit near 8000)
+# Every key is declared in KEYS: Dragonfly rejects scripts that touch undeclared keys.
+_MGET_PTTL = """
+local values = redis.call('MGET', unpack(KEYS))
+local ttls = {}
+for i = 1, #KEYS do ttls[i] = redis.call('PTTL', KEYS[i]) end
+return {values, ttls}
+"""
+_MGET_PTTL_SHA = hashlib.sha1(_MGET_PTTL.encode(), usedforsecurity=False).hexdigest()
 _LOG_EVERY = 10.0  # seconds between repeated warnings about the same failing operation
 T = TypeVar("T")
 
@@ -48,6 +60,14 @@ ServerInfo = dict[str, Any]
 def _split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def parse_info(reply: bytes | str) -> dict[str, str]:
+    """The ``key:value`` lines of an INFO reply."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    fields = (line.split(":", 1) for line in text.splitlines()
+              if line and not line.startswith("#") and ":" in line)
+    return {key: value for key, value in fields}
 
 
 def detect_server(info: Mapping[str, Any]) -> tuple[str, str]:
@@ -90,9 +110,7 @@ class L2:
         # retrying it would multiply the stall by 1 + max_retries.
         self._retry = Retry(ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE),
                             config.max_retries, supported_errors=(redis.ConnectionError,))
-        self._pool_kwargs: dict[str, Any] = {
-            "max_connections": config.pool_size,
-            "timeout": config.pool_timeout,
+        self._connection_options: dict[str, Any] = {
             "protocol": 2,  # RESP2: what Redis 6+, Valkey and Dragonfly all speak the same way
             "host": host,
             "port": port,
@@ -104,9 +122,9 @@ class L2:
             "socket_keepalive": True,
             "retry": self._retry,
         }
-        if config.tls:
-            self._pool_kwargs["connection_class"] = redis.SSLConnection
+        self._connection_class = redis.SSLConnection if config.tls else redis.Connection
         self._pool_timeout = config.pool_timeout
+        self._scripting = True  # False once the server refused EVALSHA/SCRIPT LOAD
         # Called with (operation, seconds) after every command that reached the server;
         # the metrics module sets it. Kept across forks: it is not per-process state.
         self.latency_observer: Callable[[str, float], None] | None = None
@@ -115,12 +133,10 @@ class L2:
     def _start_process_state(self) -> None:
         """Create what each process must own: the pool, locks, counters, breaker, slots."""
         config = self.config
-        # redis-py leaves BlockingConnectionPool.__init__ unannotated.
-        self._pool = redis.BlockingConnectionPool(**self._pool_kwargs)  # type: ignore[no-untyped-call]
-        self._client = redis.Redis(connection_pool=self._pool, retry=self._retry)
-        # At most pool_size sockets per process. Callers queue fairly for a slot (at most
-        # pool_timeout) before they touch the pool, so the pool itself never has to block;
-        # its own timeout only guards against a slot/connection mismatch.
+        self._connections = Connections(self._connection_class, self._connection_options,
+                                        self._retry)
+        # At most pool_size connections per process: a call holds a slot (waiting at most
+        # pool_timeout, first come first served) while it uses a connection.
         self._slots = FairSlots(config.pool_size)
         self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown,
                                       config.breaker_max_cooldown)
@@ -136,9 +152,8 @@ class L2:
 
         The pool's sockets belong to the parent's sessions (sharing them would interleave
         replies), and any lock may have been held by a parent thread that does not exist
-        here. A new pool, not ``pool.reset()``: reset takes the pool's lock, which such a
-        thread may hold forever. The old pool is dropped without closing its sockets here
-        (redis-py only shuts a socket down in the process that opened it).
+        here. The old connections are dropped without being shut down here (redis-py only
+        shuts a socket down in the process that opened it).
         """
         self._start_process_state()
 
@@ -216,37 +231,48 @@ class L2:
             (value or None, remaining life in ms: -1 for no expiry, -2 if the key vanished).
         """
         name = self.prefix + key
-
-        def do() -> tuple[bytes | None, int]:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.get(name)
-            pipe.pttl(name)
-            value, pttl = pipe.execute()
-            return value, pttl
-
-        value, pttl = self._call("GET", do)
+        value, pttl = self._call("GET", lambda: self._connections.roundtrip(
+            (("GET", name), ("PTTL", name))))
         self._count(value is not None, value is None)
         return value, pttl
 
     def get_many(self, keys: Sequence[str]) -> list[tuple[bytes | None, int]]:
-        """One MGET plus one PTTL per key, pipelined into a single round trip."""
+        """Values and PTTLs of many keys in one round trip.
+
+        One EVALSHA per 500 keys (all declared in KEYS, as Dragonfly requires) returns
+        both lists: packing and parsing one command instead of 1 + N is what makes it
+        fast. Servers that refuse scripting get MGET + one PTTL per key, pipelined.
+        """
         names = [self.prefix + key for key in keys]
-
-        def do() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.mget(names)
-            for name in names:
-                pipe.pttl(name)
-            return pipe.execute()
-
-        values, *pttls = self._call("MGET", do)
-        found = sum(value is not None for value in values)
+        replies = self._call("MGET", lambda: self._values_and_pttls(names))
+        found = sum(value is not None for value, _ in replies)
         self._count(found, len(keys) - found)
+        return replies
+
+    def _values_and_pttls(self, names: list[str]) -> list[tuple[bytes | None, int]]:
+        chunks = [names[i:i + _SCRIPT_CHUNK] for i in range(0, len(names), _SCRIPT_CHUNK)]
+        if self._scripting:
+            commands = [("EVALSHA", _MGET_PTTL_SHA, len(chunk), *chunk) for chunk in chunks]
+            try:
+                replies = self._connections.roundtrip(commands)
+            except NoScriptError:  # first use on this server (or after SCRIPT FLUSH)
+                replies = self._connections.roundtrip(
+                    [("SCRIPT", "LOAD", _MGET_PTTL), *commands])[1:]
+            except redis.ResponseError as exc:
+                # Scripting disabled or not permitted here: plain commands from now on.
+                logger.info("EVALSHA refused (%s); get_many falls back to MGET + PTTL", exc)
+                self._scripting = False
+                return self._values_and_pttls(names)
+            return [pair for values, pttls in replies for pair in zip(values, pttls, strict=True)]
+        commands = [("MGET", *names), *(("PTTL", name) for name in names)]
+        values, *pttls = self._connections.roundtrip(commands)
         return list(zip(values, pttls, strict=True))
 
     def exists(self, key: str) -> bool:
         """Whether the key exists in L2."""
-        return bool(self._call("EXISTS", lambda: self._client.exists(self.prefix + key)))
+        name = self.prefix + key
+        return bool(self._call("EXISTS", lambda: self._connections.roundtrip(
+            (("EXISTS", name),))[0]))
 
     # -- writes --------------------------------------------------------------------------
 
@@ -261,16 +287,11 @@ class L2:
                 writes in the same pipeline (so whoever refetches on it sees them).
         """
         ttl_ms = max(1, round(ttl * 1000))
-
-        def do() -> None:
-            pipe = self._client.pipeline(transaction=False)
-            for key, value in values.items():
-                pipe.set(self.prefix + key, value, px=ttl_ms)
-            if announce is not None:
-                pipe.publish(self.channel, announce)
-            pipe.execute()
-
-        self._call("SET", do)
+        commands: list[tuple[Any, ...]] = [("SET", self.prefix + key, value, "PX", ttl_ms)
+                                           for key, value in values.items()]
+        if announce is not None:
+            commands.append(("PUBLISH", self.channel, announce))
+        self._call("SET", lambda: self._connections.roundtrip(commands))
 
     def set_if_absent(self, key: str, value: bytes, ttl: float, announce: str | None = None
                       ) -> bool:
@@ -280,15 +301,11 @@ class L2:
             Whether the value was stored (False: the key exists, written by someone else).
         """
         ttl_ms = max(1, round(ttl * 1000))
-
-        def do() -> bool:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.set(self.prefix + key, value, px=ttl_ms, nx=True)
-            if announce is not None:
-                pipe.publish(self.channel, announce)
-            return bool(pipe.execute()[0])
-
-        return self._call("SET", do)
+        commands: list[tuple[Any, ...]] = [("SET", self.prefix + key, value, "PX", ttl_ms,
+                                            "NX")]
+        if announce is not None:
+            commands.append(("PUBLISH", self.channel, announce))
+        return self._call("SET", lambda: self._connections.roundtrip(commands)[0] is not None)
 
     def delete(self, keys: Sequence[str], announce: str | None = None) -> int:
         """UNLINK the keys (and PUBLISH ``announce`` after, same round trip).
@@ -296,16 +313,10 @@ class L2:
         Returns:
             How many of the keys existed.
         """
-        names = [self.prefix + key for key in keys]
-
-        def do() -> int:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.unlink(*names)
-            if announce is not None:
-                pipe.publish(self.channel, announce)
-            return int(pipe.execute()[0])
-
-        return self._call("UNLINK", do)
+        commands: list[tuple[Any, ...]] = [("UNLINK", *(self.prefix + key for key in keys))]
+        if announce is not None:
+            commands.append(("PUBLISH", self.channel, announce))
+        return int(self._call("UNLINK", lambda: self._connections.roundtrip(commands)[0]))
 
     def invalidate(self, pattern: str, announce: str | None = None) -> int:
         """Remove every key matching the glob ``pattern`` (under the prefix).
@@ -321,17 +332,14 @@ class L2:
 
         def do() -> int:
             removed, pages = 0, 0
+            publish = [] if announce is None else [("PUBLISH", self.channel, announce)]
             for page in self._scan_pages(match):
                 # Each page is announced with its UNLINK, in one round trip: if the scan
                 # dies halfway, every key already removed has been announced.
-                pipe = self._client.pipeline(transaction=False)
-                pipe.unlink(*page)
-                if announce is not None:
-                    pipe.publish(self.channel, announce)
-                removed += int(pipe.execute()[0])
+                removed += int(self._connections.roundtrip([("UNLINK", *page), *publish])[0])
                 pages += 1
-            if announce is not None and not pages:
-                self._client.publish(self.channel, announce)
+            if publish and not pages:
+                self._connections.roundtrip(publish)
             return removed
 
         return self._call("SCAN/UNLINK", do)
@@ -342,20 +350,17 @@ class L2:
         It never retries: redis-py's retry would reconnect and resubscribe silently, and
         the listener must see every drop, since messages may have been lost in it.
         """
-        kwargs = {k: v for k, v in self._pool_kwargs.items()
-                  if k not in ("max_connections", "timeout")}
-        kwargs["retry"] = Retry(NoBackoff(), 0)
-        if kwargs.pop("connection_class", None) is not None:
-            kwargs["ssl"] = True  # Redis() takes the flag, not the pool's connection class
-        return redis.Redis(**kwargs)
+        return redis.Redis(**{**self._connection_options, "retry": Retry(NoBackoff(), 0)},
+                           ssl=self.config.tls)
 
-    def _scan_pages(self, match: str) -> Iterator[list[bytes | str]]:
-        cursor = 0
+    def _scan_pages(self, match: str) -> Iterator[list[bytes]]:
+        cursor: bytes | int = 0
         while True:
-            cursor, names = self._client.scan(cursor=cursor, match=match, count=_SCAN_COUNT)
+            cursor, names = self._connections.roundtrip(
+                (("SCAN", cursor, "MATCH", match, "COUNT", _SCAN_COUNT),))[0]
             if names:
                 yield names
-            if cursor == 0:
+            if int(cursor) == 0:
                 return
 
     # -- health --------------------------------------------------------------------------
@@ -368,8 +373,8 @@ class L2:
         """
 
         def do() -> ServerInfo:
-            self._client.ping()
-            server, version = detect_server(self._client.info("server"))
+            _pong, info = self._connections.roundtrip((("PING",), ("INFO", "server")))
+            server, version = detect_server(parse_info(info))
             return {"server": server, "version": version}
 
         return self._call("PING", do)
@@ -388,6 +393,5 @@ class L2:
             }
 
     def close(self) -> None:
-        """Close every pooled connection."""
-        self._client.close()
-        self._pool.disconnect()
+        """Close every idle connection."""
+        self._connections.close()

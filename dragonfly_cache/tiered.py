@@ -35,6 +35,9 @@ Loader = Callable[[], bytes]
 TTL = float | int | timedelta | None
 
 
+# How often a thread that keeps hitting L1 offers the GIL to the invalidation listener.
+YIELD_INTERVAL = 0.001
+
 # Longest accepted ttl. Redis refuses an expiry past 2**63-1 ms from now ("invalid expire
 # time"); refusing it here keeps a rejected call from touching L1 first.
 MAX_TTL = 100 * 365 * 86400.0
@@ -116,6 +119,8 @@ class TieredCache:
         self._loads = 0
         self._coherence = (Coherence(self._l1, self._l2.subscriber, self._l2.channel)
                            if l1.invalidation else None)
+        if self._coherence is not None:
+            self._l1.yield_interval = YIELD_INTERVAL
         if self._closed and self._coherence is not None:
             self._coherence.stop()  # a cache closed before a fork stays closed in the child
 

@@ -750,5 +750,44 @@ def test_tls_flag_selects_the_connection_class(tls: bool, connection_class: str)
     from dragonfly_cache import CacheConfig, DragonflyConfig
 
     cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(tls=tls)))
-    assert cache._l2._pool.connection_class.__name__ == connection_class
+    assert cache._l2._connections._connection_class.__name__ == connection_class
+    assert cache._l2.subscriber().connection_pool.connection_class.__name__ == connection_class
     cache.close()
+
+
+def test_get_many_reloads_its_script_after_script_flush(cache_factory: CacheFactory,
+                                                        redis_server: Any) -> None:
+    cache = cache_factory()
+    cache.set_many({"a": b"1", "b": b"2"})
+    cache._l1.clear()
+    redis_server.client().script_flush()
+    assert cache.get_many(["a", "b", "c"]) == {"a": b"1", "b": b"2"}
+    assert cache._l2._scripting is True
+
+
+def test_get_many_works_where_scripting_is_not_allowed(cache_factory: CacheFactory,
+                                                       redis_server_factory: Any) -> None:
+    server = redis_server_factory(password="admin-secret")
+    server.client().acl_setuser("app", enabled=True, passwords=["+app-secret"], keys=["*"],
+                                channels=["*"], commands=["+@all", "-@scripting"])
+    cache = cache_factory(server, username="app", password="app-secret")
+    cache.set_many({f"k{n}": b"v%d" % n for n in range(600)}, ttl=30)
+    cache._l1.clear()
+    found = cache.get_many([f"k{n}" for n in range(700)])
+    assert found == {f"k{n}": b"v%d" % n for n in range(600)}
+    assert cache._l2._scripting is False
+    cache._l1.clear()
+    assert cache.get_many(["k1", "k2"]) == {"k1": b"v1", "k2": b"v2"}
+
+
+def test_get_many_of_more_keys_than_one_script_chunk(cache_factory: CacheFactory,
+                                                     fake_clock: FakeClock) -> None:
+    cache = cache_factory(timer=fake_clock)
+    values = {f"k{n}": b"%d" % n for n in range(1234)}
+    cache.set_many(values, ttl=60)
+    cache._l1.clear()
+    assert cache.get_many(list(values)) == values
+    fake_clock.advance(59.0)
+    assert cache._l1.get("k1233") == b"1233"  # filled with the key's remaining PTTL ...
+    fake_clock.advance(1.1)
+    assert cache._l1.get("k1233") is None  # ... never past it
