@@ -1,8 +1,9 @@
 """dragonfly_cache: a synchronous, thread-safe two-tier cache (in-process L1 + Dragonfly L2)."""
 
+from . import codecs
 from ._version import __version__
 from .config import CacheConfig, DragonflyConfig, L1Config, L2Config
-from .exceptions import CacheError, CacheUnavailableError, ConfigError
+from .exceptions import CacheError, CacheUnavailableError, ConfigError, NotFound
 from .tiered import TieredCache
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "DragonflyConfig",
     "L1Config",
     "L2Config",
+    "NotFound",
     "TieredCache",
     "__version__",
+    "codecs",
 ]

@@ -113,6 +113,12 @@ class L1:
             self.misses += len(keys) - len(found)
         return found
 
+    def peek(self, key: str) -> bytes | None:
+        """The live value of ``key`` without counting a hit or a miss."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry[0] if entry is not None and entry[1] > self.timer() else None
+
     def contains(self, key: str) -> bool:
         """Whether ``key`` has a live entry (no hit/miss counted)."""
         with self._lock:

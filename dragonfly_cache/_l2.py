@@ -50,6 +50,10 @@ local ttls = {}
 for i = 1, #KEYS do ttls[i] = redis.call('PTTL', KEYS[i]) end
 return {values, ttls}
 """
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 _MGET_PTTL_SHA = hashlib.sha1(_MGET_PTTL.encode(), usedforsecurity=False).hexdigest()
 _LOG_EVERY = 10.0  # seconds between repeated warnings about the same failing operation
 T = TypeVar("T")
@@ -306,6 +310,33 @@ class L2:
         if announce is not None:
             commands.append(("PUBLISH", self.channel, announce))
         return self._call("SET", lambda: self._connections.roundtrip(commands)[0] is not None)
+
+    def set_many_if_absent(self, values: Mapping[str, bytes], ttl: float,
+                           announce: str | None = None) -> list[str]:
+        """SET NX each key (then PUBLISH ``announce``), one round trip.
+
+        Returns:
+            The keys that were stored (the others existed already).
+        """
+        ttl_ms = max(1, round(ttl * 1000))
+        keys = list(values)
+        commands: list[tuple[Any, ...]] = [("SET", self.prefix + key, values[key], "PX", ttl_ms,
+                                            "NX") for key in keys]
+        if announce is not None:
+            commands.append(("PUBLISH", self.channel, announce))
+        replies = self._call("SET", lambda: self._connections.roundtrip(commands))
+        return [key for key, reply in zip(keys, replies, strict=False) if reply is not None]
+
+    def release_lock(self, key: str, token: bytes) -> None:
+        """Delete the lock ``key`` if it still holds ``token`` (atomically, by a script
+        that declares its key). A server that refuses scripts lets the lock expire."""
+        name = self.prefix + key
+        try:
+            self._call("UNLOCK", lambda: self._connections.roundtrip(
+                (("EVAL", _UNLOCK, 1, name, token),)))
+        except CacheUnavailableError:
+            if self._scripting:
+                raise
 
     def delete(self, keys: Sequence[str], announce: str | None = None) -> int:
         """UNLINK the keys (and PUBLISH ``announce`` after, same round trip).

@@ -43,36 +43,53 @@ class SingleFlight(Generic[T]):
         Raises:
             Whatever ``function`` raised, in the leader and in every follower.
         """
+        flight, leader = self.claim(key)
+        if not leader:
+            return self.wait(flight)  # type: ignore[return-value]
+        try:
+            value = function()
+        except BaseException as exc:
+            self.finish(key, flight, error=exc)
+            raise
+        self.finish(key, flight, value=value)
+        return value
+
+    def claim(self, key: str) -> tuple[_Flight[T], bool]:
+        """Join the flight of ``key``, or start it; returns (flight, whether we lead it).
+
+        A leader must call :meth:`finish` exactly once; a follower calls :meth:`wait`.
+        """
         with self._lock:
             flight = self._flights.get(key)
-            leader = flight is None
             if flight is None:
                 flight = self._flights[key] = _Flight()
-            elif flight.leader != threading.get_ident():
+                return flight, True
+            if flight.leader != threading.get_ident():
                 self.coalesced += 1
-        if not leader:
-            if flight.leader == threading.get_ident():
-                # Waiting for our own flight would never end.
-                raise CacheError(f"re-entrant call for key {key!r}: the function for this "
-                                 "key called back into the cache for the same key")
-            flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            return flight.value  # type: ignore[return-value]
-        try:
-            flight.value = function()
-            return flight.value
-        except Exception as exc:
-            flight.error = exc
-            raise
-        except BaseException:
+            return flight, False
+
+    def finish(self, key: str, flight: _Flight[T], value: T | None = None,
+               error: BaseException | None = None) -> None:
+        """Publish the leader's result (or error) to the followers and end the flight."""
+        if error is not None and not isinstance(error, Exception):
             # KeyboardInterrupt/SystemExit belong to the leader's thread alone.
-            flight.error = CacheError(f"the call coalescing key {key!r} was interrupted")
-            raise
-        finally:
-            with self._lock:
+            error = CacheError(f"the call coalescing key {key!r} was interrupted")
+        flight.value, flight.error = value, error
+        with self._lock:
+            if self._flights.get(key) is flight:
                 del self._flights[key]
-            flight.done.set()
+        flight.done.set()
+
+    def wait(self, flight: _Flight[T]) -> T | None:
+        """A follower's wait for the leader's result."""
+        if flight.leader == threading.get_ident():
+            # Waiting for our own flight would never end.
+            raise CacheError("re-entrant call: the function loading a key called back into "
+                             "the cache for the same key")
+        flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        return flight.value
 
     def __len__(self) -> int:
         with self._lock:

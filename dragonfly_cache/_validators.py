@@ -8,12 +8,14 @@ interpolation produce strings) and return the normalised value.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from .codecs import MIN_SECRET_BYTES, NAMES
 from .exceptions import ConfigError
 
 __all__ = ["Option", "Validator", "parse_duration"]
@@ -27,6 +29,7 @@ _UNIT_SECONDS = {
     "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
 }
 _BARE_SECONDS = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+_OFF = frozenset({"", "off", "none"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -121,6 +124,51 @@ def secret(name: str, value: object) -> str | None:
 
 def optional_text(name: str, value: object) -> str | None:
     return None if value is None else (text(name, value) or None)
+
+
+def optional_fraction(name: str, value: object) -> float | None:
+    """A number strictly between 0 and 1, or None ("", "off", "none" in text)."""
+    # False too: YAML reads a bare `off` as a boolean.
+    if value is None or value is False or (isinstance(value, str)
+                                           and value.strip().lower() in _OFF):
+        return None
+    number: float | None = None
+    if isinstance(value, float):  # no int lies strictly between 0 and 1
+        number = value
+    elif isinstance(value, str) and _BARE_SECONDS.fullmatch(value.strip()):
+        number = float(value)
+    if number is None or not 0.0 < number < 1.0:  # NaN fails the comparison too
+        raise ConfigError(
+            f"{name}={value!r}: expected a fraction strictly between 0 and 1 "
+            "(e.g. 0.2), or off/none"
+        )
+    return number
+
+
+def codec_name(name: str, value: object) -> str:
+    """One of the codec names; "msgpack" only when the msgpack package is importable."""
+    if not isinstance(value, str) or value.strip().lower() not in NAMES:
+        raise ConfigError(f"{name}={value!r}: expected one of {', '.join(NAMES)}")
+    codec = value.strip().lower()
+    if codec == "msgpack":
+        try:
+            importlib.import_module("msgpack")
+        except ImportError:
+            raise ConfigError(
+                f"{name}={value!r}: the msgpack codec needs the msgpack package "
+                "(pip install 'dragonfly-cache[msgpack]')"
+            ) from None
+    return codec
+
+
+def pickle_secret(name: str, value: object) -> str | None:
+    """A secret (never echoed) of at least 16 characters, or None when unset or empty."""
+    checked = secret(name, value)
+    if checked is not None and len(checked) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{name}: must be at least {MIN_SECRET_BYTES} characters (value not shown)"
+        )
+    return checked
 
 
 _ADDRESS = re.compile(

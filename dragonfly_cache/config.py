@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from . import _validators as v
 from ._validators import Option, parse_duration
 from ._yaml import load_root, mapping, reject_unknown, yaml_values
+from .exceptions import ConfigError
 
 __all__ = [
     "CacheConfig",
@@ -114,9 +115,20 @@ class L2Config:
     """The shared tier's policy."""
 
     ttl: float = 3600.0
+    negative_ttl: float = 30.0
+    refresh_ahead: float | None = None
+    fleet_lock: bool = False
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("ttl", "CACHE_L2_TTL", v.duration, "default TTL of keys written to L2"),
+        Option("negative_ttl", "CACHE_NEGATIVE_TTL", v.duration,
+               "how long a loader's NotFound answer is remembered"),
+        Option("refresh_ahead", "CACHE_REFRESH_AHEAD", v.optional_fraction,
+               "refresh a loaded entry in the background during this last fraction of its "
+               "life, in (0, 1); empty/off/none: no early refresh"),
+        Option("fleet_lock", "CACHE_FLEET_LOCK", v.boolean,
+               "on a get_or_load miss, take a short Redis lock so one process in the fleet "
+               "runs the loader"),
     )
 
     def __post_init__(self) -> None:
@@ -132,6 +144,8 @@ class CacheConfig:
     l2: L2Config = field(default_factory=L2Config)
     key_prefix: str = ""
     admin_token: str | None = field(default=None, repr=False)
+    codec: str = "json"
+    pickle_secret: str | None = field(default=None, repr=False)
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("dragonfly", None, v.section(DragonflyConfig), "connection settings"),
@@ -141,10 +155,23 @@ class CacheConfig:
                "prepended to every L2 key; glob characters in it are literal"),
         Option("admin_token", "CACHE_ADMIN_TOKEN", v.secret,
                "bearer token for the admin stats endpoint; never logged"),
+        Option("codec", "CACHE_CODEC", v.codec_name,
+               "default codec for cached objects: bytes, json, msgpack or pickle "
+               "(pickle needs CACHE_PICKLE_SECRET)"),
+        Option("pickle_secret", "CACHE_PICKLE_SECRET", v.pickle_secret,
+               "HMAC key (>= 16 characters) signing pickled values; never logged"),
     )
 
     def __post_init__(self) -> None:
         v.validate_fields(self)
+        # Pickle is never unsigned: unpickling bytes from a shared server runs their code.
+        if self.codec == "pickle" and self.pickle_secret is None:
+            raise ConfigError(
+                "CACHE_CODEC=pickle (CacheConfig.codec, cache.codec): CACHE_PICKLE_SECRET "
+                "(CacheConfig.pickle_secret, cache.pickle_secret) is required, at least 16 "
+                "characters; pickled values are HMAC-signed with it and never unpickled "
+                "unsigned"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> CacheConfig:

@@ -6,7 +6,7 @@ redis-py errors never escape the package: the L2 tier translates them at its bou
 
 from __future__ import annotations
 
-__all__ = ["CacheError", "CacheUnavailableError", "ConfigError"]
+__all__ = ["CacheError", "CacheUnavailableError", "ConfigError", "NotFound"]
 
 
 class CacheError(Exception):
@@ -27,4 +27,16 @@ class ConfigError(CacheError, ValueError):
 
     The message names the environment variable, YAML key or field and the bad value
     (secrets such as passwords are never echoed).
+    """
+
+
+class NotFound(CacheError, LookupError):
+    """Raised by a loader to say "no such record" (negative caching).
+
+    A loader passed to ``get_or_load`` (or a function wrapped by ``memoize``) raises it when
+    the record does not exist. The cache remembers the miss for ``L2Config.negative_ttl``
+    (``CACHE_NEGATIVE_TTL``, 30 s by default): until then, later ``get_or_load`` and
+    memoized calls for that key raise ``NotFound`` again without calling the loader, and
+    ``get()`` of that key returns ``None``. Being a ``LookupError``, it fits code that
+    already treats a missing record like a missing mapping key.
     """

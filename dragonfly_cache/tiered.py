@@ -25,6 +25,7 @@ from ._coherence import Coherence
 from ._glob import compile_glob
 from ._l1 import L1
 from ._l2 import L2
+from ._loading import NEGATIVE, LoadingMixin
 from ._singleflight import SingleFlight
 from .config import CacheConfig
 from .exceptions import CacheUnavailableError
@@ -86,7 +87,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class TieredCache:
+class TieredCache(LoadingMixin):
     """A two-tier cache: in-process L1 in front of a shared Dragonfly/Redis L2.
 
     Thread-safe; make one per process and share it. Usable as a context manager.
@@ -117,6 +118,7 @@ class TieredCache:
         self._flights: SingleFlight[bytes] = SingleFlight()
         self._loads_lock = threading.Lock()
         self._loads = 0
+        self._start_loading_state()
         self._coherence = (Coherence(self._l1, self._l2.subscriber, self._l2.channel)
                            if l1.invalidation else None)
         if self._coherence is not None:
@@ -202,9 +204,10 @@ class TieredCache:
             _check_key(key)
         value = self._l1.get(key)  # only validated keys are ever stored, so a hit is one
         if value is not None:
-            return value
+            return None if value is NEGATIVE else value
         _check_key(key)
-        return self._read_through([key]).get(key)
+        value = self._read_through([key]).get(key)
+        return None if value is NEGATIVE else value
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         """Return the values of the keys that are cached; misses are omitted.
@@ -216,18 +219,15 @@ class TieredCache:
         missing = [key for key in distinct if key not in found]
         if missing:
             found.update(self._read_through(missing))
-        return found
+        return {key: value for key, value in found.items() if value is not NEGATIVE}
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is cached (L1, else L2; False when L2 is unreachable)."""
         _check_key(key)
         if self._l1.contains(key):
-            return True
-        self._listen()
-        try:
-            return self._l2.exists(key)
-        except CacheUnavailableError:
-            return False
+            return self._l1.peek(key) not in (None, NEGATIVE)
+        # One GET+PTTL rather than EXISTS: it also tells a cached "not found" from a value.
+        return self._read_through([key]).get(key) not in (None, NEGATIVE)
 
     def _read_through(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Fetch L1-missing keys from L2 in one round trip and fill L1 with them.
@@ -262,6 +262,8 @@ class TieredCache:
         for key, (value, pttl) in zip(keys, replies, strict=True):
             if value is None:
                 continue
+            if value == NEGATIVE:
+                value = NEGATIVE  # one object, so hot paths can test identity
             found[key] = value
             if pttl >= 0:
                 fills[key] = (value, min(start + pttl / 1000, horizon))
@@ -269,80 +271,6 @@ class TieredCache:
                 fills[key] = (value, horizon)
             # -2: the key vanished between GET and PTTL; answer, but don't keep it
         return found, fills
-
-    def get_or_load(self, key: str, loader: Loader, ttl: TTL = None) -> bytes:
-        """Return the cached value, or call ``loader()`` once to produce and cache it.
-
-        Concurrent misses on one key in this process share a single ``loader()`` call. If
-        the loader raises, every waiting caller gets the exception, nothing is cached and
-        the next call tries again. When L2 is unreachable the loader is called and its value
-        returned (and kept in L1); this method never raises CacheUnavailableError.
-
-        Raises:
-            TypeError: bad key, a non-callable loader, or a loader returning non-bytes.
-            ValueError: empty key or bad ttl.
-            Exception: whatever ``loader`` raised.
-        """
-        _check_key(key)
-        if not callable(loader):
-            raise TypeError(f"loader must be callable, got {type(loader).__name__}")
-        seconds = self._ttl(ttl)
-        value = self._l1.get(key)
-        if value is not None:
-            return value
-        return self._flights.do(key, lambda: self._load(key, loader, seconds))
-
-    def _load(self, key: str, loader: Loader, seconds: float) -> bytes:
-        """The singleflight leader's work: L2, else the loader, then store.
-
-        One L1 ticket covers everything from before the L2 read until the store. A write
-        or delete of the key meanwhile (here, or elsewhere through coherence) stamps it;
-        the loaded value, perhaps read from the database before that write, is then
-        returned but stored nowhere. The store itself is SET NX, so a write that reached
-        L2 first always wins over a load that started before it.
-        """
-        self._listen()
-        l1 = self._l1
-        ticket = l1.begin([key])
-        released = False
-        try:
-            found, fills = self._fetch([key])
-            if key in found:
-                released = True
-                l1.fill(fills, ticket, [] if key in fills else [key])
-                return found[key]
-            with self._loads_lock:
-                self._loads += 1
-            value = loader()
-            if not isinstance(value, bytes):
-                raise TypeError(f"loader for key {key!r} returned {type(value).__name__}, "
-                                "expected bytes")
-            released = True
-            self._store_loaded(key, value, seconds, ticket)
-            return value
-        finally:
-            if not released:
-                l1.end([key])
-
-    def _store_loaded(self, key: str, value: bytes, seconds: float, ticket: int) -> None:
-        """Store a loaded value in L2 (if still absent) and L1; release the ticket."""
-        l1 = self._l1
-        if l1.stale(key, ticket):
-            l1.end([key])  # invalidated while loading: the value may predate that write
-            return
-        start = l1.timer()
-        deadline = min(start + seconds, self._horizon(start))
-        try:
-            stored = self._l2.set_if_absent(key, value, seconds, self._announce_keys([key]))
-        except CacheUnavailableError:
-            # A read never raises. The fresh value is kept locally, briefly: L2 and the
-            # other processes did not get it.
-            l1.fill({key: (value, min(deadline, start + self.config.l1.degraded_ttl))}, ticket)
-            return
-        if stored:
-            l1.fill({key: (value, deadline)}, ticket)
-        else:
-            l1.end([key])  # someone wrote the key while we loaded: theirs wins
 
     # -- writes --------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from dragonfly_cache.exceptions import CacheError, ConfigError
 
 SECRET = "s3cr3t-Pa55word!"
 TOKEN = "adm1n-T0ken-xyz"
+PICKLE_SECRET = "p1ckle-S1gning-k3y-0123"
 
 ALL_ENV_VARS = sorted(
     option.env
@@ -69,6 +70,9 @@ def test_l2_defaults() -> None:
     cfg = L2Config()
     assert cfg.ttl == 3600.0
     assert isinstance(cfg.ttl, float)
+    assert cfg.negative_ttl == 30.0
+    assert cfg.refresh_ahead is None
+    assert cfg.fleet_lock is False
 
 
 def test_cache_defaults() -> None:
@@ -78,6 +82,8 @@ def test_cache_defaults() -> None:
     assert cfg.l2 == L2Config()
     assert cfg.key_prefix == ""
     assert cfg.admin_token is None
+    assert cfg.codec == "json"  # never pickle by default
+    assert cfg.pickle_secret is None
 
 
 def test_default_addresses_are_not_shared_between_instances() -> None:
@@ -102,7 +108,12 @@ def test_option_env_names_are_unique() -> None:
         (L1Config(), "ttl", 1.0),
         (L1Config(), "max_size", 1),
         (L2Config(), "ttl", 1.0),
+        (L2Config(), "negative_ttl", 1.0),
+        (L2Config(), "refresh_ahead", 0.5),
+        (L2Config(), "fleet_lock", True),
         (CacheConfig(), "key_prefix", "p:"),
+        (CacheConfig(), "codec", "bytes"),
+        (CacheConfig(), "pickle_secret", PICKLE_SECRET),
         (CacheConfig(), "l1", L1Config()),
         (CacheConfig(), "admin_token", "t"),
     ],
@@ -517,8 +528,13 @@ FULL_ENV = {
     "CACHE_L1_DEGRADED_TTL": "250ms",
     "CACHE_L1_TTL": "1m30s",
     "CACHE_L2_TTL": "2h",
+    "CACHE_NEGATIVE_TTL": "45s",
+    "CACHE_REFRESH_AHEAD": "0.25",
+    "CACHE_FLEET_LOCK": "true",
     "CACHE_KEY_PREFIX": "app:v1:",
     "CACHE_ADMIN_TOKEN": TOKEN,
+    "CACHE_CODEC": "pickle",
+    "CACHE_PICKLE_SECRET": PICKLE_SECRET,
 }
 
 
@@ -537,9 +553,11 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     assert d.socket_timeout == 2.0
     assert d.pool_timeout == 1.5
     assert cfg.l1 == L1Config(max_size=123, ttl=90.0, invalidation=False, degraded_ttl=0.25)
-    assert cfg.l2 == L2Config(ttl=7200.0)
+    assert cfg.l2 == L2Config(ttl=7200.0, negative_ttl=45.0, refresh_ahead=0.25, fleet_lock=True)
     assert cfg.key_prefix == "app:v1:"
     assert cfg.admin_token == TOKEN
+    assert cfg.codec == "pickle"
+    assert cfg.pickle_secret == PICKLE_SECRET
 
 
 def test_from_env_every_variable() -> None:
@@ -674,6 +692,19 @@ def test_from_env_tiers(env: dict[str, str], expected_l1: L1Config, expected_l2:
         ("CACHE_L2_TTL", "0s", "duration must be positive and finite"),
         ("CACHE_L2_TTL", "nan", "not a duration"),
         ("CACHE_L2_TTL", "1d", "not a duration"),
+        ("CACHE_NEGATIVE_TTL", "0", "duration must be positive and finite"),
+        ("CACHE_NEGATIVE_TTL", "soon", "not a duration"),
+        ("CACHE_REFRESH_AHEAD", "0", "expected a fraction strictly between 0 and 1"),
+        ("CACHE_REFRESH_AHEAD", "1", "expected a fraction strictly between 0 and 1"),
+        ("CACHE_REFRESH_AHEAD", "1.0", "expected a fraction strictly between 0 and 1"),
+        ("CACHE_REFRESH_AHEAD", "-0.5", "expected a fraction strictly between 0 and 1"),
+        ("CACHE_REFRESH_AHEAD", "20%", "expected a fraction strictly between 0 and 1"),
+        ("CACHE_REFRESH_AHEAD", "nan", "expected a fraction strictly between 0 and 1"),
+        ("CACHE_REFRESH_AHEAD", "true", "expected a fraction strictly between 0 and 1"),
+        ("CACHE_FLEET_LOCK", "maybe", "expected a boolean"),
+        ("CACHE_FLEET_LOCK", "", "expected a boolean"),
+        ("CACHE_CODEC", "xml", "expected one of bytes, json, msgpack, pickle"),
+        ("CACHE_CODEC", "", "expected one of bytes, json, msgpack, pickle"),
     ],
 )
 def test_from_env_errors_name_var_and_value(var: str, value: str, reason: str) -> None:
@@ -690,6 +721,7 @@ def test_from_env_error_ignores_other_valid_vars() -> None:
         CacheConfig.from_env(env)
     assert SECRET not in str(exc.value)
     assert TOKEN not in str(exc.value)
+    assert PICKLE_SECRET not in str(exc.value)
 
 
 # --------------------------------------------------------------------------- from_yaml
@@ -1108,6 +1140,102 @@ def test_from_yaml_error_is_value_error_and_cache_error() -> None:
         CacheConfig.from_yaml("cache:\n  l1:\n    maxsize: 5\n", environ={})
     assert isinstance(exc.value, ConfigError)
     assert isinstance(exc.value, CacheError)
+
+
+def test_from_yaml_loading_options() -> None:
+    doc = """\
+cache:
+  l2:
+    negative_ttl: 5s
+    refresh_ahead: 0.1
+    fleet_lock: yes
+  codec: pickle
+  pickle_secret: ${SIGNING_KEY}
+"""
+    cfg = CacheConfig.from_yaml(doc, environ={"SIGNING_KEY": PICKLE_SECRET})
+    assert cfg.l2 == L2Config(negative_ttl=5.0, refresh_ahead=0.1, fleet_lock=True)
+    assert (cfg.codec, cfg.pickle_secret) == ("pickle", PICKLE_SECRET)
+
+
+@pytest.mark.parametrize("yaml_value", ["off", "false", "none", "null", "~", '""', "OFF"])
+def test_from_yaml_refresh_ahead_off_forms(yaml_value: str) -> None:
+    doc = f"cache:\n  l2:\n    refresh_ahead: {yaml_value}\n"
+    assert CacheConfig.from_yaml(doc, environ={}).l2.refresh_ahead is None
+
+
+@pytest.mark.parametrize(
+    ("line", "pattern"),
+    [
+        ("negative_ttl: 0", r"^cache\.l2\.negative_ttl=0: duration must be positive"),
+        ("refresh_ahead: 1.5", r"^cache\.l2\.refresh_ahead=1\.5: expected a fraction strictly"),
+        ("refresh_ahead: 1", r"^cache\.l2\.refresh_ahead=1: expected a fraction strictly"),
+        ("refresh_ahead: true", r"^cache\.l2\.refresh_ahead=True: expected a fraction"),
+        ("refresh_ahead: [0.5]", r"^cache\.l2\.refresh_ahead=\[0\.5\]: expected a fraction"),
+        ("fleet_lock: sometimes", r"^cache\.l2\.fleet_lock='sometimes': expected a boolean"),
+    ],
+)
+def test_from_yaml_bad_loading_option_names_key(line: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        CacheConfig.from_yaml(f"cache:\n  l2:\n    {line}\n", environ={})
+
+
+# --------------------------------------------------------------------------- loading options
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0.2", 0.2), (" 0.5 ", 0.5), (".75", 0.75), ("0.999", 0.999), ("", None), ("off", None),
+     ("OFF", None), ("none", None), (" None ", None)],
+)
+def test_from_env_refresh_ahead(value: str, expected: float | None) -> None:
+    assert CacheConfig.from_env({"CACHE_REFRESH_AHEAD": value}).l2.refresh_ahead == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [("on", True), ("0", False), ("YES", True)])
+def test_from_env_fleet_lock(value: str, expected: bool) -> None:
+    assert CacheConfig.from_env({"CACHE_FLEET_LOCK": value}).l2.fleet_lock is expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [("250ms", 0.25), ("2m", 120.0), ("10", 10.0)])
+def test_from_env_negative_ttl(value: str, expected: float) -> None:
+    assert CacheConfig.from_env({"CACHE_NEGATIVE_TTL": value}).l2.negative_ttl == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"negative_ttl": timedelta(seconds=3)}, L2Config(negative_ttl=3.0)),
+        ({"negative_ttl": "1m"}, L2Config(negative_ttl=60.0)),
+        ({"refresh_ahead": 0.3}, L2Config(refresh_ahead=0.3)),
+        ({"refresh_ahead": "0.3"}, L2Config(refresh_ahead=0.3)),
+        ({"refresh_ahead": "off"}, L2Config()),
+        ({"refresh_ahead": False}, L2Config()),
+        ({"fleet_lock": "on"}, L2Config(fleet_lock=True)),
+    ],
+)
+def test_l2_loading_options_direct(kwargs: dict[str, object], expected: L2Config) -> None:
+    assert L2Config(**kwargs) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field_name"),
+    [
+        ({"negative_ttl": 0}, "L2Config.negative_ttl"),
+        ({"negative_ttl": None}, "L2Config.negative_ttl"),
+        ({"refresh_ahead": 0.0}, "L2Config.refresh_ahead"),
+        ({"refresh_ahead": 1.0}, "L2Config.refresh_ahead"),
+        ({"refresh_ahead": 1}, "L2Config.refresh_ahead"),
+        ({"refresh_ahead": True}, "L2Config.refresh_ahead"),
+        ({"refresh_ahead": float("nan")}, "L2Config.refresh_ahead"),
+        ({"refresh_ahead": float("inf")}, "L2Config.refresh_ahead"),
+        ({"refresh_ahead": 10**400}, "L2Config.refresh_ahead"),
+        ({"fleet_lock": 1}, "L2Config.fleet_lock"),
+        ({"fleet_lock": None}, "L2Config.fleet_lock"),
+    ],
+)
+def test_l2_loading_options_direct_validation(kwargs: dict[str, object], field_name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{re.escape(field_name)}="):
+        L2Config(**kwargs)  # type: ignore[arg-type]
 
 
 def test_from_yaml_result_equals_direct_construction() -> None:

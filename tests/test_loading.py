@@ -1,0 +1,376 @@
+"""Loading features: negative caching, batch loads, memoize, the fleet lock, early refresh."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from dragonfly_cache import NotFound, codecs
+from dragonfly_cache._loading import NEGATIVE
+from tests._loading_worker import fleet_member, memo_key
+from tests.conftest import CacheFactory, FakeClock
+from tests.test_tiered import run_threads, wait_until
+
+# -- negative caching ------------------------------------------------------------------
+
+
+def test_not_found_is_cached_for_the_negative_ttl(cache_factory: CacheFactory,
+                                                  redis_server: Any) -> None:
+    cache, other = cache_factory(), cache_factory()
+    calls: list[int] = []
+
+    def loader() -> bytes:
+        calls.append(1)
+        raise NotFound("no such user")
+
+    for _ in range(3):
+        with pytest.raises(NotFound):
+            cache.get_or_load("user:404", loader)
+    with pytest.raises(NotFound):
+        other.get_or_load("user:404", loader)  # another process: from L2, no load
+    assert calls == [1]
+    assert cache.get("user:404") is None
+    assert other.get("user:404") is None
+    assert cache.exists("user:404") is False
+    assert cache.get_many(["user:404"]) == {}
+    pttl = redis_server.client().pttl("user:404")
+    assert 25_000 < pttl <= 30_000  # l2.negative_ttl, not l2.ttl
+    assert issubclass(NotFound, LookupError)
+
+
+def test_negative_entries_expire_and_writes_replace_them(cache_factory: CacheFactory,
+                                                         fake_clock: FakeClock) -> None:
+    cache = cache_factory(timer=fake_clock)
+    with pytest.raises(NotFound):
+        cache.get_or_load("k", lambda: (_ for _ in ()).throw(NotFound()))
+    cache.set("k", b"now it exists")
+    assert cache.get_or_load("k", lambda: b"unused") == b"now it exists"
+
+
+# -- batch loads -----------------------------------------------------------------------
+
+
+def test_get_or_load_many_loads_only_what_is_missing_in_one_call(
+        cache_factory: CacheFactory) -> None:
+    cache, other = cache_factory(), cache_factory()
+    cache.set("a", b"1")  # in cache's L1
+    other.set("b", b"2")  # in L2 only, as far as cache's L1 is concerned
+    wait_until(lambda: cache.stats()["coherence"]["received"] >= 1)
+    calls: list[list[str]] = []
+
+    def load(missing: list[str]) -> dict[str, bytes]:
+        calls.append(sorted(missing))
+        return {key: key.upper().encode() for key in missing if key != "gone"}
+
+    found = cache.get_or_load_many(["a", "b", "c", "d", "gone", "c"], load)
+    assert found == {"a": b"1", "b": b"2", "c": b"C", "d": b"D"}
+    assert calls == [["c", "d", "gone"]]
+    assert other.get_many(["c", "d"]) == {"c": b"C", "d": b"D"}  # stored in L2
+    assert cache.get_or_load_many(["c", "d"], load) == {"c": b"C", "d": b"D"}
+    assert len(calls) == 1
+
+
+def test_overlapping_batches_load_each_key_once(cache_factory: CacheFactory) -> None:
+    cache = cache_factory()
+    calls: list[list[str]] = []
+    first_started, release = threading.Event(), threading.Event()
+
+    def slow(missing: list[str]) -> dict[str, bytes]:
+        calls.append(sorted(missing))
+        first_started.set()
+        release.wait(5)
+        return {key: key.encode() for key in missing}
+
+    def fast(missing: list[str]) -> dict[str, bytes]:
+        calls.append(sorted(missing))
+        return {key: key.encode() for key in missing}
+
+    results: dict[str, dict[str, bytes]] = {}
+    first = threading.Thread(target=lambda: results.update(
+        first=cache.get_or_load_many(["k1", "k2", "k3"], slow)))
+    first.start()
+    first_started.wait(5)
+    second = threading.Thread(target=lambda: results.update(
+        second=cache.get_or_load_many(["k2", "k3", "k4"], fast)))
+    second.start()
+    wait_until(lambda: cache.stats()["singleflight"]["coalesced"] >= 2)
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert sorted(calls) == [["k1", "k2", "k3"], ["k4"]]
+    assert results["first"] == {"k1": b"k1", "k2": b"k2", "k3": b"k3"}
+    assert results["second"] == {"k2": b"k2", "k3": b"k3", "k4": b"k4"}
+    assert len(cache._flights) == 0
+
+
+def test_a_failing_batch_loader_reaches_waiters_and_caches_nothing(
+        cache_factory: CacheFactory, redis_server: Any) -> None:
+    cache = cache_factory()
+    started, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def failing(missing: list[str]) -> dict[str, bytes]:
+        started.set()
+        release.wait(5)
+        raise RuntimeError("database down")
+
+    def call(keys: list[str]) -> None:
+        try:
+            cache.get_or_load_many(keys, failing)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=call, args=(["a", "b"],))
+    first.start()
+    started.wait(5)
+    second = threading.Thread(target=call, args=(["b"],))
+    second.start()
+    wait_until(lambda: cache.stats()["singleflight"]["coalesced"] >= 1)
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert len(errors) == 2
+    assert redis_server.client().dbsize() == 0
+    assert len(cache._flights) == 0
+
+
+def test_get_or_load_many_rejects_bad_input(cache_factory: CacheFactory) -> None:
+    cache = cache_factory()
+    with pytest.raises(TypeError, match="single str"):
+        cache.get_or_load_many("abc", lambda keys: {})
+    with pytest.raises(TypeError, match="callable"):
+        cache.get_or_load_many(["a"], "nope")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected bytes"):
+        cache.get_or_load_many(["a"], lambda keys: {"a": "text"})  # type: ignore[dict-item]
+    assert cache.get("a") is None
+
+
+# -- memoize ---------------------------------------------------------------------------
+
+
+def test_memoize_caches_results_and_invalidates(cache_factory: CacheFactory) -> None:
+    cache = cache_factory()
+    calls: list[tuple[Any, ...]] = []
+
+    @cache.memoize(ttl=60)
+    def profile(user_id: int, *, detail: str = "short") -> dict[str, Any]:
+        calls.append((user_id, detail))
+        return {"id": user_id, "detail": detail, "tags": ["a", "b"]}
+
+    assert profile(1) == {"id": 1, "detail": "short", "tags": ["a", "b"]}
+    assert profile(1) == profile(user_id=1) == profile(1, detail="short")
+    assert profile(2, detail="long")["detail"] == "long"
+    assert calls == [(1, "short"), (2, "long")]
+    profile.invalidate(1)  # type: ignore[attr-defined]
+    profile(1)
+    assert calls[-1] == (1, "short")
+    profile.invalidate_all()  # type: ignore[attr-defined]
+    profile(1)
+    profile(2, detail="long")
+    assert len(calls) == 5
+
+
+def test_memoize_keys_are_stable_across_processes() -> None:
+    from tests._memo import lookup
+
+    here = [lookup.cache_key(7), lookup.cache_key(7, "eu"),  # type: ignore[attr-defined]
+            lookup.cache_key(region="eu", user_id=7),  # type: ignore[attr-defined]
+            lookup.cache_key(7, verbose=False)]  # type: ignore[attr-defined]
+    assert len(set(here)) == 1  # defaults applied, keyword order irrelevant
+    assert here[0].startswith("memoize:tests._memo.lookup:")
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        there = pool.starmap(memo_key, [((7,), {}), ((), {"region": "eu", "user_id": 7})])
+    assert there == [here[0], here[0]]
+    assert lookup.cache_key(8) != here[0]  # type: ignore[attr-defined]
+
+
+def test_memoize_methods_use_cache_key_and_custom_keys(cache_factory: CacheFactory) -> None:
+    cache = cache_factory()
+    calls: list[str] = []
+
+    class Repository:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __cache_key__(self) -> str:
+            return self.name
+
+        @cache.memoize(ttl=60)
+        def find(self, item: int) -> list[int]:
+            calls.append(self.name)
+            return [item]
+
+    assert Repository("db1").find(1) == [1]
+    assert Repository("db1").find(1) == [1]  # another instance, same __cache_key__
+    assert Repository("db2").find(1) == [1]
+    assert calls == ["db1", "db2"]
+
+    @cache.memoize(key=lambda user_id, **_: f"user:{user_id}")
+    def user(user_id: int) -> str:
+        return f"user {user_id}"
+
+    assert user(5) == "user 5"
+    assert cache.exists("memoize:" + user.__module__ + "." + user.__qualname__ + ":user:5")
+
+
+def test_memoize_codecs_and_not_found(cache_factory: CacheFactory) -> None:
+    cache = cache_factory()
+    secret = b"0123456789abcdef-secret"
+
+    @cache.memoize(codec=codecs.SignedPickle(secret))
+    def objects() -> set[int]:
+        return {1, 2, 3}
+
+    @cache.memoize(codec="bytes")
+    def raw() -> bytes:
+        return b"\x00\x01"
+
+    calls: list[int] = []
+
+    @cache.memoize()
+    def missing(user_id: int) -> dict[str, int]:
+        calls.append(user_id)
+        raise NotFound(f"no user {user_id}")
+
+    assert objects() == {1, 2, 3}
+    assert raw() == b"\x00\x01"
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            missing(9)
+    assert calls == [9]
+    with pytest.raises(ValueError, match="secret"):
+        cache.memoize(codec="pickle")
+
+
+def test_memoize_treats_an_undecodable_value_as_a_miss(cache_factory: CacheFactory,
+                                                       redis_server: Any) -> None:
+    cache = cache_factory()
+    calls: list[int] = []
+
+    @cache.memoize(ttl=60)
+    def value() -> dict[str, int]:
+        calls.append(1)
+        return {"n": 1}
+
+    key = value.cache_key()  # type: ignore[attr-defined]
+    cache.set(key, b"\xff not json")  # e.g. written by an older version
+    assert value() == {"n": 1}
+    assert calls == [1]
+    assert cache._decode_failures == 1
+    assert value() == {"n": 1}
+    assert calls == [1]  # the recomputed value replaced the bad one
+
+
+# -- fleet-wide lock -------------------------------------------------------------------
+
+
+def test_fleet_lock_one_loader_call_across_4_processes(redis_server: Any) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    processes = [context.Process(target=fleet_member,
+                                 args=(redis_server.address, barrier, 16, 0.3, 5.0, False))
+                 for _ in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert [process.exitcode for process in processes] == [0, 0, 0, 0]
+    raw = redis_server.client()
+    assert raw.get("loads") == b"1"
+    assert raw.get("hot") is not None
+    assert list(raw.scan_iter(match="\x1flock:*")) == []  # released, nothing left behind
+
+
+def test_fleet_lock_holder_killed_mid_load_another_process_loads(redis_server: Any) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(1)
+    doomed = context.Process(target=fleet_member,
+                             args=(redis_server.address, barrier, 1, 0.0, 1.0, True))
+    doomed.start()
+    doomed.join(30)
+    assert doomed.exitcode == -9
+    raw = redis_server.client()
+    assert raw.get("loads") == b"1"
+    assert raw.exists("\x1flock:hot") == 1  # the dead holder's lock, until its TTL
+    started = time.monotonic()
+    survivor_barrier = context.Barrier(1)  # kept referenced until the child has it
+    survivor = context.Process(target=fleet_member,
+                               args=(redis_server.address, survivor_barrier, 4, 0.0, 1.0,
+                                     False))
+    survivor.start()
+    survivor.join(30)
+    assert survivor.exitcode == 0
+    assert 0.5 < time.monotonic() - started < 10
+    assert raw.get("loads") == b"2"
+    wait_until(lambda: raw.exists("\x1flock:hot") == 0, timeout=3)
+
+
+# -- early refresh ---------------------------------------------------------------------
+
+
+def test_early_refresh_serves_the_old_value_while_exactly_one_refresh_runs(
+        cache_factory: CacheFactory, fake_clock: FakeClock) -> None:
+    cache = cache_factory(timer=fake_clock)
+    version = [0]
+    loads: list[int] = []
+    release = threading.Event()
+
+    def loader() -> bytes:
+        loads.append(1)
+        if version[0]:
+            release.wait(5)  # the background refresh takes a while
+        return b"v%d" % version[0]
+
+    assert cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5) == b"v0"
+    version[0] = 1
+    fake_clock.advance(8.0)  # inside the last half of the 10 s life
+    seen: list[bytes] = []
+    barrier = threading.Barrier(64)
+
+    def reader(_: int) -> None:
+        barrier.wait()
+        seen.append(cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5))
+
+    run_threads(64, reader)
+    assert seen == [b"v0"] * 64  # nobody waited for the refresh
+    assert len(loads) == 2  # the first load, and exactly one refresh
+    release.set()
+    wait_until(lambda: cache.get("k") == b"v1")
+    assert len(loads) == 2
+
+
+def test_a_failed_refresh_keeps_the_old_value_until_it_expires(cache_factory: CacheFactory
+                                                               ) -> None:
+    cache = cache_factory()
+    failing = [False]
+    loads: list[bool] = []
+
+    def loader() -> bytes:
+        loads.append(failing[0])
+        if failing[0]:
+            raise RuntimeError("database down")
+        return b"old"
+
+    assert cache.get_or_load("k", loader, ttl=0.6, refresh_ahead=0.9) == b"old"
+    failing[0] = True
+    time.sleep(0.3)  # real time: the L2 key's own expiry is part of what is tested
+    assert cache.get_or_load("k", loader, ttl=0.6, refresh_ahead=0.9) == b"old"
+    wait_until(lambda: len(loads) == 2)  # the background refresh ran, and failed
+    assert cache.get_or_load("k", loader, ttl=0.6, refresh_ahead=0.9) == b"old"
+    time.sleep(0.4)  # past the hard expiry: now the failure reaches the caller
+    with pytest.raises(RuntimeError, match="database down"):
+        cache.get_or_load("k", loader, ttl=0.6, refresh_ahead=0.9)
+
+
+def test_refresh_ahead_must_be_a_fraction(cache_factory: CacheFactory) -> None:
+    cache = cache_factory()
+    for bad in (0, 1, 1.5, -0.1, True):
+        with pytest.raises(ValueError, match="refresh_ahead"):
+            cache.get_or_load("k", lambda: b"v", refresh_ahead=bad)
+    assert cache.get("k") is None
+    assert NEGATIVE not in (b"", b"null")
