@@ -1,9 +1,13 @@
-"""Docs that stay true: the README example runs as written; the reference lists every option."""
+"""Docs that stay true: the README example runs as written; the reference lists every option
+with its environment variable, type and default, and nothing else (tests/test_docs_site.py
+checks the rest of the site)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +15,7 @@ from typing import Any
 import pytest
 
 from dragonfly_cache import CacheConfig, DragonflyConfig, L1Config, L2Config
+from dragonfly_cache.config import parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -36,8 +41,14 @@ def test_readme_first_example_runs_as_written(redis_server: Any,
     example, expected = blocks(README, "python")[0], blocks(README, "text")[0]
     assert len(example.strip().splitlines()) <= 12
     output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        exec(compile(example, "README.md", "exec"), {})  # noqa: S102 - the README's own code
+    namespace: dict[str, Any] = {}
+    try:
+        with contextlib.redirect_stdout(output):
+            exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    finally:
+        cache = namespace.get("cache")
+        if cache is not None:
+            cache.close()  # its invalidation listener must not outlive the test
     assert output.getvalue() == expected
 
 
@@ -53,6 +64,39 @@ def test_every_option_is_in_the_reference(key: str, env: str) -> None:
     row = next((line for line in REFERENCE.splitlines() if f"`{key}`" in line), None)
     assert row is not None, f"{key} missing from docs/configuration.md"
     assert f"`{env}`" in row
+
+
+# The reference's "type" column, from each field's annotation.
+TYPE_WORDS = {"list[str]": "list of strings", "str": "string", "str | None": "string",
+              "int": "integer", "float": "duration", "bool": "boolean",
+              "float | None": "fraction"}
+
+
+@pytest.mark.parametrize(("key", "env"), options())
+def test_the_reference_gives_each_option_its_type_and_default(key: str, env: str) -> None:
+    sections = {"cache.dragonfly": DragonflyConfig, "cache.l1": L1Config, "cache.l2": L2Config,
+                "cache": CacheConfig}
+    section, field_name = key.rsplit(".", 1)
+    field = next(f for f in dataclasses.fields(sections[section]) if f.name == field_name)
+    row = next(line for line in REFERENCE.splitlines() if line.startswith(f"| `{key}` |"))
+    cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+    assert cells[2] == TYPE_WORDS[str(field.type)], row
+    default = sections[section]()
+    value = getattr(default, field_name)
+    documented = cells[3]
+    if value is None:
+        assert documented == "none", row
+    elif isinstance(value, bool):
+        assert documented == f"`{str(value).lower()}`", row
+    elif isinstance(value, float):
+        # a Go-style duration: parse it back
+        assert parse_duration(documented.strip("`")) == value, row
+    elif isinstance(value, int):
+        assert documented == f"`{value}`", row
+    elif isinstance(value, str):
+        assert documented == f"`{json.dumps(value)}`", row
+    else:
+        assert json.loads(documented.strip("`")) == value, row
 
 
 def test_the_reference_names_no_option_the_code_lacks() -> None:
