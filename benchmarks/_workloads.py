@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from _fleet import fleet_stampede
 from _measure import (
     median,
     mixed_loop,
@@ -546,6 +547,46 @@ def metrics_overhead(ctx: Context) -> Result:
     }
 
 
+def stampede_fleet(ctx: Context) -> Result:
+    """4 processes x 16 threads on one missing key, with and without the fleet lock."""
+    s = ctx.settings
+    dragonfly = ctx.system(DRAGONFLY)
+    processes, threads = 4, 16 if s.judge else 2
+    rounds = max(1, min(s.stampede_rounds, 5))
+    loader = s.loader_seconds
+    data: dict[str, Any] = {}
+    rows = []
+    for lock in (False, True):
+        calls, walls, oks = [], [], []
+        for r in range(rounds):
+            _progress(f"fleet stampede (lock={lock}): round {r + 1}/{rounds}")
+            result = fleet_stampede(dragonfly.server.address, f"fleet:{lock}:{r}", processes,
+                                    threads, loader, lock)
+            calls.append(result["loader_calls"])
+            walls.append(result["wall"])
+            oks.append(result["ok"])
+        name = "get_or_load(lock=True)" if lock else "get_or_load (per-process singleflight)"
+        data[str(lock)] = {"loader_calls": calls, "wall_ms": [w * 1000 for w in walls],
+                           "all_got_value": all(oks)}
+        rows.append([name, f"{median([float(c) for c in calls]):.0f} (max {max(calls)})",
+                     f"{median(walls) * 1000:.1f}", f"{median(walls) / loader:.2f}x",
+                     "yes" if all(oks) else "no"])
+    locked = data["True"]["loader_calls"]
+    return {
+        "title": f"Fleet stampede: {processes} processes x {threads} threads, one missing key, "
+                 f"{loader * 1000:.0f} ms loader",
+        "note": "Spawned processes, released together by a cross-process Barrier; loader "
+                "calls counted on the server. Wall: from the release to the last caller's "
+                "return in any process.",
+        "columns": ["API", "loader calls / round", "wall ms", "wall vs loader",
+                    "every caller got the value"],
+        "rows": rows, "data": data,
+        "targets": [_target("Fleet lock: exactly 1 loader call across the fleet per round",
+                            float(max(locked)), 1.0, "<=", s.judge,
+                            shown=f"{min(locked)}...{max(locked)} calls")],
+    }
+
+
 # -- L1 memory -------------------------------------------------------------------------
 
 
@@ -631,6 +672,7 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "mixed_90_10_4t": mixed_90_10,
     "l2_path": l2_path,
     "stampede": stampede,
+    "stampede_fleet": stampede_fleet,
     "get_many_100": get_many_100,
     "cross_process_staleness": cross_process_staleness,
     "metrics_overhead": metrics_overhead,

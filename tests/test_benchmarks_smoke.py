@@ -22,6 +22,7 @@ WORKLOADS = {
     "mixed_90_10_4t",
     "l2_path",
     "stampede",
+    "stampede_fleet",
     "get_many_100",
     "cross_process_staleness",
     "metrics_overhead",
