@@ -119,12 +119,6 @@ class L1:
             entry = self._entries.get(key)
             return entry[0] if entry is not None and entry[1] > self.timer() else None
 
-    def contains(self, key: str) -> bool:
-        """Whether ``key`` has a live entry (no hit/miss counted)."""
-        with self._lock:
-            entry = self._entries.get(key)
-            return entry is not None and entry[1] > self.timer()
-
     # -- tickets and fills ---------------------------------------------------------------
 
     def begin(self, keys: Iterable[str]) -> int:

@@ -32,7 +32,6 @@ from .exceptions import CacheUnavailableError
 
 __all__ = ["TieredCache"]
 
-Loader = Callable[[], bytes]
 TTL = float | int | timedelta | None
 
 
@@ -224,10 +223,12 @@ class TieredCache(LoadingMixin):
     def exists(self, key: str) -> bool:
         """Whether ``key`` is cached (L1, else L2; False when L2 is unreachable)."""
         _check_key(key)
-        if self._l1.contains(key):
-            return self._l1.peek(key) not in (None, NEGATIVE)
-        # One GET+PTTL rather than EXISTS: it also tells a cached "not found" from a value.
-        return self._read_through([key]).get(key) not in (None, NEGATIVE)
+        value = self._l1.peek(key)
+        if value is None:
+            # One GET+PTTL rather than EXISTS: it also tells a cached "not found" from a
+            # value, and fills L1 for the read that usually follows.
+            value = self._read_through([key]).get(key)
+        return value is not None and value is not NEGATIVE
 
     def _read_through(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Fetch L1-missing keys from L2 in one round trip and fill L1 with them.
@@ -357,7 +358,7 @@ class TieredCache(LoadingMixin):
     # -- introspection -------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counters: ``l1_stats``, ``l2_stats`` and ``singleflight``."""
+        """Counters: ``l1_stats``, ``l2_stats``, ``singleflight``, ``breaker``, ``coherence``."""
         with self._loads_lock:
             loads = self._loads
         return {

@@ -94,12 +94,12 @@ def test_get_many_counts_each_key() -> None:
     assert (l1.stats()["hits"], l1.stats()["misses"]) == (1, 2)
 
 
-def test_contains_counts_nothing_and_respects_deadlines() -> None:
+def test_peek_counts_nothing_and_respects_deadlines() -> None:
     l1, clock = make_l1()
     l1.write({"a": b"1"}, l1.timer() + 1.0, l1.begin(["a"]))
-    assert l1.contains("a")
+    assert l1.peek("a") == b"1"
     clock.advance(1.5)
-    assert not l1.contains("a")
+    assert l1.peek("a") is None
     assert (l1.stats()["hits"], l1.stats()["misses"]) == (0, 0)
 
 
