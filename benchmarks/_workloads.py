@@ -477,8 +477,9 @@ def cross_process_staleness(ctx: Context) -> Result:
         "title": "Cross-process staleness (dragonfly_cache, two spawned processes)",
         "note": "A writes a new version every period and notes when set() returned; B reads "
                 "in a tight loop through its own TieredCache. Delays are measured from A's "
-                "acknowledged write to B's first read of that version (both on "
-                "CLOCK_MONOTONIC). Both processes inherit the benchmark's CPU pinning. "
+                "acknowledged write to B's first read of that version (both on the "
+                "machine-wide monotonic clock). Both processes inherit the benchmark's "
+                "CPU pinning. "
                 f"CPython's GIL switch interval here: {data['gil_switch_interval_ms']:g} ms.",
         "columns": ["measure", "value"],
         "rows": rows, "data": data,

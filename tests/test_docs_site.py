@@ -246,6 +246,10 @@ def test_acl_user_from_operations_can_do_everything(redis_server_factory: Any) -
             stats = cache.stats()
             assert stats["l2_stats"]["errors"] == 0, stats["l2_stats"]
             assert stats["coherence"]["state"] == "subscribed"
+        # The last invalidations reach the reader asynchronously: wait for one (bounded).
+        deadline = time.monotonic() + 5
+        while reader.stats()["coherence"]["applied"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert reader.stats()["coherence"]["applied"] >= 1
 
 
@@ -340,7 +344,9 @@ def _project_sources() -> str:
 
 def _python_constants() -> set[str]:
     modules = [dragonfly_cache, tiered_module]
-    modules += [sys.modules[f"dragonfly_cache.{name}"] for name in ("flask", "metrics", "config")]
+    # codecs and _loading: the loading page names their constants (FLEET_LOCK_TTL, ...).
+    modules += [sys.modules[f"dragonfly_cache.{name}"]
+                for name in ("flask", "metrics", "config", "codecs", "_loading")]
     return {name for module in modules for name in vars(module) if name.isupper()}
 
 
