@@ -9,11 +9,13 @@ Negative caching. A loader raises :class:`NotFound`; the cache stores a marker v
 ``get_or_load`` raises ``NotFound`` without calling the loader.
 
 Early refresh. With ``refresh_ahead=f``, an entry loaded (or read from L2) with life ``t``
-becomes due for refresh at a jittered point within the last ``f * t`` of its life. The first
-``get_or_load`` hit after that starts one background refresh per key and process (and, with
-the fleet lock, per fleet) and returns the current value; others keep getting it too. A
-failed refresh leaves the old value in place until its hard expiry and is retried with
-backoff.
+becomes due for refresh at a point within the last ``f * t`` of its life, moved earlier by a
+random ``l2.refresh_jitter`` share of that window so processes don't all refresh at once.
+The first ``get_or_load`` hit after that starts one background refresh per key and process
+(and, with the fleet lock, per fleet) and returns the current value; others keep getting
+it too. Past ``l2.refresh_sync`` (a smaller fraction) a hit refreshes synchronously: the
+callers, coalesced, wait for the new value. A failed refresh leaves the old value in place
+until its hard expiry and is retried with backoff.
 
 Fleet lock. On a miss, processes race for ``SET <lock> <token> NX PX`` so one process in
 the fleet runs the loader; the others poll L2 (with backoff) for the value, and load
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     from ._l2 import L2
     from .config import CacheConfig
 
-__all__ = ["FLEET_LOCK_TTL", "NEGATIVE", "LoadingMixin"]
+__all__ = ["NEGATIVE", "LoadingMixin"]
 
 logger = logging.getLogger("dragonfly_cache")
 
@@ -56,10 +58,8 @@ logger = logging.getLogger("dragonfly_cache")
 # produced by this package's codecs can equal it (JSON and msgpack never start with NUL).
 NEGATIVE = b"\x00dragonfly_cache:not-found\x00"
 
-FLEET_LOCK_TTL = 10.0  # seconds a fleet lock lives if its holder dies mid-load
 _LOCK_POLL_FIRST, _LOCK_POLL_CAP = 0.005, 0.1
 _REFRESH_BACKOFF_FIRST, _REFRESH_BACKOFF_CAP = 1.0, 30.0
-_REFRESH_JITTER = 0.25  # the refresh point falls within the last f*t .. f*t*(1-jitter)
 
 Loader = Callable[[], bytes]
 ManyLoader = Callable[[list[str]], Mapping[str, bytes]]
@@ -97,13 +97,21 @@ class LoadingMixin:
         def invalidate(self, pattern: str) -> int: ...
         def set_many(self, mapping: Mapping[str, bytes], ttl: Any = None) -> None: ...
 
+    def _loading_stats(self) -> dict[str, int]:
+        with self._refresh_lock:
+            return dict(self.loading_stats)
+
     def _start_loading_state(self) -> None:
         """Per-process state of early refresh (called at start and in a forked child)."""
         self._refresh_lock = threading.Lock()
-        self._refresh_at: LRUCache[str, float] = LRUCache(max(1, self.config.l1.max_size))
+        # key -> (when a refresh is due, when the entry expires), for keys loaded with
+        # refresh_ahead; bounded like L1.
+        self._refresh_at: LRUCache[str, tuple[float, float]] = LRUCache(
+            max(1, self.config.l1.max_size))
         self._refreshing: set[str] = set()
         self._refresh_backoff: dict[str, float] = {}
-        self._decode_failures = 0
+        self.loading_stats = {"refreshes": 0, "refresh_failures": 0, "sync_refreshes": 0,
+                              "decode_failures": 0}
 
     # -- get_or_load ------------------------------------------------------------------------
 
@@ -146,7 +154,7 @@ class LoadingMixin:
             value = self._flights.do(key, lambda: self._load(key, loader, seconds, fleet,
                                                              fraction))
         elif fraction is not None:
-            self._maybe_refresh(key, loader, seconds, fleet, fraction)
+            value = self._maybe_refresh(key, value, loader, seconds, fleet, fraction)
         if value is NEGATIVE:
             raise NotFound(f"no record for key {key!r} (cached negative answer)")
         return value
@@ -247,20 +255,21 @@ class LoadingMixin:
         """
         token = uuid.uuid4().hex
         try:
-            taken = self._l2.set_if_absent(_lock_key(key), token.encode(), FLEET_LOCK_TTL)
+            taken = self._l2.set_if_absent(_lock_key(key), token.encode(),
+                                           self.config.l2.fleet_lock_ttl)
         except CacheUnavailableError:
             return token
         return token if taken else None
 
     def _release_fleet_lock(self, key: str, token: str) -> None:
-        # If L2 cannot be reached, the lock expires by itself after FLEET_LOCK_TTL.
+        # If L2 cannot be reached, the lock expires by itself after l2.fleet_lock_ttl.
         with contextlib.suppress(CacheUnavailableError):
             self._l2.release_lock(_lock_key(key), token.encode())
 
     def _wait_for_fleet(self, key: str) -> bytes | None:
         """Poll for the value another process is loading; None once its lock is gone."""
         delay = _LOCK_POLL_FIRST
-        deadline = time.monotonic() + FLEET_LOCK_TTL
+        deadline = time.monotonic() + self.config.l2.fleet_lock_ttl
         while time.monotonic() < deadline:
             time.sleep(delay)
             delay = min(delay * 2, _LOCK_POLL_CAP)
@@ -280,73 +289,106 @@ class LoadingMixin:
     def _schedule_refresh(self, key: str, now: float, life: float, ttl: float,
                           fraction: float) -> None:
         """Note when ``key`` (``life`` seconds left, full ``ttl``) becomes due."""
-        window = min(life, ttl * fraction) * (1 - _REFRESH_JITTER * random.random())
+        window = min(life, ttl * fraction)
+        spread = 1 - self.config.l2.refresh_jitter * random.random()
         with self._refresh_lock:
-            self._refresh_at[key] = now + life - window
+            self._refresh_at[key] = (now + life - window * spread, now + life)
 
-    def _maybe_refresh(self, key: str, loader: Loader, seconds: float, fleet: bool,
-                       fraction: float) -> None:
+    def _maybe_refresh(self, key: str, value: bytes, loader: Loader, seconds: float,
+                       fleet: bool, fraction: float) -> bytes:
+        """On an L1 hit: start a background refresh when due; refresh synchronously (and
+        return the new value) when the entry is closer to expiry than ``refresh_sync``."""
         now = self._l1.timer()
         with self._refresh_lock:
-            due = self._refresh_at.get(key)
-            if due is None or now < due or key in self._refreshing:
-                return
-            self._refreshing.add(key)
-        thread = threading.Thread(target=self._refresh, args=(key, loader, seconds, fleet,
-                                                              fraction),
+            times = self._refresh_at.get(key)
+            if times is None or now < times[0] or key in self._refreshing:
+                return value  # not due, or a refresh is already running
+            sync = self.config.l2.refresh_sync
+            urgent = sync is not None and sync < fraction and now >= times[1] - seconds * sync
+            if urgent:
+                self.loading_stats["sync_refreshes"] += 1
+            else:
+                self._refreshing.add(key)
+        if urgent:
+            # Coalesced: one caller reloads, the others wait for its value.
+            return self._flights.do(key, lambda: self._reload(key, loader, seconds, fleet,
+                                                              fraction) or value)
+        thread = threading.Thread(target=self._refresh_in_background,
+                                  args=(key, loader, seconds, fleet, fraction),
                                   daemon=True, name=f"dragonfly_cache-refresh-{key[:32]}")
         thread.start()
+        return value
 
-    def _refresh(self, key: str, loader: Loader, seconds: float, fleet: bool,
-                 fraction: float) -> None:
-        """Reload ``key`` in the background; on failure retry later, old value kept."""
+    def _refresh_in_background(self, key: str, loader: Loader, seconds: float, fleet: bool,
+                               fraction: float) -> None:
+        try:
+            self._reload(key, loader, seconds, fleet, fraction)
+        finally:
+            with self._refresh_lock:
+                self._refreshing.discard(key)
+
+    def _reload(self, key: str, loader: Loader, seconds: float, fleet: bool,
+                fraction: float) -> bytes | None:
+        """Load ``key`` again and store it over the current value.
+
+        Returns:
+            The new value, or None if the refresh did not happen (another process holds
+            the fleet lock, the loader failed, L2 refused, or the key was invalidated
+            meanwhile); the current value then stays in place until its hard expiry.
+        """
         l1 = self._l1
         token = self._acquire_fleet_lock(key) if fleet else _NO_LOCK
+        if token is None:
+            self._postpone_refresh(key, _REFRESH_BACKOFF_FIRST)  # another process refreshes
+            return None
         try:
-            if token is None:
-                self._postpone_refresh(key, _REFRESH_BACKOFF_FIRST)  # someone else refreshes
-                return
             ticket = l1.begin([key])
             try:
                 value = self._call_loader(key, loader)
             except Exception:
                 l1.end([key])
-                logger.warning("background refresh of %r failed; serving the old value",
-                               key, exc_info=True)
-                self._postpone_refresh(key, None)
-                return
+                logger.warning("refresh of %r failed; serving the old value", key,
+                               exc_info=True)
+                self._refresh_failed(key)
+                return None
             if l1.stale(key, ticket):
                 l1.end([key])  # invalidated meanwhile: the next read loads afresh
-                return
-            seconds = self.config.l2.negative_ttl if value is NEGATIVE else seconds
+                return None
+            life = self.config.l2.negative_ttl if value is NEGATIVE else seconds
             start = l1.timer()
             try:
-                self._l2.set_many({key: value}, seconds, self._announce_keys([key]))
+                self._l2.set_many({key: value}, life, self._announce_keys([key]))
             except CacheUnavailableError:
                 l1.end([key])
-                self._postpone_refresh(key, None)
-                return
-            l1.write({key: value}, min(start + seconds, self._horizon(start)), ticket)
+                self._refresh_failed(key)
+                return None
+            l1.write({key: value}, min(start + life, self._horizon(start)), ticket)
             with self._refresh_lock:
                 self._refresh_backoff.pop(key, None)
+                self.loading_stats["refreshes"] += 1
             if value is not NEGATIVE:
-                self._schedule_refresh(key, start, seconds, seconds, fraction)
+                self._schedule_refresh(key, start, life, seconds, fraction)
+            return value
         finally:
-            if token is not None and token is not _NO_LOCK:
+            if token is not _NO_LOCK:
                 self._release_fleet_lock(key, token)
-            with self._refresh_lock:
-                self._refreshing.discard(key)
+
+    def _refresh_failed(self, key: str) -> None:
+        with self._refresh_lock:
+            self.loading_stats["refresh_failures"] += 1
+        self._postpone_refresh(key, None)
 
     def _postpone_refresh(self, key: str, delay: float | None) -> None:
         """Try again later: after ``delay``, or after a doubling backoff if None."""
         with self._refresh_lock:
-            if key not in self._refresh_at:
+            times = self._refresh_at.get(key)
+            if times is None:
                 return
             if delay is None:
                 previous = self._refresh_backoff.get(key, 0.0)
                 delay = min(max(_REFRESH_BACKOFF_FIRST, previous * 2), _REFRESH_BACKOFF_CAP)
                 self._refresh_backoff[key] = delay
-            self._refresh_at[key] = self._l1.timer() + delay
+            self._refresh_at[key] = (self._l1.timer() + delay, times[1])
 
     # -- batch loads ------------------------------------------------------------------------
 
@@ -505,7 +547,8 @@ class LoadingMixin:
                     return chosen.decode(data)
                 except codecs.DecodeError:
                     # Unreadable (tampered, or written by another codec): a miss, counted.
-                    self._decode_failures += 1
+                    with self._refresh_lock:
+                        self.loading_stats["decode_failures"] += 1
                     logger.warning("memoized value for %r did not decode; recomputing",
                                    cache_key_)
                     result = function(*args, **kwargs)

@@ -145,6 +145,17 @@ def optional_fraction(name: str, value: object) -> float | None:
     return number
 
 
+def unit_fraction(name: str, value: object) -> float:
+    """A number in [0, 1)."""
+    numeric = isinstance(value, float | int) and not isinstance(value, bool)
+    text = isinstance(value, str) and _BARE_SECONDS.fullmatch(value.strip()) is not None
+    # value is a number or numeric text whenever float() is reached
+    number = float(value) if numeric or text else None  # type: ignore[arg-type]
+    if number is None or not 0.0 <= number < 1.0:
+        raise ConfigError(f"{name}={value!r}: expected a fraction in [0, 1) (e.g. 0.25)")
+    return number
+
+
 def codec_name(name: str, value: object) -> str:
     """One of the codec names; "msgpack" only when the msgpack package is importable."""
     if not isinstance(value, str) or value.strip().lower() not in NAMES:

@@ -117,7 +117,10 @@ class L2Config:
     ttl: float = 3600.0
     negative_ttl: float = 30.0
     refresh_ahead: float | None = None
+    refresh_jitter: float = 0.25
+    refresh_sync: float | None = None
     fleet_lock: bool = False
+    fleet_lock_ttl: float = 10.0
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("ttl", "CACHE_L2_TTL", v.duration, "default TTL of keys written to L2"),
@@ -126,13 +129,28 @@ class L2Config:
         Option("refresh_ahead", "CACHE_REFRESH_AHEAD", v.optional_fraction,
                "refresh a loaded entry in the background during this last fraction of its "
                "life, in (0, 1); empty/off/none: no early refresh"),
+        Option("refresh_jitter", "CACHE_REFRESH_JITTER", v.unit_fraction,
+               "spread of the refresh point, as a fraction of the refresh window, in [0, 1): "
+               "processes holding the same entry refresh at different moments"),
+        Option("refresh_sync", "CACHE_REFRESH_SYNC", v.optional_fraction,
+               "below this last fraction of an entry's life, a get_or_load hit refreshes "
+               "synchronously (callers wait for the new value) instead of in the background; "
+               "smaller than refresh_ahead; empty/off/none: never"),
         Option("fleet_lock", "CACHE_FLEET_LOCK", v.boolean,
                "on a get_or_load miss, take a short Redis lock so one process in the fleet "
                "runs the loader"),
+        Option("fleet_lock_ttl", "CACHE_FLEET_LOCK_TTL", v.duration,
+               "life of a fleet lock: how long the others wait if its holder dies mid-load"),
     )
 
     def __post_init__(self) -> None:
         v.validate_fields(self)
+        if (self.refresh_sync is not None and self.refresh_ahead is not None
+                and self.refresh_sync >= self.refresh_ahead):
+            raise ConfigError(
+                f"CACHE_REFRESH_SYNC={self.refresh_sync!r} (L2Config.refresh_sync, "
+                "cache.l2.refresh_sync): must be smaller than CACHE_REFRESH_AHEAD="
+                f"{self.refresh_ahead!r}")
 
 
 @dataclass(frozen=True)

@@ -358,7 +358,8 @@ class TieredCache(LoadingMixin):
     # -- introspection -------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counters: ``l1_stats``, ``l2_stats``, ``singleflight``, ``breaker``, ``coherence``."""
+        """Counters: ``l1_stats``, ``l2_stats``, ``singleflight``, ``breaker``, ``coherence``,
+        ``loading`` (background/synchronous refreshes, their failures, undecodable values)."""
         with self._loads_lock:
             loads = self._loads
         return {
@@ -367,6 +368,7 @@ class TieredCache(LoadingMixin):
             "singleflight": {"loads": loads, "coalesced": self._flights.coalesced},
             "breaker": self._l2.breaker.stats(),
             "coherence": self._coherence_stats(),
+            "loading": self._loading_stats(),
         }
 
     def _coherence_stats(self) -> dict[str, Any]:

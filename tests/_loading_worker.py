@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from dragonfly_cache import CacheConfig, DragonflyConfig, TieredCache
+from dragonfly_cache import CacheConfig, DragonflyConfig, L2Config, TieredCache
 
 
 def memo_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -27,11 +27,9 @@ def fleet_member(address: str, barrier: Barrier, threads: int, load_seconds: flo
     Every loader call increments ``loads`` on the server, so the test counts calls across
     the fleet. With ``die_in_loader`` the process dies (SIGKILL) inside its loader.
     """
-    import dragonfly_cache._loading as loading
-
-    loading.FLEET_LOCK_TTL = lock_ttl
     raw = redis.Redis.from_url(f"redis://{address}")
-    cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(addresses=[address])))
+    cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(addresses=[address]),
+                                    l2=L2Config(fleet_lock_ttl=lock_ttl)))
 
     def loader() -> bytes:
         raw.incr("loads")

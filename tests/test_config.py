@@ -531,6 +531,9 @@ FULL_ENV = {
     "CACHE_NEGATIVE_TTL": "45s",
     "CACHE_REFRESH_AHEAD": "0.25",
     "CACHE_FLEET_LOCK": "true",
+    "CACHE_REFRESH_JITTER": "0.5",
+    "CACHE_REFRESH_SYNC": "0.1",
+    "CACHE_FLEET_LOCK_TTL": "3s",
     "CACHE_KEY_PREFIX": "app:v1:",
     "CACHE_ADMIN_TOKEN": TOKEN,
     "CACHE_CODEC": "pickle",
@@ -553,7 +556,8 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     assert d.socket_timeout == 2.0
     assert d.pool_timeout == 1.5
     assert cfg.l1 == L1Config(max_size=123, ttl=90.0, invalidation=False, degraded_ttl=0.25)
-    assert cfg.l2 == L2Config(ttl=7200.0, negative_ttl=45.0, refresh_ahead=0.25, fleet_lock=True)
+    assert cfg.l2 == L2Config(ttl=7200.0, negative_ttl=45.0, refresh_ahead=0.25, fleet_lock=True,
+                              refresh_jitter=0.5, refresh_sync=0.1, fleet_lock_ttl=3.0)
     assert cfg.key_prefix == "app:v1:"
     assert cfg.admin_token == TOKEN
     assert cfg.codec == "pickle"

@@ -78,9 +78,11 @@ def test_the_reference_gives_each_option_its_type_and_default(key: str, env: str
                 "cache": CacheConfig}
     section, field_name = key.rsplit(".", 1)
     field = next(f for f in dataclasses.fields(sections[section]) if f.name == field_name)
+    option = next(o for o in sections[section].OPTIONS if o.field == field_name)
     row = next(line for line in REFERENCE.splitlines() if line.startswith(f"| `{key}` |"))
     cells = [cell.strip() for cell in row.strip("|").split(" | ")]
-    assert cells[2] == TYPE_WORDS[str(field.type)], row
+    fraction = option.parse.__name__ in ("unit_fraction", "optional_fraction")
+    assert cells[2] == ("fraction" if fraction else TYPE_WORDS[str(field.type)]), row
     default = sections[section]()
     value = getattr(default, field_name)
     documented = cells[3]
@@ -88,6 +90,8 @@ def test_the_reference_gives_each_option_its_type_and_default(key: str, env: str
         assert documented == "none", row
     elif isinstance(value, bool):
         assert documented == f"`{str(value).lower()}`", row
+    elif isinstance(value, float) and fraction:
+        assert documented == f"`{value}`", row
     elif isinstance(value, float):
         # a Go-style duration: parse it back
         assert parse_duration(documented.strip("`")) == value, row

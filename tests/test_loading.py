@@ -261,7 +261,7 @@ def test_memoize_treats_an_undecodable_value_as_a_miss(cache_factory: CacheFacto
     cache.set(key, b"\xff not json")  # e.g. written by an older version
     assert value() == {"n": 1}
     assert calls == [1]
-    assert cache._decode_failures == 1
+    assert cache.stats()["loading"]["decode_failures"] == 1
     assert value() == {"n": 1}
     assert calls == [1]  # the recomputed value replaced the bad one
 
@@ -374,3 +374,73 @@ def test_refresh_ahead_must_be_a_fraction(cache_factory: CacheFactory) -> None:
             cache.get_or_load("k", lambda: b"v", refresh_ahead=bad)
     assert cache.get("k") is None
     assert NEGATIVE not in (b"", b"null")
+
+
+def test_refresh_jitter_spreads_the_refresh_point_within_the_window(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
+    from dragonfly_cache import CacheConfig, DragonflyConfig, L2Config, TieredCache
+
+    def due_after(jitter: float) -> float:
+        cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(
+            addresses=[redis_server.address]), l2=L2Config(refresh_jitter=jitter)),
+            timer=fake_clock)
+        try:
+            cache._schedule_refresh("k", fake_clock.now, 10.0, 10.0, 0.4)
+            return cache._refresh_at["k"][0] - fake_clock.now
+        finally:
+            cache.close()
+
+    assert due_after(0.0) == pytest.approx(6.0)  # exactly the start of the last 40 %
+    spread = [due_after(0.5) for _ in range(50)]
+    assert all(6.0 <= due <= 8.0 for due in spread)  # moved up to half the window later
+    assert max(spread) - min(spread) > 0.5
+
+
+def test_refresh_sync_makes_callers_wait_for_one_reload_near_expiry(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
+    from dragonfly_cache import CacheConfig, DragonflyConfig, L2Config, TieredCache
+
+    cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(addresses=[redis_server.address]),
+                                    l2=L2Config(refresh_sync=0.1)), timer=fake_clock)
+    try:
+        cache.exists("warm-up")  # L1 entries keep their full life once the listener is up
+        wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed")
+        version = [0]
+        loads: list[int] = []
+
+        def loader() -> bytes:
+            loads.append(1)
+            if version[0]:
+                wait_until(lambda: cache.stats()["singleflight"]["coalesced"] >= 15)
+            return b"v%d" % version[0]
+
+        assert cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5) == b"v0"
+        version[0] = 1
+        fake_clock.advance(9.5)  # within the last 10 %: too close to expiry to serve stale
+        seen: list[bytes] = []
+        barrier = threading.Barrier(16)
+
+        def reader(_: int) -> None:
+            barrier.wait()
+            seen.append(cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5))
+
+        run_threads(16, reader)
+        assert seen == [b"v1"] * 16  # everyone waited for the new value ...
+        assert len(loads) == 2  # ... loaded once
+        assert cache.stats()["loading"]["sync_refreshes"] >= 1
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [({"CACHE_REFRESH_AHEAD": "0.2", "CACHE_REFRESH_SYNC": "0.3"}, "CACHE_REFRESH_SYNC"),
+     ({"CACHE_REFRESH_JITTER": "1"}, "CACHE_REFRESH_JITTER"),
+     ({"CACHE_REFRESH_JITTER": "-0.1"}, "CACHE_REFRESH_JITTER"),
+     ({"CACHE_FLEET_LOCK_TTL": "0s"}, "CACHE_FLEET_LOCK_TTL")],
+)
+def test_refresh_and_lock_settings_are_validated(env: dict[str, str], message: str) -> None:
+    from dragonfly_cache import CacheConfig, ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        CacheConfig.from_env(env)
