@@ -126,6 +126,11 @@ class L2:
             "socket_keepalive": True,
             "retry": self._retry,
         }
+        if config.tls:
+            self._connection_options.update(
+                ssl_cert_reqs="required", ssl_check_hostname=config.tls_check_hostname,
+                ssl_ca_certs=config.tls_ca_file, ssl_certfile=config.tls_cert_file,
+                ssl_keyfile=config.tls_key_file)
         self._connection_class = redis.SSLConnection if config.tls else redis.Connection
         self._pool_timeout = config.pool_timeout
         self._scripting = True  # False once the server refused EVALSHA/SCRIPT LOAD
@@ -400,13 +405,17 @@ class L2:
         """PING and INFO server; raises CacheUnavailableError when the server can't answer.
 
         Returns:
-            {"server": "dragonfly"|"redis"|"valkey", "version": str}
+            {"server": "dragonfly"|"redis"|"valkey", "version": str,
+             "mode": "standalone"|"cluster"}
         """
 
         def do() -> ServerInfo:
-            _pong, info = self._connections.roundtrip((("PING",), ("INFO", "server")))
-            server, version = detect_server(parse_info(info))
-            return {"server": server, "version": version}
+            _pong, server_info, cluster_info = self._connections.roundtrip(
+                (("PING",), ("INFO", "server"), ("INFO", "cluster")))
+            server, version = detect_server(parse_info(server_info))
+            clustered = parse_info(cluster_info).get("cluster_enabled") == "1"
+            return {"server": server, "version": version,
+                    "mode": "cluster" if clustered else "standalone"}
 
         return self._call("PING", do)
 

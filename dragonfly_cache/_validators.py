@@ -9,6 +9,7 @@ interpolation produce strings) and return the normalised value.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -124,6 +125,14 @@ def secret(name: str, value: object) -> str | None:
 
 def optional_text(name: str, value: object) -> str | None:
     return None if value is None else (text(name, value) or None)
+
+
+def readable_file(name: str, value: object) -> str | None:
+    """A path to a file that exists and can be read, or None (empty text: None)."""
+    path = optional_text(name, value)
+    if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+        raise ConfigError(f"{name}={value!r}: not a readable file")
+    return path
 
 
 def optional_fraction(name: str, value: object) -> float | None:

@@ -50,6 +50,10 @@ class DragonflyConfig:
     breaker_threshold: int = 5
     breaker_cooldown: float = 1.0
     breaker_max_cooldown: float = 10.0
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_check_hostname: bool = True
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("addresses", "DRAGONFLY_ADDRESSES", v.addresses,
@@ -75,10 +79,28 @@ class DragonflyConfig:
                "wait before the first probe of an open breaker"),
         Option("breaker_max_cooldown", "DRAGONFLY_BREAKER_MAX_COOLDOWN", v.duration,
                "cap of the cooldown, which doubles after each failed probe"),
+        Option("tls_ca_file", "DRAGONFLY_TLS_CA_FILE", v.readable_file,
+               "CA bundle that signs the server's certificate (default: the system's)"),
+        Option("tls_cert_file", "DRAGONFLY_TLS_CERT_FILE", v.readable_file,
+               "client certificate, for servers that require one (with tls_key_file)"),
+        Option("tls_key_file", "DRAGONFLY_TLS_KEY_FILE", v.readable_file,
+               "private key of the client certificate"),
+        Option("tls_check_hostname", "DRAGONFLY_TLS_CHECK_HOSTNAME", v.boolean,
+               "check that the server's certificate names the host connected to"),
     )
 
     def __post_init__(self) -> None:
         v.validate_fields(self)
+        files = {"DRAGONFLY_TLS_CA_FILE": self.tls_ca_file,
+                 "DRAGONFLY_TLS_CERT_FILE": self.tls_cert_file,
+                 "DRAGONFLY_TLS_KEY_FILE": self.tls_key_file}
+        given = [name for name, path in files.items() if path is not None]
+        if given and not self.tls:
+            raise ConfigError(f"{', '.join(given)} (DragonflyConfig.tls_*_file) set but "
+                              "DRAGONFLY_TLS is false: turn TLS on, or drop the files")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("DRAGONFLY_TLS_CERT_FILE and DRAGONFLY_TLS_KEY_FILE "
+                              "(DragonflyConfig.tls_cert_file/tls_key_file) go together")
 
     def __hash__(self) -> int:
         # addresses is a list (as the contract spells it); hash it as a tuple so configs

@@ -531,6 +531,10 @@ FULL_ENV = {
     "CACHE_NEGATIVE_TTL": "45s",
     "CACHE_REFRESH_AHEAD": "0.25",
     "CACHE_FLEET_LOCK": "true",
+    "DRAGONFLY_TLS_CA_FILE": __file__,  # any readable file passes validation
+    "DRAGONFLY_TLS_CERT_FILE": __file__,
+    "DRAGONFLY_TLS_KEY_FILE": __file__,
+    "DRAGONFLY_TLS_CHECK_HOSTNAME": "off",
     "CACHE_REFRESH_JITTER": "0.5",
     "CACHE_REFRESH_SYNC": "0.1",
     "CACHE_FLEET_LOCK_TTL": "3s",
@@ -550,6 +554,8 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     assert (cfg.l1.invalidation, cfg.l1.degraded_ttl) == (False, 0.25)
     assert d.max_retries == 0
     assert (d.breaker_threshold, d.breaker_cooldown, d.breaker_max_cooldown) == (7, 0.5, 60.0)
+    assert (d.tls_ca_file, d.tls_cert_file, d.tls_key_file) == (__file__, __file__, __file__)
+    assert d.tls_check_hostname is False
     assert d.tls is True
     assert d.username == "alice"
     assert d.connect_timeout == 0.5

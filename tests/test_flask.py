@@ -131,7 +131,7 @@ def test_health_probe_is_cached_for_the_interval(make_app: Callable[..., Flask],
     raw.config_resetstat()
     for _ in range(50):  # a load balancer polling fast
         assert client.get("/api/v1/health/cache").status_code == 200
-    assert command_calls(raw, "info") == 1
+    assert command_calls(raw, "info") == 2  # one probe: INFO server + INFO cluster
 
 
 @pytest.mark.parametrize(

@@ -461,7 +461,8 @@ def test_health_against_a_live_server(cache_factory: CacheFactory, redis_server:
     report = cache_factory().health()
     version = redis_server.client().info("server")["redis_version"]
     assert report["status"] == "healthy"
-    assert report["dragonfly"] == {"connected": True, "server": "redis", "version": version}
+    assert report["dragonfly"] == {"connected": True, "server": "redis", "version": version,
+                                   "mode": "standalone"}
     assert set(report) == {"status", "dragonfly", "breaker", "coherence", "l1_stats",
                            "l2_stats"}
     assert report["breaker"] == "closed"

@@ -1,0 +1,159 @@
+"""TLS against a real TLS-only redis-server: CA files, client certificates, hostname checks."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from dragonfly_cache import (
+    CacheConfig,
+    CacheUnavailableError,
+    ConfigError,
+    DragonflyConfig,
+    TieredCache,
+)
+from tests._servers import free_port
+from tests.test_tiered import wait_until
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _signed(directory: Path, name: str, subject: str, alt_names: str, ca: str) -> None:
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+             f"{name}.csr", "-subj", subject, cwd=directory)
+    (directory / f"{name}.ext").write_text(f"subjectAltName={alt_names}\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile",
+             f"{name}.ext", cwd=directory)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for localhost/127.0.0.1, one for another host, a
+    client certificate, and an unrelated CA."""
+    directory = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "other-ca"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
+                 "-out", f"{ca}.crt", "-days", "2", "-subj", f"/CN={ca}", cwd=directory)
+    _signed(directory, "server", "/CN=localhost", "DNS:localhost,IP:127.0.0.1", "ca")
+    _signed(directory, "elsewhere", "/CN=cache.example", "DNS:cache.example", "ca")
+    _signed(directory, "client", "/CN=app", "DNS:app", "ca")
+    return directory
+
+
+@pytest.fixture
+def tls_server(redis_binary: str, pki: Path, tmp_path: Path
+               ) -> Iterator[Callable[..., str]]:
+    """``start(cert="server", clients="no") -> "127.0.0.1:PORT"``: a TLS-only redis-server."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(cert: str = "server", clients: str = "no") -> str:
+        port = free_port()
+        process = subprocess.Popen(
+            [redis_binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+             "--tls-cert-file", str(pki / f"{cert}.crt"),
+             "--tls-key-file", str(pki / f"{cert}.key"),
+             "--tls-ca-cert-file", str(pki / "ca.crt"), "--tls-auth-clients", clients,
+             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(process)
+        probe = redis.Redis(port=port, ssl=True, ssl_ca_certs=str(pki / "ca.crt"),
+                            ssl_check_hostname=False, ssl_certfile=str(pki / "client.crt"),
+                            ssl_keyfile=str(pki / "client.key"), socket_timeout=0.5,
+                            socket_connect_timeout=0.5, protocol=2)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                probe.ping()
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail("the TLS redis-server did not start", pytrace=False)
+                time.sleep(0.02)
+            finally:
+                probe.close()
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for process in processes:
+        process.kill()
+        process.wait(5)
+
+
+def make(address: str, **tls: Any) -> TieredCache:
+    return TieredCache(CacheConfig(dragonfly=DragonflyConfig(addresses=[address], tls=True,
+                                                             **tls)))
+
+
+def test_tls_with_a_ca_file_round_trips_and_stays_coherent(tls_server: Callable[..., str],
+                                                           pki: Path) -> None:
+    address = tls_server()
+    ca = str(pki / "ca.crt")
+    with make(address, tls_ca_file=ca) as writer, make(address, tls_ca_file=ca) as reader:
+        writer.set("k", b"over tls")
+        assert reader.get("k") == b"over tls"
+        report = reader.health()
+        assert report["status"] == "healthy"
+        assert report["dragonfly"]["server"] == "redis"
+        assert report["dragonfly"]["mode"] == "standalone"
+        wait_until(lambda: reader.stats()["coherence"]["state"] == "subscribed")
+        writer.set("k", b"newer")
+        wait_until(lambda: reader.get("k") == b"newer", timeout=2)
+
+
+def test_an_untrusted_certificate_is_reported_clearly(tls_server: Callable[..., str],
+                                                      pki: Path) -> None:
+    address = tls_server()
+    with make(address, tls_ca_file=str(pki / "other-ca.crt"),
+              password="not-shown-anywhere") as cache:
+        report = cache.health()
+        assert report["status"] == "unhealthy"
+        assert "certificate verify failed" in report["dragonfly"]["error"]
+        assert "not-shown-anywhere" not in repr(report)
+        assert cache.get("k") is None  # reads degrade
+        with pytest.raises(CacheUnavailableError, match="certificate"):
+            cache.set("k", b"v")
+
+
+def test_hostname_checking(tls_server: Callable[..., str], pki: Path) -> None:
+    address = tls_server(cert="elsewhere")  # a valid certificate, for another name
+    ca = str(pki / "ca.crt")
+    with make(address, tls_ca_file=ca) as checked:
+        error = checked.health()["dragonfly"]["error"]
+        assert "127.0.0.1" in error and ("hostname" in error or "match" in error), error
+    with make(address, tls_ca_file=ca, tls_check_hostname=False) as unchecked:
+        assert unchecked.health()["status"] == "healthy"
+
+
+def test_client_certificates(tls_server: Callable[..., str], pki: Path) -> None:
+    address = tls_server(clients="yes")
+    ca = str(pki / "ca.crt")
+    with make(address, tls_ca_file=ca) as anonymous:
+        assert anonymous.health()["status"] == "unhealthy"
+    with make(address, tls_ca_file=ca, tls_cert_file=str(pki / "client.crt"),
+              tls_key_file=str(pki / "client.key")) as identified:
+        identified.set("k", b"v")
+        assert identified.health()["status"] == "healthy"
+
+
+def test_tls_settings_are_validated(pki: Path) -> None:
+    ca = str(pki / "ca.crt")
+    with pytest.raises(ConfigError, match="DRAGONFLY_TLS is false"):
+        DragonflyConfig(tls_ca_file=ca)
+    with pytest.raises(ConfigError, match="go together"):
+        DragonflyConfig(tls=True, tls_cert_file=str(pki / "client.crt"))
+    with pytest.raises(ConfigError, match=r"^DRAGONFLY_TLS_CA_FILE='/nonexistent\.crt': not a "):
+        CacheConfig.from_env({"DRAGONFLY_TLS": "true",
+                              "DRAGONFLY_TLS_CA_FILE": "/nonexistent.crt"})
+    config = CacheConfig.from_env({"DRAGONFLY_TLS": "1", "DRAGONFLY_TLS_CA_FILE": ca,
+                                   "DRAGONFLY_TLS_CHECK_HOSTNAME": "false"})
+    assert config.dragonfly.tls_ca_file == ca
+    assert config.dragonfly.tls_check_hostname is False
