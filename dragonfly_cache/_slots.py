@@ -1,10 +1,10 @@
 """A first-come, first-served semaphore: the bounded wait for a pooled connection.
 
-redis-py's BlockingConnectionPool waits on a ``queue.LifoQueue``, which lets a thread that
-just returned a connection take it straight back: with more threads than connections,
-some waiters starve (measured: 16 threads on 10 connections, waits past 300 ms while others
-never waited). Here a released slot is handed to the oldest waiter directly, so the wait
-is bounded by the work queued ahead of a caller, not by luck.
+Why not a queue or threading.Semaphore: a thread that releases and at once acquires again
+wins against threads that are already waiting (redis-py's BlockingConnectionPool, on a
+``queue.LifoQueue``, measured: 16 threads on 10 connections, some waits past 300 ms while
+others never waited). Here a released slot is handed to the oldest waiter directly, so the
+wait is bounded by the work queued ahead of a caller, not by luck.
 """
 
 from __future__ import annotations
