@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 import redis
 
+from tests._cluster import LocalCluster
 from tests._servers import (
     RedisServer,
     RedisServerError,
@@ -34,6 +35,8 @@ SERVER_FIXTURES = frozenset(
         "redis_server",
         "redis_server_factory",
         "auth_redis_server",
+        "redis_cluster_session",
+        "redis_cluster",
     }
 )
 
@@ -220,3 +223,55 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
         for cache in caches:
             with contextlib.suppress(Exception):  # teardown must not mask the test's result
                 cache.close()
+
+
+# -- Redis Cluster ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session(redis_binary: str) -> Iterator[LocalCluster]:
+    """One 3-primary Redis Cluster for the session; prefer ``redis_cluster``, which resets it.
+
+    Forming it takes about 2 s (redis-cli). A missing redis-cli fails the tests that need
+    the cluster, with instructions; it never skips them.
+    """
+    problem = None
+    try:
+        cluster = LocalCluster(redis_binary).start()
+    except RedisServerError as exc:  # includes a missing redis-cli and a cluster that never formed
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: LocalCluster) -> Iterator[LocalCluster]:
+    """The session cluster, healthy (every node up, all slots ok) and empty at test start.
+
+    A test may kill, pause or restart nodes; the next test gets them back (a node that was
+    dead for more than ~2 s can take ~4 s to be counted healthy again, see tests/_cluster.py).
+    If the cluster cannot be healed it is rebuilt on new ports, so read ``addresses`` from
+    the fixture, never from an earlier test.
+    """
+    cluster = redis_cluster_session
+    problem = None
+    try:
+        try:
+            cluster.heal()
+        except RedisServerError:
+            # A previous test broke it beyond a restart (e.g. CLUSTER RESET): start afresh.
+            cluster.close()
+            cluster.start()
+        cluster.flushall()
+    except (RedisServerError, redis.RedisError) as exc:
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.close_clients()
