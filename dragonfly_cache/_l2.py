@@ -50,7 +50,7 @@ local ttls = {}
 for i = 1, #KEYS do ttls[i] = redis.call('PTTL', KEYS[i]) end
 return {values, ttls}
 """
-_UNLOCK = """
+_DELETE_IF_EQUAL = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -332,16 +332,15 @@ class L2:
         replies = self._call("SET", lambda: self._connections.roundtrip(commands))
         return [key for key, reply in zip(keys, replies, strict=False) if reply is not None]
 
-    def release_lock(self, key: str, token: bytes) -> None:
-        """Delete the lock ``key`` if it still holds ``token`` (atomically, by a script
-        that declares its key). A server that refuses scripts lets the lock expire."""
-        name = self.prefix + key
-        try:
-            self._call("UNLOCK", lambda: self._connections.roundtrip(
-                (("EVAL", _UNLOCK, 1, name, token),)))
-        except CacheUnavailableError:
-            if self._scripting:
-                raise
+    def delete_if_equal(self, key: str, value: bytes, announce: str | None = None) -> None:
+        """Delete ``key`` only if it still holds ``value``, atomically (a script that
+        declares its key), then PUBLISH ``announce``. Releases fleet locks, and takes back
+        a load stored just as the key was invalidated."""
+        commands: list[tuple[Any, ...]] = [("EVAL", _DELETE_IF_EQUAL, 1, self.prefix + key,
+                                            value)]
+        if announce is not None:
+            commands.append(("PUBLISH", self.channel, announce))
+        self._call("DELETE", lambda: self._connections.roundtrip(commands))
 
     def delete(self, keys: Sequence[str], announce: str | None = None) -> int:
         """UNLINK the keys (and PUBLISH ``announce`` after, same round trip).

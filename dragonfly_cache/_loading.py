@@ -150,11 +150,13 @@ class LoadingMixin:
         fraction = self._refresh_fraction(refresh_ahead)
         fleet = self.config.l2.fleet_lock if lock is None else bool(lock)
         value = self._l1.get(key)
-        if value is None:
+        if value is not None and fraction is not None:
+            value = self._maybe_refresh(key, value, loader, seconds, fleet, fraction)
+        while value is None:
+            # A flight we joined may end with None: a batch load (get_or_load_many) whose
+            # loader omitted this key. That flight is over, so go round and load it here.
             value = self._flights.do(key, lambda: self._load(key, loader, seconds, fleet,
                                                              fraction))
-        elif fraction is not None:
-            value = self._maybe_refresh(key, value, loader, seconds, fleet, fraction)
         if value is NEGATIVE:
             raise NotFound(f"no record for key {key!r} (cached negative answer)")
         return value
@@ -239,9 +241,18 @@ class LoadingMixin:
             # other processes did not get it.
             l1.fill({key: (value, min(deadline, start + self.config.l1.degraded_ttl))}, ticket)
             return
+        if stored and l1.stale(key, ticket):
+            # A delete reached L2 between our check and our SET NX: take the store back
+            # (only if it is still ours), or the deleted generation would live on in L2.
+            l1.end([key])
+            with contextlib.suppress(CacheUnavailableError):
+                self._l2.delete_if_equal(key, value, self._announce_keys([key]))
+            return
         if stored:
             l1.fill({key: (value, deadline)}, ticket)
-            if fraction is not None and value is not NEGATIVE:
+            if value is NEGATIVE:
+                self._forget_refresh(lambda candidate: candidate == key)
+            elif fraction is not None:
                 self._schedule_refresh(key, start, seconds, seconds, fraction)
         else:
             l1.end([key])  # someone wrote the key while we loaded: theirs wins
@@ -264,7 +275,7 @@ class LoadingMixin:
     def _release_fleet_lock(self, key: str, token: str) -> None:
         # If L2 cannot be reached, the lock expires by itself after l2.fleet_lock_ttl.
         with contextlib.suppress(CacheUnavailableError):
-            self._l2.release_lock(_lock_key(key), token.encode())
+            self._l2.delete_if_equal(_lock_key(key), token.encode())
 
     def _wait_for_fleet(self, key: str) -> bytes | None:
         """Poll for the value another process is loading; None once its lock is gone."""
@@ -351,9 +362,15 @@ class LoadingMixin:
                                exc_info=True)
                 self._refresh_failed(key)
                 return None
+            except BaseException:
+                l1.end([key])
+                raise
             if l1.stale(key, ticket):
-                l1.end([key])  # invalidated meanwhile: the next read loads afresh
-                return None
+                # Invalidated meanwhile: store nothing (the next read loads afresh), but
+                # callers waiting on this refresh get what was loaded, never the value
+                # the invalidation removed.
+                l1.end([key])
+                return value
             life = self.config.l2.negative_ttl if value is NEGATIVE else seconds
             start = l1.timer()
             try:
@@ -377,6 +394,13 @@ class LoadingMixin:
         with self._refresh_lock:
             self.loading_stats["refresh_failures"] += 1
         self._postpone_refresh(key, None)
+
+    def _forget_refresh(self, matches: Callable[[str], bool]) -> None:
+        """Drop the refresh schedule of invalidated keys: a later value gets its own."""
+        with self._refresh_lock:
+            for key in [key for key in self._refresh_at if matches(key)]:
+                del self._refresh_at[key]
+                self._refresh_backoff.pop(key, None)
 
     def _postpone_refresh(self, key: str, delay: float | None) -> None:
         """Try again later: after ``delay``, or after a doubling backoff if None."""
@@ -430,6 +454,13 @@ class LoadingMixin:
             flight, leader = flights.claim(key)
             (led if leader else waits).append((key, flight))
         results: dict[str, bytes] = {}
+        if led:
+            # Another load may have stored some of these between our L2 read and our claim.
+            stored_meanwhile = self._read_through([key for key, _ in led])
+            for key, flight in [(k, f) for k, f in led if k in stored_meanwhile]:
+                flights.finish(key, flight, value=stored_meanwhile[key])
+                results[key] = stored_meanwhile[key]
+            led = [(key, flight) for key, flight in led if key not in stored_meanwhile]
         if led:
             mine = [key for key, _ in led]
             l1 = self._l1
@@ -533,12 +564,12 @@ class LoadingMixin:
                     return prefix + custom
                 bound = signature.bind(*args, **kwargs)
                 bound.apply_defaults()
-                canonical = json.dumps(sorted(bound.arguments.items()), default=_canonical,
-                                       sort_keys=True, separators=(",", ":"))
+                canonical = json.dumps([[argument, _canonical(value)] for argument, value
+                                        in sorted(bound.arguments.items())],
+                                       separators=(",", ":"))
                 return prefix + hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
-            @functools.wraps(function)
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
                 cache_key_ = cache_key(*args, **kwargs)
                 data = self.get_or_load(cache_key_,
                                         lambda: chosen.encode(function(*args, **kwargs)),
@@ -556,23 +587,89 @@ class LoadingMixin:
                         self.set_many({cache_key_: chosen.encode(result)}, seconds)
                     return result
 
-            wrapper.invalidate = lambda *args, **kwargs: self.delete(  # type: ignore[attr-defined]
-                cache_key(*args, **kwargs))
-            wrapper.invalidate_all = lambda: self.invalidate(  # type: ignore[attr-defined]
-                escape_glob(prefix) + "*")
-            wrapper.cache_key = cache_key  # type: ignore[attr-defined]
-            return wrapper  # type: ignore[return-value]
+            memoized = _Memoized(function, call, cache_key,
+                                 lambda pattern_key: self.delete(pattern_key),
+                                 lambda: self.invalidate(escape_glob(prefix) + "*"))
+            return memoized  # type: ignore[return-value]  # behaves as F, plus helpers
 
         return decorate
 
 
+class _Memoized:
+    """A memoized function: call it, or ``.invalidate(*args)``, ``.invalidate_all()``,
+    ``.cache_key(*args)``. A descriptor, so on a method ``obj.method.invalidate(x)`` binds
+    ``obj`` like the call does."""
+
+    def __init__(self, function: Callable[..., Any], call: Callable[..., Any],
+                 cache_key: Callable[..., str], delete: Callable[[str], None],
+                 invalidate_all: Callable[[], int]) -> None:
+        functools.update_wrapper(self, function)
+        self._call, self._key, self._delete, self._all = call, cache_key, delete, invalidate_all
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """The cache key of this call."""
+        return self._key(*args, **kwargs)
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> None:
+        """Drop the cached result of this call (everywhere, through coherence)."""
+        self._delete(self._key(*args, **kwargs))
+
+    def invalidate_all(self) -> int:
+        """Drop every cached result of this function; returns how many L2 keys went."""
+        return self._all()
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return _BoundMemoized(self, instance)
+
+
+class _BoundMemoized:
+    """A memoized method seen through an instance: ``instance`` is the first argument."""
+
+    def __init__(self, memoized: _Memoized, instance: object) -> None:
+        self._memoized, self._instance = memoized, instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._memoized(self._instance, *args, **kwargs)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        return self._memoized.cache_key(self._instance, *args, **kwargs)
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> None:
+        self._memoized.invalidate(self._instance, *args, **kwargs)
+
+    def invalidate_all(self) -> int:
+        return self._memoized.invalidate_all()
+
+
 def _canonical(value: Any) -> Any:
-    """JSON form of an argument JSON cannot express itself."""
+    """A JSON form of an argument in which different values never look alike.
+
+    JSON's own scalars stand for themselves; everything else is tagged with its type, so
+    ``b"ab"`` and ``"6162"``, ``{1: 1}`` and ``{"1": 1}``, or ``Decimal(1)`` and the text
+    ``"Decimal('1')"`` get different keys. Objects use ``__cache_key__`` if they define it
+    (a value or a method), else their ``repr``.
+    """
+    if value is None or isinstance(value, bool | str | float):
+        return value
+    if isinstance(value, int):
+        return value
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    if isinstance(value, list | tuple):
+        return {"t": kind, "v": [_canonical(item) for item in value]}
+    if isinstance(value, dict):
+        items = [[_canonical(k), _canonical(v)] for k, v in value.items()]
+        return {"t": kind, "v": sorted(items, key=lambda item: json.dumps(item))}
+    if isinstance(value, set | frozenset):
+        members = [_canonical(item) for item in value]
+        return {"t": kind, "v": sorted(members, key=lambda item: json.dumps(item))}
+    if isinstance(value, bytes | bytearray):
+        return {"t": kind, "v": bytes(value).hex()}
     custom = getattr(value, "__cache_key__", None)
     if custom is not None:
-        return custom() if callable(custom) else custom
-    if isinstance(value, set | frozenset):
-        return sorted(map(repr, value))
-    if isinstance(value, bytes):
-        return value.hex()
-    return repr(value)
+        return {"t": kind, "k": _canonical(custom() if callable(custom) else custom)}
+    return {"t": kind, "r": repr(value)}

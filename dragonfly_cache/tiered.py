@@ -328,6 +328,9 @@ class TieredCache(LoadingMixin):
         """
         _check_key(key)
         self._listen()
+        # Before L2 too: a load about to store this key must see the delete coming.
+        self._l1.invalidate([key])
+        self._forget_refresh(lambda candidate: candidate == key)
         try:
             self._l2.delete([key], self._announce_keys([key]))
         finally:
@@ -350,10 +353,13 @@ class TieredCache(LoadingMixin):
         _check_key(pattern, "pattern")
         self._listen()
         announce = None if self._coherence is None else self._coherence.pattern_message(pattern)
+        matches = compile_glob(pattern)
+        self._l1.invalidate_matching(matches)  # before L2 too, as in delete()
+        self._forget_refresh(matches)
         try:
             return self._l2.invalidate(pattern, announce)
         finally:
-            self._l1.invalidate_matching(compile_glob(pattern))
+            self._l1.invalidate_matching(matches)
 
     # -- introspection -------------------------------------------------------------------
 

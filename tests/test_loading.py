@@ -444,3 +444,124 @@ def test_refresh_and_lock_settings_are_validated(env: dict[str, str], message: s
 
     with pytest.raises(ConfigError, match=message):
         CacheConfig.from_env(env)
+
+
+# -- regressions from review -----------------------------------------------------------
+
+
+def test_a_delete_landing_just_before_the_store_takes_the_store_back(
+        cache_factory: CacheFactory, redis_server: Any) -> None:
+    cache = cache_factory()
+    real_store = cache._l2.set_if_absent
+
+    def store_after_a_delete(key: str, value: bytes, ttl: float, announce: Any = None) -> bool:
+        if not key.startswith("\x1f"):
+            cache.delete(key)  # the delete's UNLINK reaches L2 just before our SET NX
+        return real_store(key, value, ttl, announce)
+
+    cache._l2.set_if_absent = store_after_a_delete  # type: ignore[method-assign]
+    assert cache.get_or_load("k", lambda: b"old") == b"old"
+    cache._l2.set_if_absent = real_store  # type: ignore[method-assign]
+    assert redis_server.client().exists("k") == 0  # the deleted generation does not live on
+    assert cache.get("k") is None
+
+
+def test_a_cancelled_synchronous_refresh_never_hands_out_the_removed_value(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
+    from dragonfly_cache import CacheConfig, DragonflyConfig, L2Config, TieredCache
+
+    cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(addresses=[redis_server.address]),
+                                    l2=L2Config(refresh_sync=0.3)), timer=fake_clock)
+    try:
+        cache.exists("warm-up")
+        wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed")
+        version = [1]
+
+        def loader() -> bytes:
+            if version[0] == 2:
+                cache.delete("k")  # the key is deleted while the refresh loads
+            return b"v%d" % version[0]
+
+        assert cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5) == b"v1"
+        version[0] = 2
+        fake_clock.advance(8.0)  # within refresh_sync: a synchronous refresh
+        assert cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5) == b"v2"
+        assert redis_server.client().exists("k") == 0  # and nothing was stored
+    finally:
+        cache.close()
+
+
+def test_get_or_load_joining_a_batch_that_omitted_its_key_loads_it_itself(
+        cache_factory: CacheFactory) -> None:
+    cache = cache_factory()
+    started, release = threading.Event(), threading.Event()
+
+    def batch(missing: list[str]) -> dict[str, bytes]:
+        started.set()
+        release.wait(5)
+        return {}  # "gone" is omitted
+
+    thread = threading.Thread(target=lambda: cache.get_or_load_many(["gone"], batch))
+    thread.start()
+    started.wait(5)
+    result: list[bytes] = []
+    follower = threading.Thread(target=lambda: result.append(
+        cache.get_or_load("gone", lambda: b"loaded by the follower")))
+    follower.start()
+    wait_until(lambda: cache.stats()["singleflight"]["coalesced"] >= 1)
+    release.set()
+    thread.join(5)
+    follower.join(5)
+    assert result == [b"loaded by the follower"]
+
+
+def test_memoize_keys_tell_lookalike_arguments_apart(cache_factory: CacheFactory) -> None:
+    from decimal import Decimal
+
+    cache = cache_factory()
+
+    @cache.memoize()
+    def echo(value: Any) -> str:
+        return repr(value)
+
+    pairs = [(b"ab", "6162"), ({1: 1}, {"1": 1}), (Decimal(1), "Decimal('1')"),
+             ((1, 2), [1, 2]), (1, 1.0), (True, 1)]
+    for left, right in pairs:
+        assert echo.cache_key(left) != echo.cache_key(right), (left, right)
+        assert echo(left) == repr(left)
+        assert echo(right) == repr(right)
+    assert echo({1: "a", "b": 2}) == repr({1: "a", "b": 2})  # mixed key types sort fine
+    assert echo.cache_key({"a": 1, "b": 2}) == echo.cache_key({"b": 2, "a": 1})
+
+
+def test_memoized_methods_invalidate_through_the_instance(cache_factory: CacheFactory) -> None:
+    cache = cache_factory()
+    calls: list[int] = []
+
+    class Users:
+        __cache_key__ = "users"
+
+        @cache.memoize()
+        def name(self, user_id: int, suffix: str = "") -> str:
+            calls.append(user_id)
+            return f"user {user_id}{suffix}"
+
+    users = Users()
+    assert users.name(0) == "user 0"
+    assert users.name(0) == "user 0"
+    users.name.invalidate(0)
+    assert users.name(0) == "user 0"
+    assert calls == [0, 0]
+    assert users.name.cache_key(0) == Users.name.cache_key(users, 0)
+
+
+def test_invalidation_and_negative_answers_drop_refresh_schedules(
+        cache_factory: CacheFactory) -> None:
+    cache = cache_factory()
+    cache.get_or_load("k", lambda: b"v", ttl=10, refresh_ahead=0.5)
+    assert "k" in cache._refresh_at
+    cache.delete("k")
+    assert "k" not in cache._refresh_at
+    cache.get_or_load("p:1", lambda: b"v", ttl=10, refresh_ahead=0.5)
+    cache.invalidate("p:*")
+    assert "p:1" not in cache._refresh_at
