@@ -30,8 +30,6 @@ Timings (redis 7.0, ``cluster-node-timeout`` 2000 ms):
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -51,6 +49,7 @@ from tests._servers import (
     RedisServer,
     RedisServerError,
     _PortInUseError,  # private, but it is the one signal that a port race was lost
+    find_executable,
     find_redis_server,
     free_port,
 )
@@ -92,48 +91,17 @@ class RedisCliNotFoundError(RedisBinaryNotFoundError):
     """Raised when no redis-cli executable can be found; the message says how to get one."""
 
 
-def _is_executable(path: str) -> bool:
-    return os.path.isfile(path) and os.access(path, os.X_OK)
-
-
 def find_redis_cli(redis_server_binary: str | None = None) -> str:
-    """Locate the redis-cli executable (it forms the cluster).
-
-    Order: ``$REDIS_CLI_BIN`` (an explicit setting is never silently ignored), then a
-    ``redis-cli`` next to ``redis_server_binary`` (same build), then ``PATH``, then
+    """Locate the redis-cli executable (it forms the cluster): ``$REDIS_CLI_BIN``, then a
+    ``redis-cli`` next to ``redis_server_binary``, then ``PATH``, then
     :data:`CLI_FALLBACK_PATHS`.
-
-    Args:
-        redis_server_binary: the redis-server in use, if known.
-
-    Returns:
-        The path of an executable redis-cli.
 
     Raises:
         RedisCliNotFoundError: nothing usable was found.
     """
-    configured = os.environ.get("REDIS_CLI_BIN")
-    if configured:
-        if _is_executable(configured):
-            return configured
-        raise RedisCliNotFoundError(
-            f"REDIS_CLI_BIN={configured} is not an executable file. "
-            f"To get redis-cli: {CLI_INSTALL_HINT}."
-        )
-    if redis_server_binary is not None:
-        sibling = str(Path(redis_server_binary).with_name("redis-cli"))
-        if _is_executable(sibling):
-            return sibling
-    on_path = shutil.which("redis-cli")
-    if on_path:
-        return on_path
-    for candidate in CLI_FALLBACK_PATHS:
-        if _is_executable(candidate):
-            return candidate
-    raise RedisCliNotFoundError(
-        "redis-cli was not found (the cluster tests need it to form the cluster; they are "
-        f"never skipped). To get it: {CLI_INSTALL_HINT}."
-    )
+    return find_executable("redis-cli", "REDIS_CLI_BIN", CLI_FALLBACK_PATHS, CLI_INSTALL_HINT,
+                           RedisCliNotFoundError, "the cluster tests need it to form the cluster",
+                           beside=redis_server_binary)
 
 
 def _bindable(port: int) -> bool:

@@ -32,6 +32,7 @@ __all__ = [
     "RedisServer",
     "RedisServerError",
     "ServerFactory",
+    "find_executable",
     "find_redis_server",
     "free_port",
     "stop_all",
@@ -67,36 +68,41 @@ def _is_executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
+def find_executable(name: str, variable: str, fallbacks: tuple[str, ...], hint: str,
+                    error: type[RedisServerError], needed_for: str,
+                    beside: str | None = None) -> str:
+    """Locate an executable: ``$variable`` (an explicit setting is never silently
+    ignored), then ``name`` next to ``beside`` (same build), then ``PATH``, then
+    ``fallbacks``.
+
+    Raises:
+        error: nothing usable was found; the message says how to get it.
+    """
+    configured = os.environ.get(variable)
+    if configured:
+        if _is_executable(configured):
+            return configured
+        raise error(f"{variable}={configured} is not an executable file. "
+                    f"To get {name}: {hint}.")
+    candidates = [str(Path(beside).with_name(name))] if beside is not None else []
+    on_path = shutil.which(name)
+    candidates += [on_path] if on_path else []
+    for candidate in [*candidates, *fallbacks]:
+        if _is_executable(candidate):
+            return candidate
+    raise error(f"{name} was not found ({needed_for}; they are never skipped). "
+                f"To get it: {hint}.")
+
+
 def find_redis_server() -> str:
-    """Locate the redis-server executable.
-
-    Order: ``$REDIS_SERVER_BIN`` (an explicit setting is never silently ignored), then
-    ``redis-server`` on ``PATH``, then :data:`FALLBACK_PATHS`.
-
-    Returns:
-        The path of an executable redis-server.
+    """Locate the redis-server executable (``$REDIS_SERVER_BIN``, ``PATH``,
+    :data:`FALLBACK_PATHS`).
 
     Raises:
         RedisBinaryNotFoundError: nothing usable was found.
     """
-    configured = os.environ.get("REDIS_SERVER_BIN")
-    if configured:
-        if _is_executable(configured):
-            return configured
-        raise RedisBinaryNotFoundError(
-            f"REDIS_SERVER_BIN={configured} is not an executable file. "
-            f"To get redis-server: {INSTALL_HINT}."
-        )
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    for candidate in FALLBACK_PATHS:
-        if _is_executable(candidate):
-            return candidate
-    raise RedisBinaryNotFoundError(
-        "redis-server was not found (the integration tests need a real one, they are never "
-        f"skipped). To get it: {INSTALL_HINT}."
-    )
+    return find_executable("redis-server", "REDIS_SERVER_BIN", FALLBACK_PATHS, INSTALL_HINT,
+                           RedisBinaryNotFoundError, "the integration tests need a real one")
 
 
 def free_port() -> int:

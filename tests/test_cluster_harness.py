@@ -9,7 +9,7 @@ import redis
 from redis.crc import key_slot
 from redis.exceptions import MovedError
 
-from tests import _cluster
+from tests import _cluster, _servers
 from tests._cluster import (
     BUS_PORT_OFFSET,
     HASH_SLOTS,
@@ -156,7 +156,7 @@ def test_free_cluster_port_leaves_room_for_the_bus_port() -> None:
 
 def test_missing_redis_cli_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_CLI_BIN", raising=False)
-    monkeypatch.setattr(_cluster.shutil, "which", lambda name: None)
+    monkeypatch.setattr(_servers.shutil, "which", lambda name: None)
     monkeypatch.setattr(_cluster, "CLI_FALLBACK_PATHS", ())
     with pytest.raises(RedisCliNotFoundError, match="apt-get install redis-tools") as info:
         find_redis_cli()
