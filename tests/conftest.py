@@ -162,6 +162,7 @@ class CacheFactory(Protocol):
         l1_ttl: float = 300.0,
         l1_max_size: int = 10_000,
         l2_ttl: float = 3600.0,
+        l2: dict[str, Any] | None = None,
         invalidation: bool = True,
         subscribed: bool = True,
         **dragonfly: Any,
@@ -176,7 +177,7 @@ def fake_clock() -> FakeClock:
 
 @pytest.fixture
 def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
-    """``factory(server=None, *, key_prefix, timer, l1_ttl, l1_max_size, l2_ttl, **dragonfly)``.
+    """``factory(server=None, *, key_prefix, timer, l1_ttl, l1_max_size, l2_ttl, l2, **dragonfly)``.
 
     Builds a TieredCache on ``server`` (default: the per-test ``redis_server``); extra keyword
     arguments are DragonflyConfig fields (``password`` defaults to the server's). Every cache
@@ -194,6 +195,7 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
         l1_ttl: float = 300.0,
         l1_max_size: int = 10_000,
         l2_ttl: float = 3600.0,
+        l2: dict[str, Any] | None = None,
         invalidation: bool = True,
         subscribed: bool = True,
         **dragonfly: Any,
@@ -203,7 +205,7 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
         config = CacheConfig(
             dragonfly=DragonflyConfig(addresses=[target.address], **dragonfly),
             l1=L1Config(max_size=l1_max_size, ttl=l1_ttl, invalidation=invalidation),
-            l2=L2Config(ttl=l2_ttl),
+            l2=L2Config(ttl=l2_ttl, **(l2 or {})),
             key_prefix=key_prefix,
         )
         cache = TieredCache(config, timer=timer)

@@ -377,59 +377,46 @@ def test_refresh_ahead_must_be_a_fraction(cache_factory: CacheFactory) -> None:
 
 
 def test_refresh_jitter_spreads_the_refresh_point_within_the_window(
-        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
-    from dragonfly_cache import CacheConfig, DragonflyConfig, L2Config, TieredCache
+        cache_factory: CacheFactory, fake_clock: FakeClock) -> None:
+    exact = cache_factory(timer=fake_clock, subscribed=False, l2={"refresh_jitter": 0.0})
+    spread_out = cache_factory(timer=fake_clock, subscribed=False, l2={"refresh_jitter": 0.5})
 
-    def due_after(jitter: float) -> float:
-        cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(
-            addresses=[redis_server.address]), l2=L2Config(refresh_jitter=jitter)),
-            timer=fake_clock)
-        try:
-            cache._schedule_refresh("k", fake_clock.now, 10.0, 10.0, 0.4)
-            return cache._refresh_at["k"][0] - fake_clock.now
-        finally:
-            cache.close()
+    def due_after(cache: Any) -> float:
+        cache._schedule_refresh("k", fake_clock.now, 10.0, 10.0, 0.4)
+        return cache._refresh_at["k"][0] - fake_clock.now  # type: ignore[no-any-return]
 
-    assert due_after(0.0) == pytest.approx(6.0)  # exactly the start of the last 40 %
-    spread = [due_after(0.5) for _ in range(50)]
+    assert due_after(exact) == pytest.approx(6.0)  # exactly the start of the last 40 %
+    spread = [due_after(spread_out) for _ in range(50)]
     assert all(6.0 <= due <= 8.0 for due in spread)  # moved up to half the window later
     assert max(spread) - min(spread) > 0.5
 
 
 def test_refresh_sync_makes_callers_wait_for_one_reload_near_expiry(
         cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
-    from dragonfly_cache import CacheConfig, DragonflyConfig, L2Config, TieredCache
+    cache = cache_factory(timer=fake_clock, l2={"refresh_sync": 0.1})
+    version = [0]
+    loads: list[int] = []
 
-    cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(addresses=[redis_server.address]),
-                                    l2=L2Config(refresh_sync=0.1)), timer=fake_clock)
-    try:
-        cache.exists("warm-up")  # L1 entries keep their full life once the listener is up
-        wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed")
-        version = [0]
-        loads: list[int] = []
+    def loader() -> bytes:
+        loads.append(1)
+        if version[0]:
+            wait_until(lambda: cache.stats()["singleflight"]["coalesced"] >= 15)
+        return b"v%d" % version[0]
 
-        def loader() -> bytes:
-            loads.append(1)
-            if version[0]:
-                wait_until(lambda: cache.stats()["singleflight"]["coalesced"] >= 15)
-            return b"v%d" % version[0]
+    assert cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5) == b"v0"
+    version[0] = 1
+    fake_clock.advance(9.5)  # within the last 10 %: too close to expiry to serve stale
+    seen: list[bytes] = []
+    barrier = threading.Barrier(16)
 
-        assert cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5) == b"v0"
-        version[0] = 1
-        fake_clock.advance(9.5)  # within the last 10 %: too close to expiry to serve stale
-        seen: list[bytes] = []
-        barrier = threading.Barrier(16)
+    def reader(_: int) -> None:
+        barrier.wait()
+        seen.append(cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5))
 
-        def reader(_: int) -> None:
-            barrier.wait()
-            seen.append(cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5))
-
-        run_threads(16, reader)
-        assert seen == [b"v1"] * 16  # everyone waited for the new value ...
-        assert len(loads) == 2  # ... loaded once
-        assert cache.stats()["loading"]["sync_refreshes"] >= 1
-    finally:
-        cache.close()
+    run_threads(16, reader)
+    assert seen == [b"v1"] * 16  # everyone waited for the new value ...
+    assert len(loads) == 2  # ... loaded once
+    assert cache.stats()["loading"]["sync_refreshes"] >= 1
 
 
 @pytest.mark.parametrize(
@@ -468,27 +455,19 @@ def test_a_delete_landing_just_before_the_store_takes_the_store_back(
 
 def test_a_cancelled_synchronous_refresh_never_hands_out_the_removed_value(
         cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
-    from dragonfly_cache import CacheConfig, DragonflyConfig, L2Config, TieredCache
+    cache = cache_factory(timer=fake_clock, l2={"refresh_sync": 0.3})
+    version = [1]
 
-    cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(addresses=[redis_server.address]),
-                                    l2=L2Config(refresh_sync=0.3)), timer=fake_clock)
-    try:
-        cache.exists("warm-up")
-        wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed")
-        version = [1]
+    def loader() -> bytes:
+        if version[0] == 2:
+            cache.delete("k")  # the key is deleted while the refresh loads
+        return b"v%d" % version[0]
 
-        def loader() -> bytes:
-            if version[0] == 2:
-                cache.delete("k")  # the key is deleted while the refresh loads
-            return b"v%d" % version[0]
-
-        assert cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5) == b"v1"
-        version[0] = 2
-        fake_clock.advance(8.0)  # within refresh_sync: a synchronous refresh
-        assert cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5) == b"v2"
-        assert redis_server.client().exists("k") == 0  # and nothing was stored
-    finally:
-        cache.close()
+    assert cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5) == b"v1"
+    version[0] = 2
+    fake_clock.advance(8.0)  # within refresh_sync: a synchronous refresh
+    assert cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5) == b"v2"
+    assert redis_server.client().exists("k") == 0  # and nothing was stored
 
 
 def test_get_or_load_joining_a_batch_that_omitted_its_key_loads_it_itself(
