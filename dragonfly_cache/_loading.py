@@ -42,6 +42,7 @@ from cachetools import LRUCache
 
 from . import codecs
 from ._glob import escape_glob
+from ._keys import check_key, check_keys
 from ._singleflight import SingleFlight
 from .exceptions import CacheUnavailableError, NotFound
 
@@ -141,9 +142,7 @@ class LoadingMixin:
             NotFound: the loader said (now or within ``negative_ttl``) there is no record.
             Exception: whatever ``loader`` raised.
         """
-        from .tiered import _check_key
-
-        _check_key(key)
+        check_key(key)
         if not callable(loader):
             raise TypeError(f"loader must be callable, got {type(loader).__name__}")
         seconds = self._ttl(ttl)
@@ -430,9 +429,7 @@ class LoadingMixin:
             Exception: whatever ``loader_many`` raised (also in every caller waiting on
                 one of its keys); nothing is cached then.
         """
-        from .tiered import _check_keys
-
-        distinct = _check_keys(keys)
+        distinct = check_keys(keys)
         if not callable(loader_many):
             raise TypeError(f"loader_many must be callable, got {type(loader_many).__name__}")
         seconds = self._ttl(ttl)

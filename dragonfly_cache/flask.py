@@ -99,20 +99,31 @@ class _AppState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     report: dict[str, Any] | None = None
     checked_at: float = 0.0
+    probing: bool = False
 
     def health(self) -> dict[str, Any]:
         """``cache.health()``, probed at most once per ``health_interval``.
 
         A load balancer polling every 100 ms then costs the server one PING + INFO per
         interval and process; an outage still shows within the interval plus one
-        connect timeout.
+        connect timeout. The lock covers bookkeeping only, never the probe: while one
+        request probes, the others answer with the last report instead of queueing
+        behind a slow server.
         """
         with self.lock:
-            now = time.monotonic()
-            if self.report is None or now - self.checked_at >= self.health_interval:
-                self.report = self.cache.health()
-                self.checked_at = now
-            return self.report
+            last = self.report
+            fresh = time.monotonic() - self.checked_at < self.health_interval
+            if last is not None and (fresh or self.probing):
+                return last
+            self.probing = True
+        try:
+            report = self.cache.health()
+        finally:
+            with self.lock:
+                self.probing = False
+        with self.lock:
+            self.report, self.checked_at = report, time.monotonic()
+        return report
 
 
 def _state() -> _AppState:

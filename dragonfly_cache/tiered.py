@@ -23,6 +23,7 @@ from typing import Any
 
 from ._coherence import Coherence
 from ._glob import compile_glob
+from ._keys import MAX_TTL, check_key, check_keys, check_value
 from ._l1 import L1
 from ._l2 import L2
 from ._loading import NEGATIVE, LoadingMixin
@@ -37,38 +38,6 @@ TTL = float | int | timedelta | None
 
 # How often a thread that keeps hitting L1 offers the GIL to the invalidation listener.
 YIELD_INTERVAL = 0.001
-
-# Longest accepted ttl. Redis refuses an expiry past 2**63-1 ms from now ("invalid expire
-# time"); refusing it here keeps a rejected call from touching L1 first.
-MAX_TTL = 100 * 365 * 86400.0
-
-
-def _check_key(key: object, what: str = "key") -> None:
-    """The full key check; hot paths first test ``type(key) is str and key`` inline."""
-    if not isinstance(key, str):
-        raise TypeError(f"{what} must be a str, got {type(key).__name__}")
-    if not key:
-        raise ValueError(f"{what} must be a non-empty string")
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} {key!r} cannot be encoded as UTF-8") from None
-
-
-def _check_value(key: str, value: object) -> None:
-    if not isinstance(value, bytes):
-        raise TypeError(f"value for key {key!r} must be bytes, got {type(value).__name__}")
-
-
-def _check_keys(keys: Iterable[str]) -> list[str]:
-    """Validate every key up front (a rejected call changes nothing) and drop duplicates."""
-    if isinstance(keys, str | bytes):
-        raise TypeError(f"keys must be an iterable of str, not a single {type(keys).__name__}")
-    items = list(keys)
-    for key in items:
-        _check_key(key)
-    return list(dict.fromkeys(items))
-
 
 # Every live cache, so the child of a fork can rebuild what it must not inherit.
 _caches: weakref.WeakSet[TieredCache] = weakref.WeakSet()
@@ -200,11 +169,11 @@ class TieredCache(LoadingMixin):
     def get(self, key: str) -> bytes | None:
         """Return the value of ``key``, or None on a miss (or when L2 is unreachable)."""
         if type(key) is not str or not key:
-            _check_key(key)
+            check_key(key)
         value = self._l1.get(key)  # only validated keys are ever stored, so a hit is one
         if value is not None:
             return None if value is NEGATIVE else value
-        _check_key(key)
+        check_key(key)
         value = self._read_through([key]).get(key)
         return None if value is NEGATIVE else value
 
@@ -213,7 +182,7 @@ class TieredCache(LoadingMixin):
 
         L1 answers what it can; the rest is fetched in one L2 round trip.
         """
-        distinct = _check_keys(keys)
+        distinct = check_keys(keys)
         found = self._l1.get_many(distinct)
         missing = [key for key in distinct if key not in found]
         if missing:
@@ -222,7 +191,7 @@ class TieredCache(LoadingMixin):
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is cached (L1, else L2; False when L2 is unreachable)."""
-        _check_key(key)
+        check_key(key)
         value = self._l1.peek(key)
         if value is None:
             # One GET+PTTL rather than EXISTS: it also tells a cached "not found" from a
@@ -282,8 +251,8 @@ class TieredCache(LoadingMixin):
             TypeError / ValueError: bad key, value or ttl (nothing is changed).
             CacheUnavailableError: L2 did not take the write (L1 was updated).
         """
-        _check_key(key)
-        _check_value(key, value)
+        check_key(key)
+        check_value(key, value)
         self._write({key: value}, self._ttl(ttl))
 
     def set_many(self, mapping: Mapping[str, bytes], ttl: TTL = None) -> None:
@@ -297,8 +266,8 @@ class TieredCache(LoadingMixin):
             raise TypeError(f"mapping must be a Mapping of str to bytes, "
                             f"got {type(mapping).__name__}")
         values = dict(mapping)
-        for key in _check_keys(values):
-            _check_value(key, values[key])
+        for key in check_keys(values):
+            check_value(key, values[key])
         seconds = self._ttl(ttl)
         if values:
             self._write(values, seconds)
@@ -326,7 +295,7 @@ class TieredCache(LoadingMixin):
         Raises:
             CacheUnavailableError: L2 did not take the delete (L1 no longer has the key).
         """
-        _check_key(key)
+        check_key(key)
         self._listen()
         # Before L2 too: a load about to store this key must see the delete coming.
         self._l1.invalidate([key])
@@ -350,7 +319,7 @@ class TieredCache(LoadingMixin):
         Raises:
             CacheUnavailableError: L2 could not be scanned (L1 matches were removed).
         """
-        _check_key(pattern, "pattern")
+        check_key(pattern, "pattern")
         self._listen()
         announce = None if self._coherence is None else self._coherence.pattern_message(pattern)
         matches = compile_glob(pattern)
