@@ -119,9 +119,11 @@ def wait_subscribed(cache: TieredCache, timeout: float = 10.0) -> None:
         time.sleep(0.002)
 
 
-def open_dragonfly(address: str, max_size: int) -> TieredCache:
-    """A TieredCache with its listener subscribed, L1 big enough to never evict."""
-    config = CacheConfig(dragonfly=DragonflyConfig(addresses=[address]),
+def open_dragonfly(address: str | list[str], max_size: int) -> TieredCache:
+    """A TieredCache with its listener subscribed, L1 big enough to never evict (a list of
+    addresses: a cluster's seeds)."""
+    addresses = address if isinstance(address, list) else [address]
+    config = CacheConfig(dragonfly=DragonflyConfig(addresses=addresses),
                          l1=L1Config(max_size=max_size, ttl=TTL), l2=L2Config(ttl=TTL))
     cache = TieredCache(config)
     wait_subscribed(cache)

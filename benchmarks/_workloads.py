@@ -7,6 +7,7 @@ ratio is taken within a round before the median over rounds is reported.
 
 from __future__ import annotations
 
+import functools
 import gc
 import random
 import sys
@@ -41,6 +42,10 @@ from _systems import (
     System,
     open_dragonfly,
 )
+from redis.cluster import RedisCluster
+
+from dragonfly_cache import TieredCache
+from tests._cluster import LocalCluster
 
 __all__ = ["WORKLOADS", "Context", "Settings"]
 
@@ -360,6 +365,72 @@ def get_many_100(ctx: Context) -> Result:
     }
 
 
+def get_many_cluster(ctx: Context) -> Result:
+    """get_many(100) on a 3-primary Redis Cluster vs on one server, and redis-py's own
+    cluster batch read (``RedisCluster.mget_nonatomic``) as the reference.
+
+    The cluster's nodes are started here, unpinned (``--pin`` applies to the standalone
+    servers only): on this 2-core machine three servers and the client share the cores.
+    """
+    s = ctx.settings
+    size = min(100, len(ctx.keys))
+    dragonfly: Dragonfly = ctx.system(DRAGONFLY)
+    with LocalCluster() as cluster:
+        addresses = list(cluster.addresses)
+        seed = open_dragonfly(addresses, len(ctx.keys) + 10)
+        reference_client = RedisCluster(host=cluster.host, port=cluster.nodes[0].port,
+                                        protocol=2)
+        try:
+            for start in range(0, len(ctx.keys), 1000):
+                seed.set_many(dict.fromkeys(ctx.keys[start:start + 1000], ctx.value))
+            fresh_variants: dict[str, Callable[[], TieredCache]] = {
+                f"{DRAGONFLY} get_many({size}), one server": dragonfly.fresh,
+                f"{DRAGONFLY} get_many({size}), 3-node cluster": functools.partial(
+                    open_dragonfly, addresses, len(ctx.keys) + 10),
+            }
+            reference = f"redis-py RedisCluster.mget_nonatomic({size}), 3-node cluster"
+            names = [*fresh_variants, reference]
+            p50: dict[str, list[float]] = {n: [] for n in names}
+            rng = random.Random(101)
+            for r in range(s.rounds):
+                _progress(f"get_many_cluster: round {r + 1}/{s.rounds}")
+                keys = list(ctx.keys)
+                rng.shuffle(keys)
+                batches = [keys[i:i + size] for i in range(0, len(keys) - size + 1, size)]
+                for name in _rotated(names, r):
+                    if name == reference:
+                        samples = timed_calls_ns(reference_client.mget_nonatomic, batches,
+                                                 s.duration, ctx.overhead_ns)
+                    else:
+                        cache = fresh_variants[name]()
+                        try:
+                            samples = timed_calls_ns(cache.get_many, batches, s.duration,
+                                                     ctx.overhead_ns, wrap=False)
+                            if cache.stats()["l1_stats"]["hits"]:
+                                raise RuntimeError(f"{name}: keys were not L1-cold")
+                        finally:
+                            cache.close()
+                    p50[name].append(percentile(samples, 50) / 1000)
+        finally:
+            reference_client.close()
+            seed.close()
+    standalone = p50[names[0]]
+    rows, data = [], {}
+    for name in names:
+        entry = {"p50_us": median(p50[name]), "vs_one_server": ratio_median(p50[name], standalone),
+                 "rounds": p50[name]}
+        data[name] = entry
+        rows.append([name, _fmt(entry["p50_us"], 0), _x(entry["vs_one_server"])])
+    return {
+        "title": f"get_many of {size} L1-cold keys: 3-primary cluster vs one server",
+        "note": f"µs per call of {size} keys (p50), keys spread over every node. The cluster "
+                "sends GET+PTTL per key (a script or MGET may only touch one slot), one "
+                "pipeline per node, every node written before any is read.",
+        "columns": ["variant", "p50 µs / call", "vs one server"],
+        "rows": rows, "data": data, "targets": [],
+    }
+
+
 # -- stampede --------------------------------------------------------------------------
 
 
@@ -675,6 +746,7 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "stampede": stampede,
     "stampede_fleet": stampede_fleet,
     "get_many_100": get_many_100,
+    "get_many_cluster": get_many_cluster,
     "cross_process_staleness": cross_process_staleness,
     "metrics_overhead": metrics_overhead,
     "l1_memory": l1_memory,

@@ -14,8 +14,11 @@ child starts its own on first use, with a new sender id.
 
 Why pub/sub and not CLIENT TRACKING: Dragonfly supports tracking only in RESP3 without
 BCAST, PREFIX or REDIRECT; pub/sub works on Redis 6+, Valkey and Dragonfly alike. In
-cluster mode the same channel is meant for sharded pub/sub (SPUBLISH/SSUBSCRIBE): one
-channel name maps to one slot, so every process meets on the same shard.
+cluster mode the same channel goes over sharded pub/sub (SPUBLISH/SSUBSCRIBE) where the
+cluster has it (Redis 7+, Dragonfly, whose real cluster mode refuses global pub/sub): the
+channel name maps to one slot, so every process meets on the node serving it. When that
+slot moves, the server ends the subscription (``sunsubscribe``): the listener treats that
+like a lost connection (flush L1, reconnect to the new owner).
 
 Trust. L1 is trusted only while the listener is subscribed. If its connection fails or
 stops answering the periodic PING, L1 is flushed at once (messages may be lost from then
@@ -78,12 +81,14 @@ class Coherence:
     Args:
         target: the L1 the listener invalidates (held weakly: a cache that is garbage
             collected stops its listener).
-        connect: makes a new, dedicated, non-retrying client for the subscription.
+        connect: makes a new, dedicated, non-retrying client for the subscription, and
+            says whether to subscribe with SSUBSCRIBE (sharded pub/sub, in a cluster that
+            has it) rather than SUBSCRIBE.
         channel: the channel name.
     """
 
-    def __init__(self, target: InvalidationTarget, connect: Callable[[], redis.Redis],
-                 channel: str) -> None:
+    def __init__(self, target: InvalidationTarget,
+                 connect: Callable[[], tuple[redis.Redis, bool]], channel: str) -> None:
         self._target = weakref.ref(target)
         self._connect = connect
         self.channel = channel
@@ -102,6 +107,7 @@ class Coherence:
         self.applied = 0  # of those, the ones that reached L1
         self.flushes = 0  # whole-L1 flushes: lost connections, malformed messages, stop()
         self.reconnects = 0
+        self.sharded = False  # whether the last subscription was sharded (SSUBSCRIBE)
 
     # -- publisher side -------------------------------------------------------------------
 
@@ -169,14 +175,18 @@ class Coherence:
         self.state = STOPPED
 
     def _listen(self) -> None:
-        self._client = self._connect()
+        self._client, sharded = self._connect()
         # redis-py leaves Redis.pubsub unannotated.
         pubsub = self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
-        pubsub.subscribe(self.channel)
+        if sharded:
+            pubsub.ssubscribe(self.channel)
+        else:
+            pubsub.subscribe(self.channel)
+        self.sharded = sharded
         deadline = time.monotonic() + PONG_TIMEOUT
         while True:  # wait for the server to confirm the subscription
             message = pubsub.get_message(timeout=_POLL)
-            if message is not None and message["type"] == "subscribe":
+            if message is not None and message["type"] in ("subscribe", "ssubscribe"):
                 break
             if time.monotonic() > deadline or self._stop.is_set():
                 raise _ListenerDead("no subscribe confirmation")
@@ -190,8 +200,12 @@ class Coherence:
             now = time.monotonic()
             if message is not None:
                 last_heard, ping_sent = now, None
-                if message["type"] == "message":
+                if message["type"] in ("message", "smessage"):
                     self._apply(message["data"])
+                elif message["type"] in ("unsubscribe", "sunsubscribe"):
+                    # A cluster unsubscribes shard channels whose slot moved elsewhere.
+                    raise _ListenerDead(f"the server ended the subscription "
+                                        f"({message['type']})")
             elif ping_sent is not None:
                 if now - ping_sent > PONG_TIMEOUT:
                     raise _ListenerDead(f"no answer to PING within {PONG_TIMEOUT:g}s")
@@ -260,4 +274,5 @@ class Coherence:
             "applied": self.applied,
             "flushes": self.flushes,
             "reconnects": self.reconnects,
+            "sharded": self.sharded,
         }

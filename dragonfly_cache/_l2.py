@@ -1,46 +1,35 @@
-"""The shared tier: commands to Dragonfly/Redis over a bounded set of connections.
+"""The shared tier: which commands make each cache operation, on one server or a cluster.
 
-A dumb store with a small surface: it prefixes keys, batches round trips and translates every
-redis-py error into :class:`CacheUnavailableError` at this boundary. Policy (what a failure
-means for a read or a write, L1 fills, singleflight) lives in :mod:`dragonfly_cache.tiered`.
-
-Time bounds (per command; ``health()`` sends two, ``invalidate`` two per page). A command
-that fails with a connection error (refused, reset, a pooled socket
-the server closed) is attempted up to ``1 + max_retries`` times with exponential backoff and
-full jitter between attempts (``_BACKOFF_BASE * 2**n`` capped at ``_BACKOFF_CAP``); a
-timeout ends the call at once. So a stalled server costs one ``connect_timeout`` or
-``socket_timeout``, and no call takes longer than ``pool_timeout + (1 + max_retries) *
-(connect_timeout + socket_timeout) + max_retries * _BACKOFF_CAP``.
+A dumb store with a small surface: it prefixes keys and batches round trips. Where commands
+go, the breaker and the error boundary (every redis-py error becomes a
+:class:`CacheUnavailableError`, and the time bounds) are :mod:`dragonfly_cache._router`'s.
+Policy (what a failure means for a read or a write, L1 fills, singleflight) lives in
+:mod:`dragonfly_cache.tiered`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from ._breaker import CircuitBreaker
-from ._coherence import channel_name
-from ._connections import Connections
+from ._connections import Command, Connections
 from ._glob import escape_glob
-from ._slots import FairSlots
+from ._router import Group, Node, Router, parse_info, replies_of, split_address
 from .config import DragonflyConfig
-from .exceptions import CacheUnavailableError, ConfigError
+from .exceptions import CacheUnavailableError
 
-__all__ = ["L2", "ServerInfo"]
+__all__ = ["L2", "UNREACHABLE", "ServerInfo", "detect_server"]
 
 logger = logging.getLogger("dragonfly_cache")
 
-_BACKOFF_BASE = 0.01
-_BACKOFF_CAP = 0.1
 _SCAN_COUNT = 1000
 _SCRIPT_CHUNK = 500  # keys per EVALSHA (Lua's unpack() has a limit near 8000)
 # Every key is declared in KEYS: Dragonfly rejects scripts that touch undeclared keys.
@@ -55,23 +44,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 _MGET_PTTL_SHA = hashlib.sha1(_MGET_PTTL.encode(), usedforsecurity=False).hexdigest()
-_LOG_EVERY = 10.0  # seconds between repeated warnings about the same failing operation
-T = TypeVar("T")
+# The PTTL that get_many reports for a key whose cluster node failed (PTTL itself is >= -2).
+UNREACHABLE = -3
 
 ServerInfo = dict[str, Any]
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def parse_info(reply: bytes | str) -> dict[str, str]:
-    """The ``key:value`` lines of an INFO reply."""
-    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
-    fields = (line.split(":", 1) for line in text.splitlines()
-              if line and not line.startswith("#") and ":" in line)
-    return {key: value for key, value in fields}
 
 
 def detect_server(info: Mapping[str, Any]) -> tuple[str, str]:
@@ -88,149 +64,23 @@ def detect_server(info: Mapping[str, Any]) -> tuple[str, str]:
         return "valkey", str(info.get("valkey_version", info.get("redis_version", "")))
     return "redis", str(info.get("redis_version", ""))
 
-
-class L2:
-    """Prefixed, batched access to one Dragonfly/Redis server.
+class L2(Router):
+    """Prefixed, batched access to one Dragonfly/Redis server, or to a cluster.
 
     Args:
-        config: connection settings.
+        config: connection settings. One address is a standalone server unless it reports
+            ``cluster_enabled:1`` (or ``mode`` says otherwise); several are cluster seeds.
         key_prefix: prepended to every key; as a glob it is escaped, so ``*`` or ``[``
             in the prefix match only themselves.
     """
 
     def __init__(self, config: DragonflyConfig, key_prefix: str) -> None:
-        if len(config.addresses) > 1:
-            raise ConfigError(
-                f"DragonflyConfig.addresses={config.addresses!r}: several addresses mean "
-                "cluster mode, which this version does not support yet; give one address"
-            )
-        host, port = _split_address(config.addresses[0])
-        self.address = config.addresses[0]
+        super().__init__(config, key_prefix)
         self.prefix = key_prefix
-        self.channel = channel_name(config.db, key_prefix)
-        self.config = config
-        # Retry connection errors only (refused, reset, a pooled socket the server closed):
-        # they fail fast and a retry often succeeds. A timeout means a stalled server, and
-        # retrying it would multiply the stall by 1 + max_retries.
-        self._retry = Retry(ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE),
-                            config.max_retries, supported_errors=(redis.ConnectionError,))
-        self._connection_options: dict[str, Any] = {
-            "protocol": 2,  # RESP2: what Redis 6+, Valkey and Dragonfly all speak the same way
-            "host": host,
-            "port": port,
-            "db": config.db,
-            "username": config.username,
-            "password": config.password,
-            "socket_timeout": config.socket_timeout,
-            "socket_connect_timeout": config.connect_timeout,
-            "socket_keepalive": True,
-            "retry": self._retry,
-        }
-        if config.tls:
-            self._connection_options.update(
-                ssl_cert_reqs="required", ssl_check_hostname=config.tls_check_hostname,
-                ssl_ca_certs=config.tls_ca_file, ssl_certfile=config.tls_cert_file,
-                ssl_keyfile=config.tls_key_file)
-        self._connection_class = redis.SSLConnection if config.tls else redis.Connection
-        self._pool_timeout = config.pool_timeout
         self._scripting = True  # False once the server refused EVALSHA/SCRIPT LOAD
-        # Called with (operation, seconds) after every command that reached the server;
-        # the metrics module sets it. Kept across forks: it is not per-process state.
-        self.latency_observer: Callable[[str, float], None] | None = None
-        self._start_process_state()
-
-    def _start_process_state(self) -> None:
-        """Create what each process must own: the pool, locks, counters, breaker, slots."""
-        config = self.config
-        self._connections = Connections(self._connection_class, self._connection_options,
-                                        self._retry)
-        # At most pool_size connections per process: a call holds a slot (waiting at most
-        # pool_timeout, first come first served) while it uses a connection.
-        self._slots = FairSlots(config.pool_size)
-        self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown,
-                                      config.breaker_max_cooldown)
-        self._counter_lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-        self.errors = 0
-        self.errors_by_operation: dict[str, int] = {}
-        self._last_warning: dict[str, float] = {}
-
-    def after_fork_in_child(self) -> None:
-        """Drop the parent's connections, locks, breaker state and counters.
-
-        The pool's sockets belong to the parent's sessions (sharing them would interleave
-        replies), and any lock may have been held by a parent thread that does not exist
-        here. The old connections are dropped without being shut down here (redis-py only
-        shuts a socket down in the process that opened it).
-        """
-        self._start_process_state()
 
     def __repr__(self) -> str:
         return f"<L2 {self.address} prefix={self.prefix!r}>"
-
-    # -- the error boundary --------------------------------------------------------------
-
-    def _call(self, operation: str, do: Callable[[], T]) -> T:
-        breaker = self.breaker
-        if not breaker.allow():
-            raise CacheUnavailableError(
-                f"{operation} on {self.address} not attempted: circuit breaker open "
-                f"(probing again within {breaker.stats()['cooldown']:g}s)")
-        if not self._slots.acquire(self._pool_timeout):
-            breaker.abandon()  # no verdict on the server: it was never asked
-            self._fail(operation, f"no free connection within {self._pool_timeout:g}s "
-                                  f"(pool_size={self.config.pool_size})")
-        started = time.perf_counter()
-        try:
-            result = do()
-        except redis.RedisError as exc:
-            if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-                breaker.failure()  # the server could not be reached (or refused our login)
-            else:
-                breaker.success()  # it answered, with an error (e.g. out of memory)
-            self._fail(operation, f"{type(exc).__name__}: {exc}", exc)
-        except Exception as exc:
-            # Anything else (an OSError, or redis-py tripping over a pool that close()
-            # tore down under it) is still a failed call: reads must not see it raise.
-            breaker.failure()
-            self._fail(operation, f"{type(exc).__name__}: {exc}", exc)
-        finally:
-            self._slots.release()
-            self._observe(operation, time.perf_counter() - started)
-        breaker.success()
-        return result
-
-    def _observe(self, operation: str, seconds: float) -> None:
-        observer = self.latency_observer
-        if observer is not None:
-            try:
-                observer(operation, seconds)
-            except Exception:  # a metrics problem must never fail a cache call
-                logger.exception("latency observer failed")
-
-    def _fail(self, operation: str, reason: str, cause: BaseException | None = None
-              ) -> NoReturn:
-        with self._counter_lock:
-            self.errors += 1
-            self.errors_by_operation[operation] = self.errors_by_operation.get(operation, 0) + 1
-        # redis-py's messages name host and port, never the password (tests check this).
-        message = f"{operation} on {self.address} failed: {reason}"
-        self._warn(operation, message)
-        raise CacheUnavailableError(message) from cause
-
-    def _warn(self, operation: str, message: str) -> None:
-        # One line per operation per _LOG_EVERY seconds: an outage must not flood the logs.
-        now = time.monotonic()
-        if now - self._last_warning.get(operation, -_LOG_EVERY) >= _LOG_EVERY:
-            self._last_warning[operation] = now
-            logger.warning("%s", message)
-
-    def _count(self, hits: int, misses: int) -> None:
-        with self._counter_lock:
-            self.hits += hits
-            self.misses += misses
-
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, key: str) -> tuple[bytes | None, int]:
@@ -240,67 +90,86 @@ class L2:
             (value or None, remaining life in ms: -1 for no expiry, -2 if the key vanished).
         """
         name = self.prefix + key
-        value, pttl = self._call("GET", lambda: self._connections.roundtrip(
-            (("GET", name), ("PTTL", name))))
+        commands = (("GET", name), ("PTTL", name))
+        if self._clustered is False:  # the common case, kept short
+            value, pttl = self._call("GET", self._seed, lambda c: c.roundtrip(commands))
+        else:
+            value, pttl = replies_of(self._keyed("GET", [(name, list(commands))])[0])
         self._count(value is not None, value is None)
         return value, pttl
 
     def get_many(self, keys: Sequence[str]) -> list[tuple[bytes | None, int]]:
-        """Values and PTTLs of many keys in one round trip.
+        """Values and PTTLs of many keys in one round trip (per cluster node).
 
-        One EVALSHA per 500 keys (all declared in KEYS, as Dragonfly requires) returns
-        both lists: packing and parsing one command instead of 1 + N is what makes it
-        fast. Servers that refuse scripting get MGET + one PTTL per key, pipelined.
+        Standalone: one EVALSHA per 500 keys (all declared in KEYS, as Dragonfly requires)
+        returns both lists: packing and parsing one command instead of 1 + N is what makes
+        it fast. Servers that refuse scripting get MGET + one PTTL per key, pipelined.
+        Cluster: GET + PTTL per key (a script or MGET may only touch one slot), one
+        pipeline per node, all nodes at once. Keys on a node that failed read as
+        ``(None, UNREACHABLE)``; only when every node failed does it raise.
         """
         names = [self.prefix + key for key in keys]
-        replies = self._call("MGET", lambda: self._values_and_pttls(names))
+        if not self._is_cluster():
+            replies = self._call("MGET", self._seed, lambda c: self._values_and_pttls(c, names))
+        else:
+            results = self._keyed("MGET", [(name, [("GET", name), ("PTTL", name)])
+                                           for name in names])
+            failed = [result for result in results if isinstance(result, Exception)]
+            if failed and len(failed) == len(results):
+                raise failed[0]
+            replies = [(None, UNREACHABLE) if isinstance(result, Exception)
+                       else (result[0], result[1]) for result in results]
         found = sum(value is not None for value, _ in replies)
-        self._count(found, len(keys) - found)
+        self._count(found, sum(pttl != UNREACHABLE for _, pttl in replies) - found)
         return replies
 
-    def _values_and_pttls(self, names: list[str]) -> list[tuple[bytes | None, int]]:
+    def _values_and_pttls(self, connections: Connections, names: list[str]
+                          ) -> list[tuple[bytes | None, int]]:
         chunks = [names[i:i + _SCRIPT_CHUNK] for i in range(0, len(names), _SCRIPT_CHUNK)]
         if self._scripting:
             commands = [("EVALSHA", _MGET_PTTL_SHA, len(chunk), *chunk) for chunk in chunks]
             try:
-                replies = self._connections.roundtrip(commands)
+                replies = connections.roundtrip(commands)
             except NoScriptError:  # first use on this server (or after SCRIPT FLUSH)
-                replies = self._connections.roundtrip(
-                    [("SCRIPT", "LOAD", _MGET_PTTL), *commands])[1:]
+                replies = connections.roundtrip([("SCRIPT", "LOAD", _MGET_PTTL), *commands])[1:]
             except redis.ResponseError as exc:
                 # Scripting disabled or not permitted here: plain commands from now on.
                 logger.info("EVALSHA refused (%s); get_many falls back to MGET + PTTL", exc)
                 self._scripting = False
-                return self._values_and_pttls(names)
+                return self._values_and_pttls(connections, names)
             return [pair for values, pttls in replies for pair in zip(values, pttls, strict=True)]
         commands = [("MGET", *names), *(("PTTL", name) for name in names)]
-        values, *pttls = self._connections.roundtrip(commands)
+        values, *pttls = connections.roundtrip(commands)
         return list(zip(values, pttls, strict=True))
 
     def exists(self, key: str) -> bool:
         """Whether the key exists in L2."""
         name = self.prefix + key
-        return bool(self._call("EXISTS", lambda: self._connections.roundtrip(
-            (("EXISTS", name),))[0]))
+        return bool(replies_of(self._keyed("EXISTS", [(name, [("EXISTS", name)])])[0])[0])
 
     # -- writes --------------------------------------------------------------------------
 
+    def _write(self, operation: str, groups: list[Group], announce: str | None
+               ) -> list[list[Any]]:
+        """:meth:`_keyed`, raising the first failure once the rest are done (and announced:
+        in a cluster the writes to healthy nodes stand, and the others must hear of them)."""
+        return [replies_of(result) for result in self._keyed(operation, groups, announce)]
+
     def set_many(self, values: Mapping[str, bytes], ttl: float, announce: str | None = None
                  ) -> None:
-        """SET each key with a PX expiry, then PUBLISH ``announce``: one round trip.
+        """SET each key with a PX expiry, then PUBLISH ``announce``: one round trip (per
+        cluster node, plus the announcement).
 
         Args:
             values: key -> value.
             ttl: seconds.
             announce: an invalidation message for the other caches, published after the
-                writes in the same pipeline (so whoever refetches on it sees them).
+                writes (so whoever refetches on it sees them).
         """
         ttl_ms = max(1, round(ttl * 1000))
-        commands: list[tuple[Any, ...]] = [("SET", self.prefix + key, value, "PX", ttl_ms)
-                                           for key, value in values.items()]
-        if announce is not None:
-            commands.append(("PUBLISH", self.channel, announce))
-        self._call("SET", lambda: self._connections.roundtrip(commands))
+        self._write("SET", [(name, [("SET", name, value, "PX", ttl_ms)]) for name, value in
+                            ((self.prefix + key, value) for key, value in values.items())],
+                    announce)
 
     def set_if_absent(self, key: str, value: bytes, ttl: float, announce: str | None = None
                       ) -> bool:
@@ -309,12 +178,7 @@ class L2:
         Returns:
             Whether the value was stored (False: the key exists, written by someone else).
         """
-        ttl_ms = max(1, round(ttl * 1000))
-        commands: list[tuple[Any, ...]] = [("SET", self.prefix + key, value, "PX", ttl_ms,
-                                            "NX")]
-        if announce is not None:
-            commands.append(("PUBLISH", self.channel, announce))
-        return self._call("SET", lambda: self._connections.roundtrip(commands)[0] is not None)
+        return bool(self.set_many_if_absent({key: value}, ttl, announce))
 
     def set_many_if_absent(self, values: Mapping[str, bytes], ttl: float,
                            announce: str | None = None) -> list[str]:
@@ -325,22 +189,17 @@ class L2:
         """
         ttl_ms = max(1, round(ttl * 1000))
         keys = list(values)
-        commands: list[tuple[Any, ...]] = [("SET", self.prefix + key, values[key], "PX", ttl_ms,
-                                            "NX") for key in keys]
-        if announce is not None:
-            commands.append(("PUBLISH", self.channel, announce))
-        replies = self._call("SET", lambda: self._connections.roundtrip(commands))
-        return [key for key, reply in zip(keys, replies, strict=False) if reply is not None]
+        replies = self._write("SET", [(self.prefix + key, [(
+            "SET", self.prefix + key, values[key], "PX", ttl_ms, "NX")]) for key in keys],
+                              announce)
+        return [key for key, reply in zip(keys, replies, strict=True) if reply[0] is not None]
 
     def delete_if_equal(self, key: str, value: bytes, announce: str | None = None) -> None:
         """Delete ``key`` only if it still holds ``value``, atomically (a script that
         declares its key), then PUBLISH ``announce``. Releases fleet locks, and takes back
         a load stored just as the key was invalidated."""
-        commands: list[tuple[Any, ...]] = [("EVAL", _DELETE_IF_EQUAL, 1, self.prefix + key,
-                                            value)]
-        if announce is not None:
-            commands.append(("PUBLISH", self.channel, announce))
-        self._call("DELETE", lambda: self._connections.roundtrip(commands))
+        name = self.prefix + key
+        self._write("DELETE", [(name, [("EVAL", _DELETE_IF_EQUAL, 1, name, value)])], announce)
 
     def delete(self, keys: Sequence[str], announce: str | None = None) -> int:
         """UNLINK the keys (and PUBLISH ``announce`` after, same round trip).
@@ -348,78 +207,117 @@ class L2:
         Returns:
             How many of the keys existed.
         """
-        commands: list[tuple[Any, ...]] = [("UNLINK", *(self.prefix + key for key in keys))]
-        if announce is not None:
-            commands.append(("PUBLISH", self.channel, announce))
-        return int(self._call("UNLINK", lambda: self._connections.roundtrip(commands)[0]))
+        return self._unlink("UNLINK", [self.prefix + key for key in keys], announce)
+
+    def _unlink(self, operation: str, names: Sequence[str | bytes], announce: str | None
+                ) -> int:
+        # One UNLINK per key: a multi-key UNLINK must stay within one slot in a cluster.
+        groups: list[Group] = [(name, [("UNLINK", name)]) for name in names]
+        return sum(int(replies[0]) for replies in self._write(operation, groups, announce))
 
     def invalidate(self, pattern: str, announce: str | None = None) -> int:
         """Remove every key matching the glob ``pattern`` (under the prefix).
 
-        SCAN MATCH with the prefix escaped, then UNLINK of each page: never KEYS, which
-        blocks the server (and silently truncates at 8192 keys on Dragonfly). The
-        ``announce`` message is published with every page (once if nothing matched).
+        SCAN MATCH with the prefix escaped, on every primary of a cluster, then UNLINK of
+        each page: never KEYS, which blocks the server (and silently truncates at 8192
+        keys on Dragonfly). The ``announce`` message is published with every page (once if
+        nothing matched). A cluster node that fails does not stop the others' scans; the
+        first failure is raised at the end.
 
         Returns:
             How many keys were removed.
         """
         match = escape_glob(self.prefix) + pattern
+        nodes = ([self._node(a) for a in self._map().primaries] if self._is_cluster()
+                 else [self._seed])
+        removed, pages, failure = 0, 0, None
+        for node in nodes:
+            try:
+                for page in self._scan_pages(node, match):
+                    # Each page is announced with its UNLINK: if the scan dies halfway,
+                    # every key already removed has been announced.
+                    removed += self._unlink("SCAN/UNLINK", page, announce)
+                    pages += 1
+            except CacheUnavailableError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        if announce is not None and not pages:
+            self._keyed("SCAN/UNLINK", [], announce)
+        return removed
 
-        def do() -> int:
-            removed, pages = 0, 0
-            publish = [] if announce is None else [("PUBLISH", self.channel, announce)]
-            for page in self._scan_pages(match):
-                # Each page is announced with its UNLINK, in one round trip: if the scan
-                # dies halfway, every key already removed has been announced.
-                removed += int(self._connections.roundtrip([("UNLINK", *page), *publish])[0])
-                pages += 1
-            if publish and not pages:
-                self._connections.roundtrip(publish)
-            return removed
-
-        return self._call("SCAN/UNLINK", do)
-
-    def subscriber(self) -> redis.Redis:
-        """A new client on its own connection for the invalidation listener.
-
-        It never retries: redis-py's retry would reconnect and resubscribe silently, and
-        the listener must see every drop, since messages may have been lost in it.
-        """
-        return redis.Redis(**{**self._connection_options, "retry": Retry(NoBackoff(), 0)},
-                           ssl=self.config.tls)
-
-    def _scan_pages(self, match: str) -> Iterator[list[bytes]]:
+    def _scan_pages(self, node: Node, match: str) -> Iterator[list[bytes]]:
         cursor: bytes | int = 0
         while True:
-            cursor, names = self._connections.roundtrip(
-                (("SCAN", cursor, "MATCH", match, "COUNT", _SCAN_COUNT),))[0]
+            command: Command = ("SCAN", cursor, "MATCH", match, "COUNT", _SCAN_COUNT)
+            cursor, names = self._call("SCAN/UNLINK", node, partial(_one, command))
             if names:
                 yield names
             if int(cursor) == 0:
                 return
 
+    def subscription(self) -> tuple[redis.Redis, bool]:
+        """A new client on its own connection for the invalidation listener, and whether
+        to use sharded pub/sub (SSUBSCRIBE) on it.
+
+        In a cluster it connects to the node serving the channel's slot, with the slot map
+        refreshed first (the listener reconnects after failovers and slot moves). It never
+        retries: redis-py's retry would reconnect and resubscribe silently, and the
+        listener must see every drop, since messages may have been lost in it.
+        """
+        node = self._seed
+        if self._is_cluster():
+            self._stale_map = True
+            node = self._route(self.channel)
+        host, port = split_address(node.address)
+        client = redis.Redis(**{**self._connection_options, "host": host, "port": port,
+                                "retry": Retry(NoBackoff(), 0)}, ssl=self.config.tls)
+        return client, self._clustered is True and self._sharded
+
     # -- health --------------------------------------------------------------------------
 
     def probe(self) -> ServerInfo:
-        """PING and INFO server; raises CacheUnavailableError when the server can't answer.
+        """PING and INFO of the server, or of every primary of a cluster.
 
         Returns:
             {"server": "dragonfly"|"redis"|"valkey", "version": str,
-             "mode": "standalone"|"cluster"}
+             "mode": "standalone"|"cluster"}; a cluster adds "nodes" (address -> "ok" or
+            the failure) and, when some primary failed, "error".
+
+        Raises:
+            CacheUnavailableError: no server answered.
         """
-
-        def do() -> ServerInfo:
-            _pong, server_info, cluster_info = self._connections.roundtrip(
-                (("PING",), ("INFO", "server"), ("INFO", "cluster")))
-            server, version = detect_server(parse_info(server_info))
-            clustered = parse_info(cluster_info).get("cluster_enabled") == "1"
-            return {"server": server, "version": version,
-                    "mode": "cluster" if clustered else "standalone"}
-
-        return self._call("PING", do)
-
+        commands = (("PING",), ("INFO", "server"), ("INFO", "cluster"))
+        clustered = self._is_cluster()
+        nodes = [self._node(a) for a in self._map().primaries] if clustered else [self._seed]
+        info: ServerInfo = {}
+        states: dict[str, str] = {}
+        failures: list[CacheUnavailableError] = []
+        for node in nodes:
+            try:
+                _pong, server_info, cluster_info = self._call(
+                    "PING", node, lambda c: c.roundtrip(commands))
+            except CacheUnavailableError as exc:
+                failures.append(exc)
+                states[node.address] = str(exc)
+                continue
+            states[node.address] = "ok"
+            if not info:
+                server, version = detect_server(parse_info(server_info))
+                cluster_enabled = parse_info(cluster_info).get("cluster_enabled") == "1"
+                info = {"server": server, "version": version,
+                        "mode": "cluster" if cluster_enabled else "standalone"}
+        if not info:
+            raise failures[0]
+        if clustered:
+            info["nodes"] = states
+            if failures:
+                info["error"] = (f"{len(failures)} of {len(nodes)} cluster primaries "
+                                 f"unreachable: " + "; ".join(str(f) for f in failures))
+        return info
     def stats(self) -> dict[str, Any]:
         """The contract's ``l2_stats``, plus ``rejected`` (calls the open breaker refused)."""
+        rejected = sum(node.breaker.rejected for node in list(self._nodes.values()))
         with self._counter_lock:
             lookups = self.hits + self.misses
             return {
@@ -428,9 +326,8 @@ class L2:
                 "hit_rate": self.hits / lookups if lookups else 0.0,
                 "errors": self.errors,
                 "errors_by_operation": dict(self.errors_by_operation),
-                "rejected": self.breaker.rejected,
+                "rejected": rejected,
             }
 
-    def close(self) -> None:
-        """Close every idle connection."""
-        self._connections.close()
+def _one(command: Command, connections: Connections) -> Any:
+    return connections.roundtrip((command,))[0]

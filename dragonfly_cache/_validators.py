@@ -165,6 +165,17 @@ def unit_fraction(name: str, value: object) -> float:
     return number
 
 
+def one_of(*choices: str) -> Validator:
+    """One of ``choices``, case-insensitive, normalised to lower case."""
+
+    def parse(name: str, value: object) -> str:
+        if not isinstance(value, str) or value.strip().lower() not in choices:
+            raise ConfigError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+        return value.strip().lower()
+
+    return parse
+
+
 def codec_name(name: str, value: object) -> str:
     """One of the codec names; "msgpack" only when the msgpack package is importable."""
     if not isinstance(value, str) or value.strip().lower() not in NAMES:

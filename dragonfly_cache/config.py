@@ -54,6 +54,7 @@ class DragonflyConfig:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_check_hostname: bool = True
+    mode: str = "auto"
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("addresses", "DRAGONFLY_ADDRESSES", v.addresses,
@@ -87,6 +88,9 @@ class DragonflyConfig:
                "private key of the client certificate"),
         Option("tls_check_hostname", "DRAGONFLY_TLS_CHECK_HOSTNAME", v.boolean,
                "check that the server's certificate names the host connected to"),
+        Option("mode", "DRAGONFLY_MODE", v.one_of("auto", "standalone", "cluster"),
+               "auto: cluster when several addresses are given or the server reports "
+               "cluster_enabled:1; standalone or cluster force it"),
     )
 
     def __post_init__(self) -> None:
@@ -98,9 +102,27 @@ class DragonflyConfig:
         if given and not self.tls:
             raise ConfigError(f"{', '.join(given)} (DragonflyConfig.tls_*_file) set but "
                               "DRAGONFLY_TLS is false: turn TLS on, or drop the files")
+        if self.mode == "standalone" and len(self.addresses) > 1:
+            raise ConfigError(
+                f"DRAGONFLY_ADDRESSES (DragonflyConfig.addresses) lists "
+                f"{len(self.addresses)} servers but DRAGONFLY_MODE is standalone: give one "
+                "address, or use cluster mode")
+        if self.db != 0 and self.clustered:
+            raise ConfigError(
+                f"DRAGONFLY_DB (DragonflyConfig.db)={self.db}: a cluster has only db 0 "
+                "(several addresses or DRAGONFLY_MODE=cluster mean cluster mode); use "
+                "key_prefix to separate applications")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("DRAGONFLY_TLS_CERT_FILE and DRAGONFLY_TLS_KEY_FILE "
                               "(DragonflyConfig.tls_cert_file/tls_key_file) go together")
+
+    @property
+    def clustered(self) -> bool | None:
+        """True for cluster mode, False for standalone, None when the server decides
+        (``mode="auto"`` with one address: cluster if it reports ``cluster_enabled:1``)."""
+        if self.mode == "auto":
+            return True if len(self.addresses) > 1 else None
+        return self.mode == "cluster"
 
     def __hash__(self) -> int:
         # addresses is a list (as the contract spells it); hash it as a tuple so configs

@@ -87,7 +87,7 @@ class TieredCache(LoadingMixin):
         self._loads_lock = threading.Lock()
         self._loads = 0
         self._start_loading_state()
-        self._coherence = (Coherence(self._l1, self._l2.subscriber, self._l2.channel)
+        self._coherence = (Coherence(self._l1, self._l2.subscription, self._l2.channel)
                            if l1.invalidation else None)
         if self._coherence is not None:
             self._l1.yield_interval = YIELD_INTERVAL
@@ -341,7 +341,7 @@ class TieredCache(LoadingMixin):
             "l1_stats": self._l1.stats(),
             "l2_stats": self._l2.stats(),
             "singleflight": {"loads": loads, "coalesced": self._flights.coalesced},
-            "breaker": self._l2.breaker.stats(),
+            "breaker": self._l2.breaker_stats(),
             "coherence": self._coherence_stats(),
             "loading": self._loading_stats(),
         }
@@ -354,6 +354,9 @@ class TieredCache(LoadingMixin):
     def health(self) -> dict[str, Any]:
         """Probe the server (PING + INFO) and report status, server, version and counters.
 
+        In a cluster every primary is probed: ``dragonfly["nodes"]`` maps each to "ok" or
+        its failure, and the status is "healthy" only when all of them answered.
+
         The probe goes through the circuit breaker like any call: while the breaker is open
         the report is "unhealthy" at once, without touching the network; once the cooldown
         has passed, a health check is as good a recovery probe as any request.
@@ -365,9 +368,11 @@ class TieredCache(LoadingMixin):
         except CacheUnavailableError as exc:
             dragonfly = {"connected": False, "version": None, "error": str(exc)}
         return {
-            "status": "healthy" if dragonfly["connected"] else "unhealthy",
+            # A cluster with some primary unreachable is connected but not healthy.
+            "status": "healthy" if dragonfly["connected"] and "error" not in dragonfly
+            else "unhealthy",
             "dragonfly": dragonfly,
-            "breaker": self._l2.breaker.stats()["state"],
+            "breaker": self._l2.breaker_stats()["state"],
             "coherence": self._coherence_stats()["state"],
             "l1_stats": self._l1.stats(),
             "l2_stats": self._l2.stats(),

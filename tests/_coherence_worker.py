@@ -6,8 +6,10 @@ server. Commands are tuples; every command gets exactly one reply.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -76,10 +78,11 @@ class _Stress:
         return self.wrong, self.reads
 
 
-def worker_main(address: str, prefix: str, conn: Connection, invalidation: bool = True
-                ) -> None:
-    """Entry point of the spawned process."""
-    config = CacheConfig(dragonfly=DragonflyConfig(addresses=[address]),
+def worker_main(address: str | list[str], prefix: str, conn: Connection,
+                invalidation: bool = True) -> None:
+    """Entry point of the spawned process (``address``: one, or a cluster's list)."""
+    addresses = address if isinstance(address, list) else [address]
+    config = CacheConfig(dragonfly=DragonflyConfig(addresses=addresses),
                          l1=L1Config(invalidation=invalidation), key_prefix=prefix)
     cache = TieredCache(config)
     stress: _Stress | None = None
@@ -115,3 +118,53 @@ def worker_main(address: str, prefix: str, conn: Connection, invalidation: bool 
     finally:
         cache.close()
         conn.close()
+
+
+# -- the test process's side -------------------------------------------------------------
+
+
+class Worker:
+    """Process B: a TieredCache in a spawned process, driven over a pipe."""
+
+    def __init__(self, address: str | list[str], prefix: str, invalidation: bool = True
+                 ) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=worker_main,
+                                       args=(address, prefix, child, invalidation))
+        self.process.start()
+        child.close()
+        started = self.call()
+        assert started[0] == "started", started
+        self.coherence = started[1]
+
+    def call(self, *command: Any, timeout: float = 10.0) -> Any:
+        if command:
+            self.conn.send(command)
+        assert self.conn.poll(timeout), f"worker did not answer {command!r}"
+        return self.conn.recv()
+
+    def stats(self) -> dict[str, Any]:
+        return self.call("stats")[1]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.call("stop", timeout=5)
+            except (AssertionError, OSError, EOFError):
+                self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+
+def measure(writer: TieredCache, b: Worker, key: str, old: bytes,
+            write: Callable[[], None], timeout: float = 2.0) -> tuple[str, float, Any, int]:
+    """B holds ``key`` = ``old`` in L1; A runs ``write``; how long until B serves the change?"""
+    reply = b.call("watch", key, old, timeout)
+    assert reply == ("ready",), reply
+    started = time.monotonic()
+    write()
+    outcome = b.call(timeout=timeout + 5)
+    if outcome[0] == "seen":
+        return "seen", outcome[1] - started, outcome[2], outcome[3]
+    return outcome[0], timeout, None, outcome[1]

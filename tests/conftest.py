@@ -11,17 +11,21 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 import redis
 
+from tests._backends import Backend, ClusterBackend, ServerBackend, TlsBackend
 from tests._cluster import LocalCluster
+from tests._pki import make_pki, tls_server_args
 from tests._servers import (
     RedisServer,
     RedisServerError,
     ServerFactory,
     find_redis_server,
+    free_port,
     stop_all,
 )
 
@@ -37,6 +41,7 @@ SERVER_FIXTURES = frozenset(
         "auth_redis_server",
         "redis_cluster_session",
         "redis_cluster",
+        "backend",
     }
 )
 
@@ -126,6 +131,13 @@ def redis_server_factory(redis_binary: str) -> Iterator[ServerFactory]:
     finally:
         for server in servers:
             server.close()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throw-away PKI (see :func:`tests._pki.make_pki`): ca, server, elsewhere, client,
+    other-ca."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
@@ -277,3 +289,29 @@ def redis_cluster(redis_cluster_session: LocalCluster) -> Iterator[LocalCluster]
         yield cluster
     finally:
         cluster.close_clients()
+
+
+# -- the contract suite's backends -----------------------------------------------------------
+
+
+@pytest.fixture(params=["standalone", "tls", "cluster"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The same contract test on a standalone server, over TLS, and on a 3-primary cluster.
+
+    Tests may take a server (or a cluster node) down with ``kill_holder``; the backend is
+    restored at teardown whatever happened.
+    """
+    made: Backend
+    if request.param == "standalone":
+        made = ServerBackend(request.getfixturevalue("redis_server"))
+    elif request.param == "tls":
+        factory: ServerFactory = request.getfixturevalue("redis_server_factory")
+        pki: Path = request.getfixturevalue("pki")
+        tls_port = free_port()
+        made = TlsBackend(factory(extra_args=tls_server_args(pki, tls_port)), tls_port, pki)
+    else:
+        made = ClusterBackend(request.getfixturevalue("redis_cluster"))
+    try:
+        yield made
+    finally:
+        made.restore()

@@ -24,6 +24,7 @@ WORKLOADS = {
     "stampede",
     "stampede_fleet",
     "get_many_100",
+    "get_many_cluster",
     "cross_process_staleness",
     "metrics_overhead",
     "l1_memory",

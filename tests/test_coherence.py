@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import signal
 import time
@@ -12,44 +11,10 @@ from typing import Any
 
 import pytest
 
-from dragonfly_cache import TieredCache
-from tests._coherence_worker import worker_main
+from tests._coherence_worker import Worker, measure
 from tests.conftest import CacheFactory
 from tests.test_resilience import _fork, percentile
 from tests.test_tiered import wait_until
-
-
-class Worker:
-    """Process B: a TieredCache in a spawned process, driven over a pipe."""
-
-    def __init__(self, address: str, prefix: str, invalidation: bool = True) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=worker_main,
-                                       args=(address, prefix, child, invalidation))
-        self.process.start()
-        child.close()
-        started = self.call()
-        assert started[0] == "started", started
-        self.coherence = started[1]
-
-    def call(self, *command: Any, timeout: float = 10.0) -> Any:
-        if command:
-            self.conn.send(command)
-        assert self.conn.poll(timeout), f"worker did not answer {command!r}"
-        return self.conn.recv()
-
-    def stats(self) -> dict[str, Any]:
-        return self.call("stats")[1]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        if self.process.is_alive():
-            try:
-                self.call("stop", timeout=5)
-            except (AssertionError, OSError, EOFError):
-                self.process.kill()
-        self.process.join(5)
-        self.conn.close()
 
 
 @pytest.fixture
@@ -64,19 +29,6 @@ def worker(redis_server: Any) -> Iterator[Callable[..., Worker]]:
     yield start
     for worker in workers:
         worker.close()
-
-
-def measure(writer: TieredCache, b: Worker, key: str, old: bytes,
-            write: Callable[[], None], timeout: float = 2.0) -> tuple[str, float, Any, int]:
-    """B holds ``key`` = ``old`` in L1; A runs ``write``; how long until B serves the change?"""
-    reply = b.call("watch", key, old, timeout)
-    assert reply == ("ready",), reply
-    started = time.monotonic()
-    write()
-    outcome = b.call(timeout=timeout + 5)
-    if outcome[0] == "seen":
-        return "seen", outcome[1] - started, outcome[2], outcome[3]
-    return outcome[0], timeout, None, outcome[1]
 
 
 def test_another_process_stops_serving_the_old_value_within_100ms(

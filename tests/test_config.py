@@ -350,7 +350,7 @@ def test_dragonfly_direct_normalisation() -> None:
     cfg = DragonflyConfig(
         addresses="a, b:1 ,[::1]",  # type: ignore[arg-type]
         password="",
-        db=" 3 ",  # type: ignore[arg-type]
+        db=" 0 ",  # type: ignore[arg-type]
         pool_size="+7",  # type: ignore[arg-type]
         max_retries="0",  # type: ignore[arg-type]
         tls="YES",  # type: ignore[arg-type]
@@ -361,7 +361,9 @@ def test_dragonfly_direct_normalisation() -> None:
     )
     assert cfg.addresses == ["a:6379", "b:1", "[::1]:6379"]
     assert cfg.password is None
-    assert cfg.db == 3
+    assert cfg.db == 0
+    assert DragonflyConfig(db=" 3 ").db == 3  # type: ignore[arg-type]
+    assert cfg.mode == "auto" and cfg.clustered is True  # several addresses: a cluster
     assert cfg.pool_size == 7
     assert cfg.max_retries == 0
     assert cfg.tls is True
@@ -512,7 +514,8 @@ def test_from_env_ignores_unrelated_variables() -> None:
 FULL_ENV = {
     "DRAGONFLY_ADDRESSES": "10.0.0.1:6379, [::1]:6380,cache-host",
     "DRAGONFLY_PASSWORD": SECRET,
-    "DRAGONFLY_DB": "4",
+    "DRAGONFLY_DB": "0",  # several addresses: a cluster, which has only db 0
+    "DRAGONFLY_MODE": " Cluster ",
     "DRAGONFLY_POOL_SIZE": "25",
     "DRAGONFLY_MAX_RETRIES": "0",
     "DRAGONFLY_TLS": "true",
@@ -549,7 +552,7 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     d = cfg.dragonfly
     assert d.addresses == ["10.0.0.1:6379", "[::1]:6380", "cache-host:6379"]
     assert d.password == SECRET
-    assert d.db == 4
+    assert d.db == 0
     assert d.pool_size == 25
     assert (cfg.l1.invalidation, cfg.l1.degraded_ttl) == (False, 0.25)
     assert d.max_retries == 0
@@ -558,6 +561,7 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     assert d.tls_check_hostname is False
     assert d.tls is True
     assert d.username == "alice"
+    assert d.mode == "cluster"
     assert d.connect_timeout == 0.5
     assert d.socket_timeout == 2.0
     assert d.pool_timeout == 1.5
@@ -741,7 +745,7 @@ cache:
   dragonfly:
     addresses: ["10.0.0.1:6379", "10.0.0.2:6380"]
     password: ${DRAGONFLY_PASSWORD}
-    db: 2
+    db: 0
     pool_size: 20
     max_retries: 5
     tls: true
@@ -758,7 +762,7 @@ def _assert_full_yaml(cfg: CacheConfig, password: str = SECRET) -> None:
     d = cfg.dragonfly
     assert d.addresses == ["10.0.0.1:6379", "10.0.0.2:6380"]
     assert d.password == password
-    assert d.db == 2
+    assert d.db == 0
     assert d.pool_size == 20
     assert d.max_retries == 5
     assert d.tls is True
@@ -867,7 +871,7 @@ cache:
   dragonfly:
     addresses: "h1:1, [::1]:6380, h3"
     password: pw
-    db: "3"
+    db: "0"
     pool_size: "4"
     max_retries: 0
     tls: "off"
@@ -887,7 +891,7 @@ cache:
     d = cfg.dragonfly
     assert d.addresses == ["h1:1", "[::1]:6380", "h3:6379"]
     assert d.password == "pw"
-    assert (d.db, d.pool_size, d.max_retries, d.tls, d.username) == (3, 4, 0, False, "bob")
+    assert (d.db, d.pool_size, d.max_retries, d.tls, d.username) == (0, 4, 0, False, "bob")
     assert d.connect_timeout == pytest.approx(0.1)
     assert (d.socket_timeout, d.pool_timeout) == (2.0, 0.5)
     assert cfg.l1 == L1Config(max_size=9, ttl=45.0)
@@ -964,10 +968,10 @@ cache:
   l1:
     ttl: ${L1_TTL:-90s}
 """
-    env = {"HOST1": "primary", "PORT1": "7000", "DB": "5", "TLS": "on"}
+    env = {"HOST1": "primary", "PORT1": "7000", "DB": "0", "TLS": "on"}
     cfg = CacheConfig.from_yaml(doc, environ=env)
     assert cfg.dragonfly.addresses == ["primary:7000", "backup:6379"]
-    assert cfg.dragonfly.db == 5
+    assert cfg.dragonfly.db == 0
     assert cfg.dragonfly.pool_size == 8
     assert cfg.dragonfly.tls is True
     assert cfg.dragonfly.password is None
@@ -1252,7 +1256,7 @@ def test_from_yaml_result_equals_direct_construction() -> None:
     cfg = CacheConfig.from_yaml(FULL_YAML, environ={"DRAGONFLY_PASSWORD": SECRET})
     direct = CacheConfig(
         dragonfly=DragonflyConfig(
-            addresses=["10.0.0.1:6379", "10.0.0.2:6380"], password=SECRET, db=2, pool_size=20,
+            addresses=["10.0.0.1:6379", "10.0.0.2:6380"], password=SECRET, db=0, pool_size=20,
             max_retries=5, tls=True,
         ),
         l1=L1Config(max_size=500, ttl="1m"),  # type: ignore[arg-type]

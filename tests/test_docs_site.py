@@ -212,21 +212,18 @@ def test_example_runs(example: Example, cache_env: str) -> None:
         _close_foreign_clients(namespace)
 
 
-def test_acl_user_from_operations_can_do_everything(redis_server_factory: Any) -> None:
-    """The least-privilege ACL line in operations.md is enough for every operation."""
-    text = (DOCS / "operations.md").read_text(encoding="utf-8")
+def _acl_line(page: str) -> tuple[list[str], str, str, str]:
+    """The ``redis-cli ACL SETUSER`` line of a docs page: (command, user, password, prefix)."""
+    text = (DOCS / page).read_text(encoding="utf-8")
     line = next(line for line in text.splitlines() if line.startswith("redis-cli ACL SETUSER"))
     command = shlex.split(line)[1:]
-    server = redis_server_factory()
-    with redis.Redis.from_url(f"redis://{server.address}") as admin:
-        admin.execute_command(*command)
-    user = command[2]
     password = next(arg[1:] for arg in command if arg.startswith(">"))
     prefix = next(arg[1:-1] for arg in command if arg.startswith("~"))  # "~myapp:*"
-    config = CacheConfig(
-        dragonfly=DragonflyConfig(addresses=[server.address], username=user, password=password,
-                                  db=1),  # db 1 needs SELECT too
-        l1=L1Config(invalidation=True), l2=L2Config(ttl=60.0), key_prefix=prefix)
+    return command, command[2], password, prefix
+
+
+def exercise_acl_user(config: CacheConfig) -> None:
+    """Every operation, and the invalidation listener, with no error counted anywhere."""
     with TieredCache(config) as writer, TieredCache(config) as reader:
         writer.set("a", b"1")
         assert reader.get("a") == b"1"
@@ -251,6 +248,33 @@ def test_acl_user_from_operations_can_do_everything(redis_server_factory: Any) -
         while reader.stats()["coherence"]["applied"] < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert reader.stats()["coherence"]["applied"] >= 1
+
+
+def test_acl_user_from_operations_can_do_everything(redis_server_factory: Any) -> None:
+    """The least-privilege ACL line in operations.md is enough for every operation."""
+    command, user, password, prefix = _acl_line("operations.md")
+    server = redis_server_factory()
+    with redis.Redis.from_url(f"redis://{server.address}") as admin:
+        admin.execute_command(*command)
+    exercise_acl_user(CacheConfig(
+        dragonfly=DragonflyConfig(addresses=[server.address], username=user, password=password,
+                                  db=1),  # db 1 needs SELECT too
+        l1=L1Config(invalidation=True), l2=L2Config(ttl=60.0), key_prefix=prefix))
+
+
+def test_acl_user_from_scaling_out_can_do_everything_on_a_cluster(redis_cluster: Any) -> None:
+    """The cluster ACL line in scaling-out.md, set on every node, is enough."""
+    command, user, password, prefix = _acl_line("scaling-out.md")
+    for node in redis_cluster.nodes:
+        node.command(*command)
+    try:
+        exercise_acl_user(CacheConfig(
+            dragonfly=DragonflyConfig(addresses=redis_cluster.addresses, username=user,
+                                      password=password),
+            l1=L1Config(invalidation=True), l2=L2Config(ttl=60.0), key_prefix=prefix))
+    finally:
+        for node in redis_cluster.nodes:
+            node.command("ACL", "DELUSER", user)
 
 
 # -- dashboards and alerts ------------------------------------------------------------------

@@ -22,7 +22,7 @@ from tests.conftest import CacheFactory
 from tests.test_resilience import percentile
 from tests.test_tiered import run_threads, wait_until
 
-BACKOFF_CAP = 0.1  # dragonfly_cache._l2._BACKOFF_CAP
+BACKOFF_CAP = 0.1  # dragonfly_cache._router._BACKOFF_CAP
 
 
 def worst_case(cache: TieredCache) -> float:

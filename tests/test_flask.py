@@ -127,6 +127,7 @@ def test_health_probe_is_cached_for_the_interval(make_app: Callable[..., Flask],
                                                  redis_server: Any) -> None:
     app = make_app(CACHE_HEALTH_INTERVAL="5s")
     client = app.test_client()
+    app.extensions["dragonfly_cache"].get("warm")  # first use: asks whether it is a cluster
     raw = redis_server.client()
     raw.config_resetstat()
     for _ in range(50):  # a load balancer polling fast

@@ -449,7 +449,7 @@ def test_stats_counters_and_shape(cache_factory: CacheFactory) -> None:
     assert stats["l2_stats"] == {"hits": 1, "misses": 1, "hit_rate": 0.5, "errors": 0,
                                  "errors_by_operation": {}, "rejected": 0}
     assert stats["coherence"] == {"state": "subscribed", "received": 1, "applied": 1,
-                                  "flushes": 0, "reconnects": 0}
+                                  "flushes": 0, "reconnects": 0, "sharded": False}
     assert stats["singleflight"] == {"loads": 0, "coalesced": 0}
     json.dumps(stats)
 
@@ -644,7 +644,7 @@ def test_pool_exhaustion_is_a_bounded_wait_then_a_miss_or_an_error(
     cache = cache_factory(pool_size=1, pool_timeout=0.05)
     cache.set("k", b"v")
     cache._l1.clear()
-    assert cache._l2._slots.acquire(0.01)  # another thread holds the only connection
+    assert cache._l2._seed.slots.acquire(0.01)  # another thread holds the only connection
     try:
         started = time.monotonic()
         assert cache.get("k") is None  # a read degrades to a miss
@@ -652,7 +652,7 @@ def test_pool_exhaustion_is_a_bounded_wait_then_a_miss_or_an_error(
             cache.set("k", b"new")
         assert time.monotonic() - started < 1.0
     finally:
-        cache._l2._slots.release()
+        cache._l2._seed.slots.release()
     assert cache.get("k") == b"new"  # the failed set still applied to L1 ...
     cache._l1.clear()
     assert cache.get("k") == b"v"  # ... while L2 kept the old value
@@ -750,9 +750,9 @@ def test_config_is_hashable() -> None:
 def test_tls_flag_selects_the_connection_class(tls: bool, connection_class: str) -> None:
     from dragonfly_cache import CacheConfig, DragonflyConfig
 
-    cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(tls=tls)))
-    assert cache._l2._connections._connection_class.__name__ == connection_class
-    assert cache._l2.subscriber().connection_pool.connection_class.__name__ == connection_class
+    cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(tls=tls, mode="standalone")))
+    assert cache._l2._seed.connections._connection_class.__name__ == connection_class
+    assert cache._l2.subscription()[0].connection_pool.connection_class.__name__ == connection_class
     cache.close()
 
 

@@ -18,35 +18,9 @@ from dragonfly_cache import (
     DragonflyConfig,
     TieredCache,
 )
+from tests._pki import tls_server_args
 from tests._servers import free_port
 from tests.test_tiered import wait_until
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _signed(directory: Path, name: str, subject: str, alt_names: str, ca: str) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-             f"{name}.csr", "-subj", subject, cwd=directory)
-    (directory / f"{name}.ext").write_text(f"subjectAltName={alt_names}\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile",
-             f"{name}.ext", cwd=directory)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for localhost/127.0.0.1, one for another host, a
-    client certificate, and an unrelated CA."""
-    directory = tmp_path_factory.mktemp("pki")
-    for ca in ("ca", "other-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
-                 "-out", f"{ca}.crt", "-days", "2", "-subj", f"/CN={ca}", cwd=directory)
-    _signed(directory, "server", "/CN=localhost", "DNS:localhost,IP:127.0.0.1", "ca")
-    _signed(directory, "elsewhere", "/CN=cache.example", "DNS:cache.example", "ca")
-    _signed(directory, "client", "/CN=app", "DNS:app", "ca")
-    return directory
 
 
 @pytest.fixture
@@ -58,10 +32,8 @@ def tls_server(redis_binary: str, pki: Path, tmp_path: Path
     def start(cert: str = "server", clients: str = "no") -> str:
         port = free_port()
         process = subprocess.Popen(
-            [redis_binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-             "--tls-cert-file", str(pki / f"{cert}.crt"),
-             "--tls-key-file", str(pki / f"{cert}.key"),
-             "--tls-ca-cert-file", str(pki / "ca.crt"), "--tls-auth-clients", clients,
+            [redis_binary, "--port", "0", "--bind", "127.0.0.1",
+             *tls_server_args(pki, port, cert, clients),
              "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         processes.append(process)

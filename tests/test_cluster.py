@@ -1,0 +1,342 @@
+"""Cluster mode against a real 3-primary Redis Cluster (tests/_cluster.py).
+
+The contract itself runs on the cluster in test_contract.py; this file checks what is
+particular to a cluster: keys on every node, one round trip per node, SCAN on every
+primary, sharded pub/sub across processes, a dead primary costing only its own slots,
+MOVED/ASK during a resharding, and the listener following its channel's slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from dragonfly_cache import (
+    CacheConfig,
+    CacheUnavailableError,
+    ConfigError,
+    DragonflyConfig,
+    L1Config,
+    TieredCache,
+)
+from dragonfly_cache._coherence import channel_name
+from tests._cluster import ClusterNode, LocalCluster
+from tests._coherence_worker import Worker, measure
+from tests.test_resilience import percentile
+from tests.test_tiered import wait_until
+
+Make = Callable[..., TieredCache]
+CHANNEL = channel_name(0, "app:")
+
+
+@pytest.fixture
+def make(redis_cluster: LocalCluster) -> Iterator[Make]:
+    """``make(addresses=None, subscribed=True, **dragonfly)``: a cache on the cluster
+    (prefix ``app:``), closed at teardown."""
+    caches: list[TieredCache] = []
+
+    def factory(addresses: list[str] | None = None, subscribed: bool = True,
+                **dragonfly: Any) -> TieredCache:
+        config = CacheConfig(
+            dragonfly=DragonflyConfig(addresses=addresses or redis_cluster.addresses,
+                                      **dragonfly),
+            key_prefix="app:")
+        cache = TieredCache(config)
+        caches.append(cache)
+        if subscribed:
+            cache.exists("warm-up")
+            wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed",
+                       timeout=5.0)
+        return cache
+
+    yield factory
+    for cache in caches:
+        with contextlib.suppress(Exception):
+            cache.close()
+
+
+def keys_per_node(cluster: LocalCluster, count: int) -> dict[ClusterNode, list[str]]:
+    """``count`` cache keys (without the prefix) whose L2 names land on each node."""
+    found: dict[ClusterNode, list[str]] = {node: [] for node in cluster.nodes}
+    n = 0
+    while any(len(keys) < count for keys in found.values()):
+        key = f"k{n}"
+        holder = cluster.node_for_key("app:" + key)
+        if len(found[holder]) < count:
+            found[holder].append(key)
+        n += 1
+    return found
+
+
+def command_calls(node: ClusterNode, command: str) -> int:
+    stats = node.command("INFO", "commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def channel_node(cluster: LocalCluster) -> ClusterNode:
+    return cluster.node_for_key(CHANNEL)
+
+
+def other_node(cluster: LocalCluster, *not_these: ClusterNode) -> ClusterNode:
+    return next(node for node in cluster.nodes if node not in not_these)
+
+
+# -- configuration and detection -------------------------------------------------------------
+
+
+def test_db_other_than_0_in_cluster_mode_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="DRAGONFLY_DB"):
+        DragonflyConfig(addresses=["127.0.0.1:7000", "127.0.0.1:7001"], db=1)
+    with pytest.raises(ConfigError, match="DRAGONFLY_DB"):
+        DragonflyConfig(addresses=["127.0.0.1:7000"], mode="cluster", db=2)
+    with pytest.raises(ConfigError, match="DRAGONFLY_MODE"):
+        DragonflyConfig(addresses=["127.0.0.1:7000", "127.0.0.1:7001"], mode="standalone")
+    with pytest.raises(ConfigError, match="DRAGONFLY_MODE"):
+        CacheConfig.from_env({"DRAGONFLY_MODE": "sharded"})
+    assert DragonflyConfig(addresses=["127.0.0.1:7000"], db=3).mode == "auto"
+
+
+def test_one_seed_address_is_enough_the_server_says_it_is_a_cluster(
+        make: Make, redis_cluster: LocalCluster) -> None:
+    cache = make(addresses=[redis_cluster.addresses[0]])
+    values = {key: b"v" for keys in keys_per_node(redis_cluster, 5).values() for key in keys}
+    cache.set_many(values)
+    assert make().get_many(list(values)) == values
+    health = cache.health()
+    assert health["status"] == "healthy", health
+    assert health["dragonfly"]["mode"] == "cluster"
+    assert set(health["dragonfly"]["nodes"]) == set(redis_cluster.addresses)
+
+
+def test_an_auto_detected_cluster_with_db_1_reads_as_misses_and_says_why(
+        make: Make, redis_cluster: LocalCluster) -> None:
+    cache = make(addresses=[redis_cluster.addresses[0]], db=1, subscribed=False)
+    assert cache.get("k") is None
+    health = cache.health()
+    assert health["status"] == "unhealthy"
+    assert "cluster" in health["dragonfly"]["error"]
+
+
+# -- routing ---------------------------------------------------------------------------------
+
+
+def test_keys_spread_over_every_node_and_batches_take_one_round_trip_per_node(
+        make: Make, redis_cluster: LocalCluster) -> None:
+    writer, reader = make(), make()
+    values = {f"k{n}": b"v%d" % n for n in range(300)}
+    operations: list[str] = []
+    writer._l2.latency_observer = lambda operation, _seconds: operations.append(operation)
+    writer.set_many(values)
+    # One call for the writes (every node at once), then the announcement.
+    assert operations == ["SET", "PUBLISH"]
+    sizes = [int(node.command("DBSIZE")) for node in redis_cluster.nodes]
+    assert all(size > 50 for size in sizes) and sum(sizes) == 300, sizes
+    for node in redis_cluster.nodes:
+        node.command("CONFIG", "RESETSTAT")
+    operations.clear()
+    reader._l2.latency_observer = lambda operation, _seconds: operations.append(operation)
+    assert reader.get_many(list(values)) == values
+    assert operations == ["MGET"]
+    for node, size in zip(redis_cluster.nodes, sizes, strict=True):
+        assert command_calls(node, "get") == size  # each key asked of its own node only
+
+
+def test_invalidate_scans_every_primary(make: Make, redis_cluster: LocalCluster) -> None:
+    cache = make()
+    cache.set_many({**{f"user:{n}": b"u" for n in range(300)},
+                    **{f"order:{n}": b"o" for n in range(30)}})
+    for node in redis_cluster.nodes:
+        node.command("CONFIG", "RESETSTAT")
+    assert cache.invalidate("user:*") == 300
+    for node in redis_cluster.nodes:
+        assert command_calls(node, "scan") >= 1
+        assert command_calls(node, "keys") == 0
+    assert sum(int(node.command("DBSIZE")) for node in redis_cluster.nodes) == 30
+
+
+# -- coherence -------------------------------------------------------------------------------
+
+
+def test_coherence_across_two_processes_over_sharded_pub_sub(
+        make: Make, redis_cluster: LocalCluster) -> None:
+    a = make()
+    assert a.stats()["coherence"]["sharded"] is True
+    b = Worker(redis_cluster.addresses, "app:")
+    try:
+        assert b.coherence == "subscribed"
+        subscribers = channel_node(redis_cluster).command("PUBSUB", "SHARDNUMSUB", CHANNEL)
+        assert subscribers[1] == 2  # a's listener and b's, on the node serving the channel
+        trials = 24
+        a.set_many({f"user:{n}": b"old" for n in range(trials)})
+        writes: list[tuple[Callable[[str], None], bytes | None]] = [
+            (lambda key: a.set(key, b"new"), b"new"),
+            (lambda key: a.delete(key), None),
+            (lambda key: a.invalidate(key), None),
+        ]
+        delays = []
+        for n in range(trials):
+            write, expected = writes[n % len(writes)]
+            key = f"user:{n}"
+            outcome, delay, value, _ = measure(a, b, key, b"old", functools.partial(write, key))
+            assert outcome == "seen" and value == expected, (key, outcome, value)
+            delays.append(delay)
+        print(f"\ncluster invalidation delay: p50 {percentile(delays, 0.5) * 1000:.2f} ms, "
+              f"p99 {percentile(delays, 0.99) * 1000:.2f} ms")
+        assert percentile(delays, 0.99) < 0.100
+        assert b.stats()["coherence"]["sharded"] is True
+    finally:
+        b.close()
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+def test_killing_one_primary_degrades_only_its_slots(make: Make,
+                                                      redis_cluster: LocalCluster) -> None:
+    cache = make(breaker_cooldown=0.2)
+    keys = keys_per_node(redis_cluster, 10)
+    dead = other_node(redis_cluster, channel_node(redis_cluster))  # the listener stays up
+    values = {key: b"v" for node_keys in keys.values() for key in node_keys}
+    cache.set_many(values)
+    dead.kill()
+    reader = make()
+    alive = {key: b"v" for node, node_keys in keys.items() if node is not dead
+             for key in node_keys}
+    for _ in range(10):  # enough failures to open the dead node's breaker
+        assert reader.get_many(list(values)) == alive
+        assert reader.get(keys[dead][0]) is None
+    assert all(reader.get(key) == b"v" for key in alive)
+    breaker = reader.stats()["breaker"]
+    assert breaker["nodes"][dead.address] == "open"
+    assert [state for address, state in breaker["nodes"].items()
+            if address != dead.address] == ["closed", "closed"]
+    # Writes to healthy slots still work; writes to the dead one's report it.
+    live_key = next(iter(alive))
+    cache.set(live_key, b"new")
+    assert reader.get(live_key) in (b"v", b"new")
+    wait_until(lambda: reader.get(live_key) == b"new", timeout=1.0)
+    with pytest.raises(CacheUnavailableError, match=dead.address):
+        cache.set(keys[dead][0], b"new")
+    assert reader.stats()["coherence"]["state"] == "subscribed"
+    assert reader.stats()["coherence"]["flushes"] == 0  # no reason to distrust L1
+    health = reader.health()
+    assert health["status"] == "unhealthy"
+    assert health["dragonfly"]["connected"] is True
+    assert dead.address in health["dragonfly"]["error"]
+    assert health["dragonfly"]["nodes"][dead.address] != "ok"
+    redis_cluster.heal()
+    wait_until(lambda: _writes(cache, keys[dead][0]), timeout=10.0)
+    assert reader.health()["status"] == "healthy"
+
+
+def _writes(cache: TieredCache, key: str) -> bool:
+    try:
+        cache.set(key, b"back")
+    except CacheUnavailableError:
+        return False
+    return True
+
+
+def test_losing_the_channels_node_flushes_l1_and_reports_writes(
+        make: Make, redis_cluster: LocalCluster) -> None:
+    cache = make()
+    holder = channel_node(redis_cluster)
+    key = keys_per_node(redis_cluster, 1)[other_node(redis_cluster, holder)][0]
+    cache.set(key, b"v")
+    assert cache.get(key) == b"v"
+    holder.kill()
+    # The listener notices (reset, or no PONG within 2 s), flushes L1 and reconnects.
+    wait_until(lambda: cache.stats()["coherence"]["flushes"] >= 1, timeout=5.0)
+    assert cache.get(key) == b"v"  # read again from its own, healthy node
+    # The write lands, but nobody could be told: the caller hears of it.
+    with pytest.raises(CacheUnavailableError, match="PUBLISH"):
+        cache.set(key, b"new")
+    redis_cluster.heal()
+    wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed", timeout=10.0)
+    wait_until(lambda: _writes(cache, key), timeout=5.0)
+
+
+# -- resharding ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def migrating(cluster: LocalCluster, slot: int, source: ClusterNode, target: ClusterNode
+              ) -> Iterator[Callable[[], None]]:
+    """Mark ``slot`` MIGRATING on ``source`` and IMPORTING on ``target`` (redis-cli
+    --cluster reshard's steps); yields ``move_keys()``; on exit the slot belongs to
+    ``target`` on every node."""
+    source_id, target_id = source.node_id(), target.node_id()
+    target.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+    source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+
+    def move_keys() -> None:
+        for name in source.command("CLUSTER", "GETKEYSINSLOT", str(slot), "1000"):
+            source.command("MIGRATE", cluster.host, str(target.port), name, "0", "5000")
+
+    try:
+        yield move_keys
+    finally:
+        move_keys()
+        for node in cluster.nodes:
+            node.command("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+
+
+def test_ask_and_moved_are_followed_during_a_resharding(make: Make,
+                                                        redis_cluster: LocalCluster) -> None:
+    cache, writer = make(), make()
+    source = channel_node(redis_cluster)  # not the channel's slot, but on its node
+    key = keys_per_node(redis_cluster, 1)[source][0]
+    slot = redis_cluster.keyslot("app:" + key)
+    target = other_node(redis_cluster, source)
+    writer.set(key, b"before")
+    with migrating(redis_cluster, slot, source, target) as move_keys:
+        move_keys()  # the key now lives on target; source answers ASK for it
+        assert cache.get(key) == b"before"
+        writer.set(key, b"during")  # SET on source -> ASK -> ASKING + SET on target
+        with pytest.raises(redis.exceptions.MovedError):  # only reachable with ASKING
+            target.command("GET", "app:" + key)
+        wait_until(lambda: cache.get(key) == b"during", timeout=1.0)
+        assert cache.get_many([key]) == {key: b"during"}
+    # The slot is target's now: source answers MOVED, and the map is refreshed.
+    writer.set(key, b"after")
+    wait_until(lambda: cache.get(key) == b"after", timeout=1.0)
+    assert cache.stats()["l2_stats"]["errors"] == 0 and writer.stats()["l2_stats"]["errors"] == 0
+    owner = writer._l2._map().owner(slot)
+    assert owner == target.address
+
+
+def test_the_listener_follows_its_channel_to_a_new_node(make: Make,
+                                                         redis_cluster: LocalCluster) -> None:
+    a, b = make(), make()
+    source = channel_node(redis_cluster)
+    target = other_node(redis_cluster, source)
+    slot = redis_cluster.keyslot(CHANNEL)
+    b.set("k", b"old")
+    assert a.get("k") == b"old"
+    with migrating(redis_cluster, slot, source, target):
+        pass
+    # The source ends the shard subscriptions of a slot it gave away: both listeners flush
+    # L1 and subscribe on the new owner.
+    wait_until(lambda: a.stats()["coherence"]["flushes"] >= 1, timeout=5.0)
+    wait_until(lambda: target.command("PUBSUB", "SHARDNUMSUB", CHANNEL)[1] == 2, timeout=5.0)
+    assert a.get("k") == b"old"
+    b.set("k", b"new")
+    wait_until(lambda: a.get("k") == b"new", timeout=0.1)
+
+
+def test_a_fresh_process_state_after_fork_keeps_the_slot_map(
+        make: Make, redis_cluster: LocalCluster) -> None:
+    cache = make()
+    cache.set("k", b"v")
+    slot_map = cache._l2._slot_map
+    cache._after_fork_in_child()  # what the at-fork hook runs in a child
+    assert cache._l2._slot_map is slot_map
+    assert cache.get("k") == b"v"
+    assert L1Config().invalidation  # coherence on by default in the child too
+    time.sleep(0)
