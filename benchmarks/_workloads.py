@@ -566,8 +566,6 @@ def cross_process_staleness(ctx: Context) -> Result:
 # -- metrics on vs off (placeholder) ---------------------------------------------------
 
 
-
-
 def metrics_overhead(ctx: Context) -> Result:
     """The L1 hit path with Prometheus metrics attached vs not, plus the cost of one sync.
 

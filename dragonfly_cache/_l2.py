@@ -64,6 +64,7 @@ def detect_server(info: Mapping[str, Any]) -> tuple[str, str]:
         return "valkey", str(info.get("valkey_version", info.get("redis_version", "")))
     return "redis", str(info.get("redis_version", ""))
 
+
 class L2(Router):
     """Prefixed, batched access to one Dragonfly/Redis server, or to a cluster.
 
@@ -81,6 +82,7 @@ class L2(Router):
 
     def __repr__(self) -> str:
         return f"<L2 {self.address} prefix={self.prefix!r}>"
+
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, key: str) -> tuple[bytes | None, int]:
@@ -202,7 +204,8 @@ class L2(Router):
         self._write("DELETE", [(name, [("EVAL", _DELETE_IF_EQUAL, 1, name, value)])], announce)
 
     def delete(self, keys: Sequence[str], announce: str | None = None) -> int:
-        """UNLINK the keys (and PUBLISH ``announce`` after, same round trip).
+        """UNLINK the keys, then PUBLISH ``announce`` (one round trip on one server; in a
+        cluster one per node, all at once, then the announcement).
 
         Returns:
             How many of the keys existed.
@@ -315,6 +318,7 @@ class L2(Router):
                 info["error"] = (f"{len(failures)} of {len(nodes)} cluster primaries "
                                  f"unreachable: " + "; ".join(str(f) for f in failures))
         return info
+
     def stats(self) -> dict[str, Any]:
         """The contract's ``l2_stats``, plus ``rejected`` (calls the open breaker refused)."""
         rejected = sum(node.breaker.rejected for node in list(self._nodes.values()))
@@ -328,6 +332,7 @@ class L2(Router):
                 "errors_by_operation": dict(self.errors_by_operation),
                 "rejected": rejected,
             }
+
 
 def _one(command: Command, connections: Connections) -> Any:
     return connections.roundtrip((command,))[0]

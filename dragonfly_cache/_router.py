@@ -467,12 +467,16 @@ class Router:
         if slot_map is not None:
             slot_map.move(slot, address)
         self._stale_map = True
+
     def breaker_stats(self) -> dict[str, Any]:
         """The breaker's state and counters; in a cluster, the worst node's state, summed
         counters and ``nodes`` (address -> state)."""
-        if self._clustered is not True:
+        slot_map = self._slot_map
+        if self._clustered is not True or slot_map is None:
             return self._seed.breaker.stats()
-        per_node = {node.address: node.breaker.stats() for node in list(self._nodes.values())}
+        # The current primaries only: a node that left the cluster must not look open forever.
+        per_node = {address: self._node(address).breaker.stats()
+                    for address in slot_map.primaries}
         states = [stats["state"] for stats in per_node.values()]
         worst = max(states, key=_BREAKER_SEVERITY.__getitem__)
         return {
@@ -483,10 +487,12 @@ class Router:
                for counter in ("opened", "closed", "rejected")},
             "nodes": {address: s["state"] for address, s in per_node.items()},
         }
+
     def close(self) -> None:
         """Close every idle connection."""
         for node in list(self._nodes.values()):
             node.connections.close()
+
 
 def _ask_topology(connections: Connections) -> list[Any]:
     # COMMAND INFO of an unknown command is [nil]; an error reply means no COMMAND at all.
@@ -499,7 +505,9 @@ def _asking(commands: list[Command], asked: bool) -> list[Command]:
         return commands
     return [part for command in commands for part in (("ASKING",), command)]
 
+
 def replies_of(result: list[Any] | CacheUnavailableError) -> list[Any]:
+    """The replies, or raise the failure in their place."""
     if isinstance(result, CacheUnavailableError):
         raise result
     return result

@@ -96,12 +96,17 @@ def _cmd_ping(args: argparse.Namespace) -> int:
     with TieredCache(config) as cache:
         health = cache.health()
     server = health["dragonfly"]
+    nodes = server.get("nodes")
+    if nodes is not None:  # a cluster: name it by its seeds, and count its primaries
+        address = ",".join(config.dragonfly.addresses)
     if health["status"] == "healthy":
-        console.out(f"PONG {address} {server['server']} {server['version']}")
+        where = f" (cluster of {len(nodes)} primaries)" if nodes is not None else ""
+        console.out(f"PONG {address} {server['server']} {server['version']}{where}")
         return EXIT_OK
     # The L2 message starts "PING on <address> failed: "; the line already names both.
     reason = str(server.get("error", "no answer")).removeprefix(f"PING on {address} failed: ")
-    console.error(f"{address} unreachable: {reason}")
+    console.error(f"{address} {'degraded' if server.get('connected') else 'unreachable'}: "
+                  f"{reason}")
     return EXIT_FAILURE
 
 

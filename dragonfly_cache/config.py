@@ -33,6 +33,7 @@ __all__ = [
     "parse_duration",
 ]
 
+
 @dataclass(frozen=True)
 class DragonflyConfig:
     """How to reach the shared tier (Dragonfly, Redis 6+ or Valkey)."""

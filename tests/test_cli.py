@@ -76,6 +76,25 @@ def test_ping_dead_server(redis_server: RedisServer, monkeypatch: pytest.MonkeyP
     assert "Traceback" not in err
 
 
+def test_ping_a_cluster_and_a_cluster_missing_a_primary(redis_cluster: Any,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: Capsys) -> None:
+    seeds = ",".join(redis_cluster.addresses)
+    monkeypatch.setenv("DRAGONFLY_ADDRESSES", seeds)
+    assert main(["ping"]) == 0
+    out, err = capsys.readouterr()
+    assert one_line(out).startswith(f"PONG {seeds} redis ")
+    assert out.rstrip().endswith("(cluster of 3 primaries)") and err == ""
+    dead = redis_cluster.nodes[1]
+    dead.kill()
+    assert main(["ping"]) == 1
+    out, err = capsys.readouterr()
+    line = one_line(err)
+    assert out == "" and "Traceback" not in err
+    assert line.startswith(f"dragonfly-cache: {seeds} degraded: 1 of 3 cluster primaries "
+                           f"unreachable: PING on {dead.address} failed: ")
+
+
 def test_ping_wrong_password_never_prints_it(auth_redis_server: RedisServer,
                                              monkeypatch: pytest.MonkeyPatch,
                                              capsys: Capsys) -> None:
