@@ -39,6 +39,7 @@ from redis.retry import Retry
 from ._breaker import CLOSED, CircuitBreaker
 from ._coherence import channel_name
 from ._connections import Command, Connections, exchange_all
+from ._singleflight import SingleFlight
 from ._slots import FairSlots
 from ._topology import SlotMap, format_address, slot_of
 from .config import DragonflyConfig
@@ -109,7 +110,6 @@ class Router:
         self._slot_map: SlotMap | None = None
         self._stale_map = False  # a MOVED or a lost node: refresh the map before routing
         self._refreshed_at = -math.inf
-        self._topology_lock = threading.Lock()
         self._sharded = False  # the cluster has SPUBLISH/SSUBSCRIBE (Redis 7+, Dragonfly)
         # Retry connection errors only (refused, reset, a pooled socket the server closed):
         # they fail fast and a retry often succeeds. A timeout means a stalled server, and
@@ -143,6 +143,9 @@ class Router:
         and counters. The slot map is plain data and is kept."""
         self._nodes: dict[str, Node] = {}
         self._nodes_lock = threading.Lock()
+        # One question to the servers at a time ("cluster?", "slot map?"), no lock held
+        # while it is asked; threads that need the answer wait for it, not for a lock.
+        self._topology: SingleFlight[Any] = SingleFlight()
         self._seed = self._node(self.config.addresses[0])
         self._counter_lock = threading.Lock()
         self.hits = 0
@@ -159,7 +162,6 @@ class Router:
         here. The old connections are dropped without being shut down here (redis-py only
         shuts a socket down in the process that opened it).
         """
-        self._topology_lock = threading.Lock()
         self._start_process_state()
 
     def _node(self, address: str) -> Node:
@@ -290,59 +292,69 @@ class Router:
     def _is_cluster(self) -> bool:
         """Standalone or cluster; asks the first address once when ``mode`` is auto."""
         clustered = self._clustered
-        if clustered is not None:
-            return clustered
-        with self._topology_lock:  # one thread asks; the others wait for its answer
-            if self._clustered is None:
-                reply = self._call("INFO", self._seed,
-                                   lambda c: c.roundtrip((("INFO", "cluster"),))[0])
-                clustered = parse_info(reply).get("cluster_enabled") == "1"
-                if clustered and self.config.db != 0:
-                    raise self._failure("INFO", self._seed, (
-                        f"the server runs in cluster mode, which has only db 0, but "
-                        f"DRAGONFLY_DB (DragonflyConfig.db) is {self.config.db}"))
-                self._clustered = clustered
-            return self._clustered
+        if clustered is None:
+            clustered = bool(self._topology.do("mode", self._ask_mode))
+        return clustered
+
+    def _ask_mode(self) -> bool:
+        if self._clustered is None:  # not answered while this thread waited to lead
+            reply = self._call("INFO", self._seed,
+                               lambda c: c.roundtrip((("INFO", "cluster"),))[0])
+            clustered = parse_info(reply).get("cluster_enabled") == "1"
+            if clustered and self.config.db != 0:
+                raise self._failure("INFO", self._seed, (
+                    f"the server runs in cluster mode, which has only db 0, but "
+                    f"DRAGONFLY_DB (DragonflyConfig.db) is {self.config.db}"))
+            self._clustered = clustered
+        return self._clustered
 
     def _map(self) -> SlotMap:
-        """The slot map, fetched if there is none yet or it is known to be stale."""
+        """The slot map: fetched on first use (callers wait for it), and again when known
+        to be stale, at most every ``_REFRESH_INTERVAL`` (by one caller; the others keep
+        routing with the map they have)."""
         slot_map = self._slot_map
-        if slot_map is None or (self._stale_map and time.monotonic() - self._refreshed_at
-                                > _REFRESH_INTERVAL):
-            slot_map = self._refresh_map()
+        if slot_map is None:
+            fetched: SlotMap = self._topology.do("map", self._fetch_map)
+            return fetched
+        if not self._stale_map or time.monotonic() - self._refreshed_at <= _REFRESH_INTERVAL:
+            return slot_map
+        flight, leader = self._topology.claim("map")
+        if not leader:
+            return slot_map
+        try:
+            slot_map = self._fetch_map()
+        except BaseException as exc:
+            self._topology.finish("map", flight, error=exc)
+            raise
+        self._topology.finish("map", flight, value=slot_map)
         return slot_map
 
-    def _refresh_map(self) -> SlotMap:
+    def _fetch_map(self) -> SlotMap:
         """Ask the known primaries, then the configured addresses, for CLUSTER SLOTS."""
-        with self._topology_lock:
-            if self._slot_map is not None and (
-                    not self._stale_map
-                    or time.monotonic() - self._refreshed_at <= _REFRESH_INTERVAL):
-                return self._slot_map  # another thread just did it
-            known = self._slot_map.primaries if self._slot_map is not None else []
-            candidates = [self._node(address) for address in
-                          dict.fromkeys([*known, *self.config.addresses])]
-            # Nodes that answer lately first: a stalled one would cost a whole timeout.
-            candidates.sort(key=lambda node: node.breaker.state != CLOSED)
-            problems = []
-            for node in candidates:
-                try:
-                    slots_reply, spublish = self._call("CLUSTER SLOTS", node, _ask_topology)
-                    if isinstance(slots_reply, redis.ResponseError):
-                        raise self._failure("CLUSTER SLOTS", node, str(slots_reply))
-                    slot_map = SlotMap(slots_reply, split_address(node.address)[0])
-                except (CacheUnavailableError, ValueError) as exc:
-                    problems.append(str(exc))
-                    continue
-                self._sharded = isinstance(spublish, list) and spublish[:1] != [None]
-                self._slot_map, self._stale_map = slot_map, False
-                self._refreshed_at = time.monotonic()
-                return slot_map
+        known = self._slot_map.primaries if self._slot_map is not None else []
+        candidates = [self._node(address) for address in
+                      dict.fromkeys([*known, *self.config.addresses])]
+        # Nodes that answer lately first: a stalled one would cost a whole timeout.
+        candidates.sort(key=lambda node: node.breaker.state != CLOSED)
+        problems = []
+        for node in candidates:
+            try:
+                slots_reply, spublish = self._call("CLUSTER SLOTS", node, _ask_topology)
+                if isinstance(slots_reply, redis.ResponseError):
+                    raise self._failure("CLUSTER SLOTS", node, str(slots_reply))
+                slot_map = SlotMap(slots_reply, split_address(node.address)[0])
+            except (CacheUnavailableError, ValueError) as exc:
+                problems.append(str(exc))
+                continue
+            self._sharded = isinstance(spublish, list) and spublish[:1] != [None]
+            self._slot_map, self._stale_map = slot_map, False
             self._refreshed_at = time.monotonic()
-            if self._slot_map is not None:
-                return self._slot_map  # keep routing with what we had
-            raise CacheUnavailableError(
-                "no cluster node answered CLUSTER SLOTS: " + "; ".join(problems))
+            return slot_map
+        self._refreshed_at = time.monotonic()
+        if self._slot_map is not None:
+            return self._slot_map  # keep routing with what we had
+        raise CacheUnavailableError(
+            "no cluster node answered CLUSTER SLOTS: " + "; ".join(problems))
 
     def _route(self, name: str | bytes) -> Node:
         """The primary serving key (or shard channel) ``name``."""
