@@ -293,6 +293,33 @@ def l2_path(ctx: Context) -> Result:
 # -- get_many --------------------------------------------------------------------------
 
 
+def _cold_p50_us(name: str, cache: TieredCache, read: Callable[[list[str]], object],
+                 batches: list[list[str]], ctx: Context) -> float:
+    """p50 µs of ``read(batch)`` (a read through ``cache``) over ``batches``, each read
+    once, so ``cache`` must stay L1-cold; it is closed afterwards."""
+    try:
+        samples = timed_calls_ns(read, batches, ctx.settings.duration, ctx.overhead_ns,
+                                 wrap=False)
+        if cache.stats()["l1_stats"]["hits"]:
+            raise RuntimeError(f"{name}: keys were not L1-cold")
+    finally:
+        cache.close()
+    return percentile(samples, 50) / 1000
+
+
+def _p50_rows(p50: dict[str, list[float]], reference: str, ratio: str
+              ) -> tuple[list[list[str]], dict[str, Any]]:
+    """Table rows and data of per-round p50s: the median, and the per-round ratio to
+    ``reference`` stored under ``ratio``."""
+    rows, data = [], {}
+    for name, rounds in p50.items():
+        entry = {"p50_us": median(rounds), ratio: ratio_median(rounds, p50[reference]),
+                 "rounds": rounds}
+        data[name] = entry
+        rows.append([name, _fmt(entry["p50_us"], 0), _x(entry[ratio])])
+    return rows, data
+
+
 def get_many_100(ctx: Context) -> Result:
     s = ctx.settings
     size = min(100, len(ctx.keys))
@@ -335,24 +362,13 @@ def get_many_100(ctx: Context) -> Result:
         for name in _rotated(names, r):
             if name in fresh_variants:
                 cache = dragonfly.fresh()
-                try:
-                    samples = timed_calls_ns(fresh_variants[name](cache), batches, s.duration,
-                                             ctx.overhead_ns, wrap=False)
-                    if cache.stats()["l1_stats"]["hits"]:
-                        raise RuntimeError(f"{name}: keys were not L1-cold")
-                finally:
-                    cache.close()
+                p50[name].append(_cold_p50_us(name, cache, fresh_variants[name](cache),
+                                              batches, ctx))
             else:
                 samples = timed_calls_ns(variants[name](), batches, s.duration,
                                          ctx.overhead_ns)
-            p50[name].append(percentile(samples, 50) / 1000)
-    reference = p50[f"{RAW} MGET({size})"]
-    rows, data = [], {}
-    for name in names:
-        entry = {"p50_us": median(p50[name]), "vs_mget": ratio_median(p50[name], reference),
-                 "rounds": p50[name]}
-        data[name] = entry
-        rows.append([name, _fmt(entry["p50_us"], 0), _x(entry["vs_mget"])])
+                p50[name].append(percentile(samples, 50) / 1000)
+    rows, data = _p50_rows(p50, f"{RAW} MGET({size})", "vs_mget")
     return {
         "title": f"get_many of {size} L1-cold keys vs {size} single gets vs raw MGET",
         "note": f"µs per call of {size} keys (p50). dragonfly_cache: a fresh TieredCache per "
@@ -401,26 +417,15 @@ def get_many_cluster(ctx: Context) -> Result:
                     if name == reference:
                         samples = timed_calls_ns(reference_client.mget_nonatomic, batches,
                                                  s.duration, ctx.overhead_ns)
+                        p50[name].append(percentile(samples, 50) / 1000)
                     else:
                         cache = fresh_variants[name]()
-                        try:
-                            samples = timed_calls_ns(cache.get_many, batches, s.duration,
-                                                     ctx.overhead_ns, wrap=False)
-                            if cache.stats()["l1_stats"]["hits"]:
-                                raise RuntimeError(f"{name}: keys were not L1-cold")
-                        finally:
-                            cache.close()
-                    p50[name].append(percentile(samples, 50) / 1000)
+                        p50[name].append(_cold_p50_us(name, cache, cache.get_many, batches,
+                                                      ctx))
         finally:
             reference_client.close()
             seed.close()
-    standalone = p50[names[0]]
-    rows, data = [], {}
-    for name in names:
-        entry = {"p50_us": median(p50[name]), "vs_one_server": ratio_median(p50[name], standalone),
-                 "rounds": p50[name]}
-        data[name] = entry
-        rows.append([name, _fmt(entry["p50_us"], 0), _x(entry["vs_one_server"])])
+    rows, data = _p50_rows(p50, names[0], "vs_one_server")
     return {
         "title": f"get_many of {size} L1-cold keys: 3-primary cluster vs one server",
         "note": f"µs per call of {size} keys (p50), keys spread over every node. The cluster "
