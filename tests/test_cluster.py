@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import random
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -357,3 +361,65 @@ def test_a_cluster_without_sharded_pub_sub_gets_global_pub_sub(redis_binary: str
             a.set("k", b"new")
             wait_until(lambda: b.get("k") == b"new", timeout=0.1)
             assert a.stats()["l2_stats"]["errors"] == 0
+
+
+def test_threads_keep_their_guarantees_through_a_primary_loss_and_return(
+        make: Make, redis_cluster: LocalCluster) -> None:
+    """8 threads, each the only writer of its keys (spread over every node), while a
+    primary is killed and brought back: reads never raise, writes raise only
+    CacheUnavailableError, and no read returns a value its owner deleted or overwrote."""
+    cache = make(breaker_cooldown=0.2)
+    threads, per_thread = 8, 40
+    dead = other_node(redis_cluster, channel_node(redis_cluster))
+    stop = threading.Event()
+    problems: list[str] = []
+    counts: Counter[str] = Counter()
+
+    def owner(index: int) -> None:
+        rng = random.Random(index)
+        keys = [f"t{index}:{n}" for n in range(per_thread)]
+        allowed: dict[str, set[bytes | None]] = {key: {None} for key in keys}
+        version = 0
+        while not stop.is_set():
+            key = rng.choice(keys)
+            op = rng.random()
+            try:
+                if op < 0.5:
+                    seen = cache.get(key)
+                    if seen not in allowed[key]:
+                        problems.append(f"get {key}: {seen!r} not in {allowed[key]!r}")
+                elif op < 0.65:
+                    batch = rng.sample(keys, 8)
+                    for name, seen in cache.get_many(batch).items():
+                        if seen not in allowed[name]:
+                            problems.append(f"get_many {name}: {seen!r}")
+                elif op < 0.9:
+                    version += 1
+                    value = f"{key}:{version}".encode()
+                    allowed[key].add(value)  # allowed as soon as the write is attempted
+                    cache.set(key, value)
+                    allowed[key] = {value, None}  # None: the node may come back empty
+                else:
+                    cache.delete(key)
+                    allowed[key] = {None}
+                counts["ok"] += 1
+            except CacheUnavailableError:
+                counts["unavailable"] += 1
+            except Exception as exc:  # anything else is a bug
+                problems.append(f"{type(exc).__name__}: {exc}")
+
+    workers = [threading.Thread(target=owner, args=(i,), daemon=True) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)
+    dead.kill()
+    time.sleep(1.5)
+    redis_cluster.heal()
+    wait_until(lambda: _writes(cache, "after-heal"), timeout=10.0)
+    time.sleep(0.5)
+    stop.set()
+    for worker in workers:
+        worker.join(10)
+    assert not problems, problems[:10]
+    assert counts["unavailable"] > 0 and counts["ok"] > 1000, counts
+    assert cache.stats()["breaker"]["opened"] >= 1
