@@ -293,6 +293,13 @@ def l2_path(ctx: Context) -> Result:
 # -- get_many --------------------------------------------------------------------------
 
 
+def _shuffled_batches(keys: Sequence[str], size: int, rng: random.Random) -> list[list[str]]:
+    """``keys`` in a new random order, cut into whole batches of ``size``."""
+    shuffled = list(keys)
+    rng.shuffle(shuffled)
+    return [shuffled[i:i + size] for i in range(0, len(shuffled) - size + 1, size)]
+
+
 def _cold_p50_us(name: str, cache: TieredCache, read: Callable[[list[str]], object],
                  batches: list[list[str]], ctx: Context) -> float:
     """p50 µs of ``read(batch)`` (a read through ``cache``) over ``batches``, each read
@@ -356,9 +363,7 @@ def get_many_100(ctx: Context) -> Result:
     rng = random.Random(100)
     for r in range(s.rounds):
         _progress(f"get_many: round {r + 1}/{s.rounds}")
-        keys = list(ctx.keys)
-        rng.shuffle(keys)
-        batches = [keys[i:i + size] for i in range(0, len(keys) - size + 1, size)]
+        batches = _shuffled_batches(ctx.keys, size, rng)
         for name in _rotated(names, r):
             if name in fresh_variants:
                 cache = dragonfly.fresh()
@@ -410,9 +415,7 @@ def get_many_cluster(ctx: Context) -> Result:
             rng = random.Random(101)
             for r in range(s.rounds):
                 _progress(f"get_many_cluster: round {r + 1}/{s.rounds}")
-                keys = list(ctx.keys)
-                rng.shuffle(keys)
-                batches = [keys[i:i + size] for i in range(0, len(keys) - size + 1, size)]
+                batches = _shuffled_batches(ctx.keys, size, rng)
                 for name in _rotated(names, r):
                     if name == reference:
                         samples = timed_calls_ns(reference_client.mget_nonatomic, batches,
