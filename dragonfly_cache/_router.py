@@ -358,12 +358,7 @@ class Router:
 
     def _route(self, name: str | bytes) -> Node:
         """The primary serving key (or shard channel) ``name``."""
-        slot = slot_of(name)
-        owner = self._map().owner(slot)
-        if owner is None:
-            raise CacheUnavailableError(f"hash slot {slot} of the cluster is not served by "
-                                        f"any node (key {name!r})")
-        return self._node(owner)
+        return self._node(_owner(self._map(), name))
 
     def _keyed(self, operation: str, groups: list[Group], announce: str | None = None
                ) -> list[list[Any] | CacheUnavailableError]:
@@ -408,18 +403,17 @@ class Router:
         redirected: dict[int, tuple[Node, AskError]] = {}
         for _ in range(_REDIRECTS + 1):
             try:
-                owners = self._map().owners
+                slot_map = self._map()
             except CacheUnavailableError as exc:
                 for index in pending:
                     results[index] = exc
                 return [r if r is not None else exc for r in results]
             batches: dict[Node, list[int]] = {}
             for index in pending:
-                address = asked.get(index) or owners[slot_of(groups[index][0])]
-                if address is None:
-                    results[index] = CacheUnavailableError(
-                        f"{operation} failed: hash slot {slot_of(groups[index][0])} is not "
-                        "served by any node of the cluster")
+                try:
+                    address = asked.get(index) or _owner(slot_map, groups[index][0])
+                except CacheUnavailableError as exc:
+                    results[index] = exc
                     continue
                 batches.setdefault(self._node(address), []).append(index)
             plan = [(node, [command for index in indexes for command in
@@ -504,6 +498,16 @@ class Router:
         """Close every idle connection."""
         for node in list(self._nodes.values()):
             node.connections.close()
+
+
+def _owner(slot_map: SlotMap, name: str | bytes) -> str:
+    """The address of the primary serving ``name``'s slot, or CacheUnavailableError."""
+    slot = slot_of(name)
+    owner = slot_map.owner(slot)
+    if owner is None:
+        raise CacheUnavailableError(f"hash slot {slot} of the cluster is not served by any "
+                                    f"node (key {name!r})")
+    return owner
 
 
 def _ask_topology(connections: Connections) -> list[Any]:
