@@ -17,12 +17,37 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from enum import Enum
 
-__all__ = ["CircuitBreaker"]
+from .types import BreakerStats
 
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+__all__ = ["BreakerState", "CircuitBreaker"]
+
+
+class BreakerState(str, Enum):
+    """The breaker's states; the value is what ``stats()`` reports."""
+
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+    @property
+    def severity(self) -> int:
+        """0 closed, 1 half-open, 2 open: the order of "worst" (and the metrics gauge)."""
+        return _SEVERITY[self]
+
+    @classmethod
+    def worst(cls, states: Iterable[BreakerState]) -> BreakerState:
+        """The most severe of ``states`` (closed when there are none)."""
+        return max(states, key=_SEVERITY.__getitem__, default=cls.CLOSED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_SEVERITY = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
 
 class CircuitBreaker:
@@ -42,7 +67,7 @@ class CircuitBreaker:
         self.max_cooldown = max(cooldown, max_cooldown)
         self._timer = timer
         self._lock = threading.Lock()
-        self.state = CLOSED
+        self.state: BreakerState = CLOSED
         self._failures = 0
         self._cooldown = cooldown
         self._retry_at = 0.0
@@ -105,11 +130,11 @@ class CircuitBreaker:
         self._retry_at = self._timer() + self._cooldown
         self.opened += 1
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> BreakerStats:
         """State and transition counters."""
         with self._lock:
             return {
-                "state": self.state,
+                "state": self.state.value,
                 "consecutive_failures": self._failures,
                 "cooldown": self._cooldown,
                 "opened": self.opened,

@@ -1,7 +1,8 @@
 """Cross-process L1 coherence: invalidation messages over pub/sub, one listener per cache.
 
 Every write (set, set_many, delete, invalidate, the store after a load) publishes a small
-JSON message on a channel derived from the db and ``key_prefix``, in the same pipeline as
+JSON message on the channel named by :func:`dragonfly_cache._l2.channel_name` (from the db
+and ``key_prefix``), in the same pipeline as
 the write itself, after it, so a receiver that refetches sees the new value. The message
 carries the writer's sender id, so a cache ignores its own messages.
 
@@ -43,10 +44,11 @@ from typing import Any, Protocol
 import redis
 
 from ._glob import compile_glob
+from .types import CoherenceStats
 
 __all__ = ["Coherence", "InvalidationTarget"]
 
-logger = logging.getLogger("dragonfly_cache")
+logger = logging.getLogger(__name__)
 
 PING_INTERVAL = 1.0  # idle seconds before the listener PINGs the server
 PONG_TIMEOUT = 1.0  # a PING unanswered this long means the connection is dead
@@ -68,11 +70,6 @@ class InvalidationTarget(Protocol):
 
 class _ListenerDead(Exception):
     """The listener's connection stopped answering PINGs."""
-
-
-def channel_name(db: int, key_prefix: str) -> str:
-    """The invalidation channel shared by every cache on one db and key prefix."""
-    return f"dragonfly_cache:invalidate:{db}:{key_prefix}"
 
 
 class Coherence:
@@ -266,7 +263,7 @@ class Coherence:
                 with contextlib.suppress(redis.RedisError, OSError):
                     closeable.close()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> CoherenceStats:
         """Listener state and counters."""
         return {
             "state": self.state,

@@ -1,4 +1,5 @@
-"""Validation of keys, key lists and values: one set of rules for every entry point.
+"""Validation of call arguments (keys, key lists, values, ttls, fractions): one set of
+rules for every entry point.
 
 A rejected call changes nothing, so these run before anything is touched.
 """
@@ -6,8 +7,11 @@ A rejected call changes nothing, so these run before anything is touched.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 
-__all__ = ["MAX_TTL", "check_key", "check_keys", "check_value"]
+from .types import TTL
+
+__all__ = ["MAX_TTL", "check_fraction", "check_key", "check_keys", "check_ttl", "check_value"]
 
 # Longest accepted ttl. Redis refuses an expiry past 2**63-1 ms from now ("invalid expire
 # time"); refusing it here keeps a rejected call from touching L1 first.
@@ -39,3 +43,32 @@ def check_keys(keys: Iterable[str]) -> list[str]:
     for key in items:
         check_key(key)
     return list(dict.fromkeys(items))
+
+
+def check_ttl(ttl: TTL, default: float) -> float:
+    """``ttl`` in seconds (``default`` for None): positive, at most :data:`MAX_TTL`."""
+    if ttl is None:
+        return default
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise TypeError(f"ttl must be seconds (int/float), a timedelta or None, "
+                        f"got {type(ttl).__name__}")
+    if not 0 < seconds <= MAX_TTL:
+        raise ValueError(f"ttl must be positive and at most {MAX_TTL:.0f}s (100 years), "
+                         f"got {ttl!r}")
+    return seconds
+
+
+def check_fraction(value: float | None, default: float | None, what: str = "refresh_ahead"
+                   ) -> float | None:
+    """A fraction in (0, 1), or None (off); ``default`` when ``value`` is None."""
+    fraction = default if value is None else value
+    if fraction is None:
+        return None
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
+            or not 0 < fraction < 1:
+        raise ValueError(f"{what} must be a fraction in (0, 1), got {fraction!r}")
+    return float(fraction)

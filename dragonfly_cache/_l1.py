@@ -1,18 +1,20 @@
 """The local tier: a bounded LRU (cachetools) of ``(value, deadline)`` behind one RLock.
 
-Every entry carries its own deadline (monotonic seconds), the minimum of the L1 ttl, the
-key's ttl and, when filled from L2, the L2 key's remaining PTTL, so an L1 entry never
-outlives its L2 key. Expired entries are dropped lazily on read and counted as expirations;
-entries pushed out by the size bound are counted as evictions.
+Every entry carries its own deadline (monotonic seconds), computed by the caller with
+:meth:`~dragonfly_cache._tiers.Tiers.deadline` (the minimum of the L1 ttl, the key's ttl or
+remaining PTTL, and the coherence horizon), so an L1 entry never outlives its L2 key.
+Expired entries are dropped lazily on read and counted as expirations; entries pushed out
+by the size bound are counted as evictions.
 
 Racing fills. A reader that misses L1 goes to L2 without holding the lock; meanwhile a
 writer (this process, or another one via coherence) may change the key. Installing the
 value the reader fetched would then resurrect old data. So every operation that talks to
-L2 first takes a *ticket* (:meth:`L1.begin`), and every invalidation bumps a generation
-counter and stamps the keys that have tickets out. A fill installs only if its key was not
-stamped after its ticket was issued (the "placeholder" scheme of the Redis client-side
-caching reference). Stamps exist only for keys with tickets out, so the bookkeeping is
-bounded by the number of in-flight operations, not by the key space.
+L2 first takes a :class:`Ticket` for its keys (``with l1.ticket(keys) as ticket:``), and
+every invalidation bumps a generation counter and stamps the keys that have tickets out.
+A fill installs only if its key was not stamped after its ticket was issued (the
+"placeholder" scheme of the Redis client-side caching reference). Stamps exist only for
+keys with tickets out, so the bookkeeping is bounded by the number of in-flight operations,
+not by the key space; leaving the ``with`` block releases whatever the ticket still holds.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from types import TracebackType
 
 from cachetools import LRUCache
 
-__all__ = ["L1"]
+from .types import L1Stats
 
-Entry = tuple[bytes, float]
+__all__ = ["L1", "Entry", "Ticket"]
+
+Entry = tuple[bytes, float]  # (value, deadline on the L1 timer's clock)
 
 
 class _CountingLRU(LRUCache[str, Entry]):
@@ -48,18 +52,15 @@ class L1:
 
     Args:
         max_size: most entries held at once.
-        ttl: longest life of any entry, in seconds.
         timer: the clock (monotonic seconds); tests pass a fake one.
     """
 
-    def __init__(self, max_size: int, ttl: float, timer: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(self, max_size: int, timer: Callable[[], float] = time.monotonic) -> None:
         self.max_size = max_size
-        self.ttl = ttl
         self.timer = timer
         self._lock = threading.RLock()
         self._entries = _CountingLRU(max_size)
-        self.yield_interval = math.inf  # see get(); TieredCache sets it when coherence is on
+        self.yield_interval = math.inf  # see get(); Tiers sets it when coherence is on
         self._next_yield = -math.inf
         self.hits = 0
         self.misses = 0
@@ -119,27 +120,18 @@ class L1:
             entry = self._entries.get(key)
             return entry[0] if entry is not None and entry[1] > self.timer() else None
 
-    # -- tickets and fills ---------------------------------------------------------------
+    # -- tickets -------------------------------------------------------------------------
 
-    def begin(self, keys: Iterable[str]) -> int:
+    def ticket(self, keys: Iterable[str]) -> Ticket:
         """Take a ticket for ``keys`` before reading or writing them in L2.
 
-        Returns:
-            The ticket: pass it to :meth:`fill`, :meth:`write` or :meth:`end`, exactly once.
+        Use it as a context manager: ``with l1.ticket(keys) as ticket: ...``. Whatever the
+        ticket still holds when the block ends is released without installing anything.
         """
-        with self._lock:
-            tickets = self._tickets
-            for key in keys:
-                tickets[key] = tickets.get(key, 0) + 1
-            return self._generation
+        return Ticket(self, keys)
 
-    def stale(self, key: str, ticket: int) -> bool:
-        """Whether ``key`` was invalidated after ``ticket`` was issued."""
-        with self._lock:
-            return self._stale(key, ticket)
-
-    def _stale(self, key: str, ticket: int) -> bool:
-        return self._flushed_at > ticket or self._stamps.get(key, -1) > ticket
+    def _stale(self, key: str, generation: int) -> bool:
+        return self._flushed_at > generation or self._stamps.get(key, -1) > generation
 
     def _release(self, key: str) -> None:
         left = self._tickets[key] - 1
@@ -148,53 +140,6 @@ class L1:
         else:
             del self._tickets[key]
             self._stamps.pop(key, None)
-
-    def fill(self, values: Mapping[str, tuple[bytes, float]], ticket: int,
-             keys: Iterable[str] = ()) -> None:
-        """Install values read from L2 unless an invalidation raced them; release the ticket.
-
-        Args:
-            values: key -> (value, deadline on :attr:`timer`'s clock); the deadline is
-                clamped to now + the L1 ttl. Callers take the time *before* asking L2 for the
-                key's PTTL, so the entry dies no later than the L2 key.
-            ticket: from :meth:`begin`.
-            keys: further keys the ticket covered that have no value to install.
-        """
-        with self._lock:
-            latest = self.timer() + self.ttl
-            for key, (value, deadline) in values.items():
-                if not self._stale(key, ticket):
-                    self._entries[key] = (value, min(deadline, latest))
-                self._release(key)
-            for key in keys:
-                self._release(key)
-
-    def end(self, keys: Iterable[str]) -> None:
-        """Release a ticket without installing anything."""
-        with self._lock:
-            for key in keys:
-                self._release(key)
-
-    def write(self, values: Mapping[str, bytes], deadline: float, ticket: int) -> None:
-        """Apply this process's own write of ``values`` to L1; release the ticket.
-
-        ``deadline`` (on :attr:`timer`'s clock) is clamped to now + the L1 ttl.
-
-        If another write or invalidation of a key landed while ours was in flight, we cannot
-        tell which reached L2 last, so the key is dropped from L1 (the next read refetches)
-        instead of installing a value that may be the older one.
-        """
-        with self._lock:
-            self._generation += 1
-            deadline = min(deadline, self.timer() + self.ttl)
-            for key, value in values.items():
-                if self._stale(key, ticket):
-                    self._entries.pop(key, None)
-                else:
-                    self._entries[key] = (value, deadline)
-                if key in self._tickets:
-                    self._stamps[key] = self._generation
-                self._release(key)
 
     # -- invalidation --------------------------------------------------------------------
 
@@ -228,7 +173,7 @@ class L1:
 
     # -- introspection -------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> L1Stats:
         """The contract's ``l1_stats`` (plus ``expirations``)."""
         with self._lock:
             lookups = self.hits + self.misses
@@ -245,3 +190,84 @@ class L1:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+class Ticket:
+    """The right to install values of some keys that were read from (or written to) L2.
+
+    Issued by :meth:`L1.ticket`. Each key is released exactly once: by :meth:`fill` or
+    :meth:`write` when they install (or refuse) it, by :meth:`release`, or when the ``with``
+    block ends — so no caller counts releases by hand.
+    """
+
+    __slots__ = ("_held", "_l1", "generation")
+
+    def __init__(self, l1: L1, keys: Iterable[str]) -> None:
+        self._l1 = l1
+        self._held = dict.fromkeys(keys)  # ordered, distinct
+        with l1._lock:
+            tickets = l1._tickets
+            for key in self._held:
+                tickets[key] = tickets.get(key, 0) + 1
+            self.generation = l1._generation
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._held:
+            self.release(list(self._held))
+
+    def stale(self, key: str) -> bool:
+        """Whether ``key`` was invalidated (here or, through coherence, elsewhere) after
+        this ticket was issued."""
+        with self._l1._lock:
+            return self._l1._stale(key, self.generation)
+
+    def fill(self, values: Mapping[str, Entry]) -> None:
+        """Install values read from L2 unless an invalidation raced them; release them.
+
+        Args:
+            values: key -> (value, deadline on the L1 timer's clock), for keys this ticket
+                holds. Callers take the time *before* asking L2 for the key's PTTL, so the
+                entry dies no later than the L2 key.
+        """
+        l1 = self._l1
+        with l1._lock:
+            for key, entry in values.items():
+                if key in self._held:
+                    del self._held[key]
+                    if not l1._stale(key, self.generation):
+                        l1._entries[key] = entry
+                    l1._release(key)
+
+    def write(self, values: Mapping[str, bytes], deadline: float) -> None:
+        """Apply this process's own write of ``values`` to L1; release them.
+
+        If another write or invalidation of a key landed while ours was in flight, we cannot
+        tell which reached L2 last, so the key is dropped from L1 (the next read refetches)
+        instead of installing a value that may be the older one.
+        """
+        l1 = self._l1
+        with l1._lock:
+            l1._generation += 1
+            for key, value in values.items():
+                if l1._stale(key, self.generation):
+                    l1._entries.pop(key, None)
+                else:
+                    l1._entries[key] = (value, deadline)
+                if key in l1._tickets:
+                    l1._stamps[key] = l1._generation
+                if key in self._held:
+                    del self._held[key]
+                    l1._release(key)
+
+    def release(self, keys: Iterable[str]) -> None:
+        """Release ``keys`` without installing anything (already released keys are skipped)."""
+        l1 = self._l1
+        with l1._lock:
+            for key in keys:
+                if key in self._held:
+                    del self._held[key]
+                    l1._release(key)

@@ -1,34 +1,36 @@
 """The shared tier: which commands make each cache operation, on one server or a cluster.
 
-A dumb store with a small surface: it prefixes keys and batches round trips. Where commands
-go, the breaker and the error boundary (every redis-py error becomes a
-:class:`CacheUnavailableError`, and the time bounds) are :mod:`dragonfly_cache._router`'s.
-Policy (what a failure means for a read or a write, L1 fills, singleflight) lives in
-:mod:`dragonfly_cache.tiered`.
+A dumb store with a small surface: it prefixes keys, batches round trips and appends the
+invalidation announcement to writes. Where the commands go, the breaker and the error
+boundary (every redis-py error becomes a :class:`CacheUnavailableError`, and the time
+bounds) belong to the :class:`~dragonfly_cache._router.Router` it holds. Policy (what a
+failure means for a read or a write, L1 fills, singleflight) lives in
+:mod:`dragonfly_cache.tiered` and the modules it is composed of.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
-from redis.retry import Retry
 
 from ._connections import Command, Connections
 from ._glob import escape_glob
-from ._router import Group, Node, Router, parse_info, replies_of, split_address
+from ._nodes import LatencyObserver
+from ._router import Group, Result, Router, replies_of
 from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
+from .types import BreakerStats, L2Stats
 
-__all__ = ["L2", "UNREACHABLE", "ServerInfo", "detect_server"]
+__all__ = ["L2", "UNREACHABLE", "channel_name"]
 
-logger = logging.getLogger("dragonfly_cache")
+logger = logging.getLogger(__name__)
 
 _SCAN_COUNT = 1000
 _SCRIPT_CHUNK = 500  # keys per EVALSHA (Lua's unpack() has a limit near 8000)
@@ -47,25 +49,12 @@ _MGET_PTTL_SHA = hashlib.sha1(_MGET_PTTL.encode(), usedforsecurity=False).hexdig
 # The PTTL that get_many reports for a key whose cluster node failed (PTTL itself is >= -2).
 UNREACHABLE = -3
 
-ServerInfo = dict[str, Any]
+def channel_name(db: int, key_prefix: str) -> str:
+    """The invalidation channel shared by every cache on one db and key prefix."""
+    return f"dragonfly_cache:invalidate:{db}:{key_prefix}"
 
 
-def detect_server(info: Mapping[str, Any]) -> tuple[str, str]:
-    """Tell the server kind and version from an ``INFO server`` reply.
-
-    Dragonfly reports a fake ``redis_version`` (7.4.0) next to ``dragonfly_version``
-    ("df-v1.x.y"), so it is recognised by the latter and "df-" is stripped. Valkey reports
-    ``valkey_version`` (and ``server_name:valkey``) next to a compatibility redis_version.
-    """
-    if "dragonfly_version" in info:
-        version = str(info["dragonfly_version"])
-        return "dragonfly", version.removeprefix("df-")
-    if "valkey_version" in info or info.get("server_name") == "valkey":
-        return "valkey", str(info.get("valkey_version", info.get("redis_version", "")))
-    return "redis", str(info.get("redis_version", ""))
-
-
-class L2(Router):
+class L2:
     """Prefixed, batched access to one Dragonfly/Redis server, or to a cluster.
 
     Args:
@@ -76,12 +65,31 @@ class L2(Router):
     """
 
     def __init__(self, config: DragonflyConfig, key_prefix: str) -> None:
-        super().__init__(config, key_prefix)
+        self.config = config
         self.prefix = key_prefix
+        self.channel = channel_name(config.db, key_prefix)
+        self.router = Router(config)
+        self.address = self.router.address
         self._scripting = True  # False once the server refused EVALSHA/SCRIPT LOAD
+        self._start_process_state()
+
+    def _start_process_state(self) -> None:
+        self._counter_lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def after_fork_in_child(self) -> None:
+        """Drop the parent's connections, locks, breaker state and counters."""
+        self.router.after_fork_in_child()
+        self._start_process_state()
 
     def __repr__(self) -> str:
         return f"<L2 {self.address} prefix={self.prefix!r}>"
+
+    def _count(self, hits: int, misses: int) -> None:
+        with self._counter_lock:
+            self.hits += hits
+            self.misses += misses
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -92,11 +100,7 @@ class L2(Router):
             (value or None, remaining life in ms: -1 for no expiry, -2 if the key vanished).
         """
         name = self.prefix + key
-        commands = (("GET", name), ("PTTL", name))
-        if self._clustered is False:  # the common case, kept short
-            value, pttl = self._call("GET", self._seed, lambda c: c.roundtrip(commands))
-        else:
-            value, pttl = replies_of(self._keyed("GET", [(name, list(commands))])[0])
+        value, pttl = self.router.keyed("GET", name, [("GET", name), ("PTTL", name)])
         self._count(value is not None, value is None)
         return value, pttl
 
@@ -111,11 +115,11 @@ class L2(Router):
         ``(None, UNREACHABLE)``; only when every node failed does it raise.
         """
         names = [self.prefix + key for key in keys]
-        if not self._is_cluster():
-            replies = self._call("MGET", self._seed, lambda c: self._values_and_pttls(c, names))
+        if not self.router.is_cluster():
+            replies = self.router.call("MGET", lambda c: self._values_and_pttls(c, names))
         else:
-            results = self._keyed("MGET", [(name, [("GET", name), ("PTTL", name)])
-                                           for name in names])
+            results = self.router.batch("MGET", [(name, [("GET", name), ("PTTL", name)])
+                                                 for name in names])
             failed = [result for result in results if isinstance(result, Exception)]
             if failed and len(failed) == len(results):
                 raise failed[0]
@@ -147,15 +151,37 @@ class L2(Router):
     def exists(self, key: str) -> bool:
         """Whether the key exists in L2."""
         name = self.prefix + key
-        return bool(replies_of(self._keyed("EXISTS", [(name, [("EXISTS", name)])])[0])[0])
+        return bool(self.router.keyed("EXISTS", name, [("EXISTS", name)])[0])
 
     # -- writes --------------------------------------------------------------------------
 
     def _write(self, operation: str, groups: list[Group], announce: str | None
                ) -> list[list[Any]]:
-        """:meth:`_keyed`, raising the first failure once the rest are done (and announced:
-        in a cluster the writes to healthy nodes stand, and the others must hear of them)."""
-        return [replies_of(result) for result in self._keyed(operation, groups, announce)]
+        """Send the writes, then ``announce`` them; per group, its replies.
+
+        Standalone: the writes and the PUBLISH in one round trip. Cluster: the writes, one
+        round trip per node, then the announcement to the node serving the channel
+        (SPUBLISH where the cluster has sharded pub/sub), after the writes were
+        acknowledged and only if one of them was: the writes to healthy nodes stand, and
+        the others must hear of them. The first failure is raised once that is done.
+
+        Raises:
+            CacheUnavailableError: a write or the announcement failed (a write nobody
+                heard about must be reported).
+        """
+        results: list[Result]
+        if announce is None:
+            results = self.router.batch(operation, groups)
+        elif not self.router.is_cluster():
+            publish: Group = (self.channel, [("PUBLISH", self.channel, announce)])
+            results = self.router.batch(operation, [*groups, publish])[:-1]
+        else:
+            results = self.router.batch(operation, groups)
+            if not groups or any(not isinstance(result, Exception) for result in results):
+                command = ("SPUBLISH" if self.router.sharded else "PUBLISH", self.channel,
+                           announce)
+                replies_of(self.router.batch("PUBLISH", [(self.channel, [command])])[0])
+        return [replies_of(result) for result in results]
 
     def set_many(self, values: Mapping[str, bytes], ttl: float, announce: str | None = None
                  ) -> None:
@@ -231,12 +257,10 @@ class L2(Router):
             How many keys were removed.
         """
         match = escape_glob(self.prefix) + pattern
-        nodes = ([self._node(a) for a in self._map().primaries] if self._is_cluster()
-                 else [self._seed])
         removed, pages, failure = 0, 0, None
-        for node in nodes:
+        for address in self.router.primaries():
             try:
-                for page in self._scan_pages(node, match):
+                for page in self._scan_pages(address, match):
                     # Each page is announced with its UNLINK: if the scan dies halfway,
                     # every key already removed has been announced.
                     removed += self._unlink("SCAN/UNLINK", page, announce)
@@ -246,14 +270,14 @@ class L2(Router):
         if failure is not None:
             raise failure
         if announce is not None and not pages:
-            self._keyed("SCAN/UNLINK", [], announce)
+            self._write("SCAN/UNLINK", [], announce)
         return removed
 
-    def _scan_pages(self, node: Node, match: str) -> Iterator[list[bytes]]:
+    def _scan_pages(self, address: str, match: str) -> Iterator[list[bytes]]:
         cursor: bytes | int = 0
         while True:
             command: Command = ("SCAN", cursor, "MATCH", match, "COUNT", _SCAN_COUNT)
-            cursor, names = self._call("SCAN/UNLINK", node, partial(_one, command))
+            cursor, names = self.router.call("SCAN/UNLINK", partial(_one, command), address)
             if names:
                 yield names
             if int(cursor) == 0:
@@ -268,70 +292,43 @@ class L2(Router):
         retries: redis-py's retry would reconnect and resubscribe silently, and the
         listener must see every drop, since messages may have been lost in it.
         """
-        node = self._seed
-        if self._is_cluster():
-            self._stale_map = True
-            node = self._route(self.channel)
-        host, port = split_address(node.address)
-        client = redis.Redis(**{**self._connection_options, "host": host, "port": port,
-                                "retry": Retry(NoBackoff(), 0)}, ssl=self.config.tls)
-        return client, self._clustered is True and self._sharded
+        if self.router.is_cluster():
+            self.router.topology.refresh_soon()
+        return self.router.nodes.client(self.router.route(self.channel)), self.router.sharded
 
-    # -- health --------------------------------------------------------------------------
+    # -- introspection ---------------------------------------------------------------------
 
-    def probe(self) -> ServerInfo:
-        """PING and INFO of the server, or of every primary of a cluster.
-
-        Returns:
-            {"server": "dragonfly"|"redis"|"valkey", "version": str,
-             "mode": "standalone"|"cluster"}; a cluster adds "nodes" (address -> "ok" or
-            the failure) and, when some primary failed, "error".
-
-        Raises:
-            CacheUnavailableError: no server answered.
-        """
-        commands = (("PING",), ("INFO", "server"), ("INFO", "cluster"))
-        clustered = self._is_cluster()
-        nodes = [self._node(a) for a in self._map().primaries] if clustered else [self._seed]
-        info: ServerInfo = {}
-        states: dict[str, str] = {}
-        failures: list[CacheUnavailableError] = []
-        for node in nodes:
-            try:
-                _pong, server_info, cluster_info = self._call(
-                    "PING", node, lambda c: c.roundtrip(commands))
-            except CacheUnavailableError as exc:
-                failures.append(exc)
-                states[node.address] = str(exc)
-                continue
-            states[node.address] = "ok"
-            if not info:
-                server, version = detect_server(parse_info(server_info))
-                cluster_enabled = parse_info(cluster_info).get("cluster_enabled") == "1"
-                info = {"server": server, "version": version,
-                        "mode": "cluster" if cluster_enabled else "standalone"}
-        if not info:
-            raise failures[0]
-        if clustered:
-            info["nodes"] = states
-            if failures:
-                info["error"] = (f"{len(failures)} of {len(nodes)} cluster primaries "
-                                 f"unreachable: " + "; ".join(str(f) for f in failures))
-        return info
-
-    def stats(self) -> dict[str, Any]:
-        """The contract's ``l2_stats``, plus ``rejected`` (calls the open breaker refused)."""
-        rejected = sum(node.breaker.rejected for node in list(self._nodes.values()))
+    def stats(self) -> L2Stats:
+        """The contract's ``l2_stats``, plus ``errors_by_operation`` and ``rejected``
+        (calls the open breaker refused)."""
+        nodes = self.router.nodes
         with self._counter_lock:
-            lookups = self.hits + self.misses
-            return {
-                "hits": self.hits,
-                "misses": self.misses,
-                "hit_rate": self.hits / lookups if lookups else 0.0,
-                "errors": self.errors,
-                "errors_by_operation": dict(self.errors_by_operation),
-                "rejected": rejected,
-            }
+            hits, misses = self.hits, self.misses
+        lookups = hits + misses
+        return {
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": hits / lookups if lookups else 0.0,
+            "errors": nodes.errors,
+            "errors_by_operation": dict(nodes.errors_by_operation),
+            "rejected": nodes.rejected(),
+        }
+
+    def breaker_stats(self) -> BreakerStats:
+        """The circuit breaker's state and counters (see :meth:`Router.breaker_stats`)."""
+        return self.router.breaker_stats()
+
+    def add_latency_observer(self, observer: LatencyObserver) -> None:
+        """Call ``observer(operation, seconds)`` after every command batch."""
+        self.router.add_latency_observer(observer)
+
+    def remove_latency_observer(self, observer: LatencyObserver) -> None:
+        """Stop calling ``observer``."""
+        self.router.remove_latency_observer(observer)
+
+    def close(self) -> None:
+        """Close every idle connection (they reconnect if used again)."""
+        self.router.close()
 
 
 def _one(command: Command, connections: Connections) -> Any:

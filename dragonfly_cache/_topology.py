@@ -1,19 +1,32 @@
-"""Cluster topology: which primary serves each of the 16384 hash slots.
+"""Cluster topology: standalone or cluster, and which primary serves each hash slot.
 
 The map comes from the servers themselves (``CLUSTER SLOTS``, which Redis Cluster, Valkey and
 Dragonfly's cluster modes all answer), and keys are hashed with redis-py's own
 ``key_slot`` (CRC16, ``{hash tags}`` honoured): we route exactly as the cluster and
-redis-py's ``RedisCluster`` do, never by a scheme of our own.
+redis-py's ``RedisCluster`` do, never by a scheme of our own. The map is fetched on first
+use and again after a MOVED reply or a lost node, at most every ``_REFRESH_INTERVAL``.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-__all__ = ["REDIS_CLUSTER_HASH_SLOTS", "SlotMap", "format_address", "slot_of"]
+from ._breaker import CLOSED
+from ._connections import Connections
+from ._nodes import Nodes, format_address, split_address
+from ._singleflight import SingleFlight
+from .config import DragonflyConfig
+from .exceptions import CacheUnavailableError
+
+__all__ = ["REDIS_CLUSTER_HASH_SLOTS", "SlotMap", "Topology", "parse_info", "slot_of"]
+
+_REFRESH_INTERVAL = 0.5  # seconds: the slot map is fetched again at most this often
 
 
 def slot_of(name: str | bytes) -> int:
@@ -21,9 +34,12 @@ def slot_of(name: str | bytes) -> int:
     return key_slot(name.encode() if isinstance(name, str) else name)
 
 
-def format_address(host: str, port: int) -> str:
-    """``host:port``, with IPv6 hosts in brackets (as configured addresses are)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def parse_info(reply: bytes | str) -> dict[str, str]:
+    """The ``key:value`` lines of an INFO reply."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    fields = (line.split(":", 1) for line in text.splitlines()
+              if line and not line.startswith("#") and ":" in line)
+    return {key: value for key, value in fields}
 
 
 def _text(value: Any) -> str:
@@ -64,6 +80,19 @@ class SlotMap:
         """The primary serving ``slot`` (None: no node serves it)."""
         return self.owners[slot]
 
+    def owner_of(self, name: str | bytes) -> str:
+        """The address of the primary serving ``name``'s slot.
+
+        Raises:
+            CacheUnavailableError: no node serves that slot.
+        """
+        slot = slot_of(name)
+        owner = self.owners[slot]
+        if owner is None:
+            raise CacheUnavailableError(f"hash slot {slot} of the cluster is not served by "
+                                        f"any node (key {name!r})")
+        return owner
+
     def move(self, slot: int, address: str) -> None:
         """Record a MOVED redirection: ``slot`` is served by ``address`` now."""
         self.owners[slot] = address
@@ -72,3 +101,121 @@ class SlotMap:
     def uncovered(self) -> int:
         """How many slots no node serves."""
         return self.owners.count(None)
+
+
+class Topology:
+    """Standalone or cluster, and the slot map of a cluster.
+
+    One question to the servers at a time ("cluster?", "slot map?"), no lock held while it
+    is asked: threads that need the answer wait for it, not for a lock.
+
+    Args:
+        config: the addresses, ``mode`` and ``db``.
+        nodes: the error boundary the questions go through.
+    """
+
+    def __init__(self, config: DragonflyConfig, nodes: Nodes) -> None:
+        self._config = config
+        self._nodes = nodes
+        # True: cluster; False: standalone; None: not known until the server is asked.
+        self.clustered: bool | None = config.clustered
+        self.slot_map: SlotMap | None = None
+        self._stale = False  # a MOVED or a lost node: refresh the map before routing
+        self._refreshed_at = -math.inf
+        self.sharded = False  # the cluster has SPUBLISH/SSUBSCRIBE (Redis 7+, Dragonfly)
+        self.start_process_state()
+
+    def start_process_state(self) -> None:
+        """A fresh question queue (a forked child must not wait for a parent's thread).
+        The slot map is plain data and is kept."""
+        self._questions: SingleFlight[Any] = SingleFlight()
+
+    def is_cluster(self) -> bool:
+        """Standalone or cluster; asks the first address once when ``mode`` is auto."""
+        clustered = self.clustered
+        if clustered is None:
+            clustered = bool(self._questions.do("mode", self._ask_mode))
+        return clustered
+
+    def mark_stale(self) -> None:
+        """A node was lost: in a cluster, a failover may have given its slots elsewhere."""
+        if self.clustered:
+            self._stale = True
+
+    def moved(self, slot: int, address: str) -> None:
+        """A MOVED reply: route the slot there now, and refresh the whole map soon (one
+        slot rarely moves alone)."""
+        if self.slot_map is not None:
+            self.slot_map.move(slot, address)
+        self._stale = True
+
+    def current(self) -> SlotMap:
+        """The slot map: fetched on first use (callers wait for it), and again when known
+        to be stale, at most every ``_REFRESH_INTERVAL`` (by one caller; the others keep
+        routing with the map they have)."""
+        slot_map = self.slot_map
+        if slot_map is None:
+            fetched: SlotMap = self._questions.do("map", self._fetch_map)
+            return fetched
+        if not self._stale or time.monotonic() - self._refreshed_at <= _REFRESH_INTERVAL:
+            return slot_map
+        flight, leader = self._questions.claim("map")
+        if not leader:
+            return slot_map
+        try:
+            slot_map = self._fetch_map()
+        except BaseException as exc:
+            self._questions.finish("map", flight, error=exc)
+            raise
+        self._questions.finish("map", flight, value=slot_map)
+        return slot_map
+
+    def refresh_soon(self) -> None:
+        """Fetch the map again before the next routing (e.g. before following a channel
+        whose slot may have moved)."""
+        self._stale = True
+
+    def _ask_mode(self) -> bool:
+        if self.clustered is None:  # not answered while this thread waited to lead
+            seed = self._nodes.node(self._config.addresses[0])
+            reply = self._nodes.call("INFO", seed,
+                                     lambda c: c.roundtrip((("INFO", "cluster"),))[0])
+            clustered = parse_info(reply).get("cluster_enabled") == "1"
+            if clustered and self._config.db != 0:
+                raise self._nodes.failure("INFO", seed.address, (
+                    f"the server runs in cluster mode, which has only db 0, but "
+                    f"DRAGONFLY_DB (DragonflyConfig.db) is {self._config.db}"))
+            self.clustered = clustered
+        return self.clustered
+
+    def _fetch_map(self) -> SlotMap:
+        """Ask the known primaries, then the configured addresses, for CLUSTER SLOTS."""
+        known = self.slot_map.primaries if self.slot_map is not None else []
+        candidates = [self._nodes.node(address) for address in
+                      dict.fromkeys([*known, *self._config.addresses])]
+        # Nodes that answer lately first: a stalled one would cost a whole timeout.
+        candidates.sort(key=lambda node: node.breaker.state != CLOSED)
+        problems = []
+        for node in candidates:
+            try:
+                slots_reply, spublish = self._nodes.call("CLUSTER SLOTS", node, _ask_topology)
+                if isinstance(slots_reply, redis.ResponseError):
+                    raise self._nodes.failure("CLUSTER SLOTS", node.address, str(slots_reply))
+                slot_map = SlotMap(slots_reply, split_address(node.address)[0])
+            except (CacheUnavailableError, ValueError) as exc:
+                problems.append(str(exc))
+                continue
+            self.sharded = isinstance(spublish, list) and spublish[:1] != [None]
+            self.slot_map, self._stale = slot_map, False
+            self._refreshed_at = time.monotonic()
+            return slot_map
+        self._refreshed_at = time.monotonic()
+        if self.slot_map is not None:
+            return self.slot_map  # keep routing with what we had
+        raise CacheUnavailableError(
+            "no cluster node answered CLUSTER SLOTS: " + "; ".join(problems))
+
+
+def _ask_topology(connections: Connections) -> list[Any]:
+    # COMMAND INFO of an unknown command is [nil]; an error reply means no COMMAND at all.
+    return connections.exchange((("CLUSTER", "SLOTS"), ("COMMAND", "INFO", "SPUBLISH")))

@@ -36,6 +36,7 @@ from . import _validators as v
 from . import metrics as cache_metrics
 from .config import CacheConfig, DragonflyConfig, L1Config, L2Config
 from .tiered import TieredCache
+from .types import Health
 
 __all__ = ["EXTENSION_KEY", "DragonflyCache", "config_from_app"]
 
@@ -97,11 +98,11 @@ class _AppState:
     admin_token: str | None
     health_interval: float
     lock: threading.Lock = field(default_factory=threading.Lock)
-    report: dict[str, Any] | None = None
+    report: Health | None = None
     checked_at: float = 0.0
     probing: bool = False
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         """``cache.health()``, probed at most once per ``health_interval``.
 
         A load balancer polling every 100 ms then costs the server one PING + INFO per
@@ -163,9 +164,8 @@ def stats() -> Response:
                                                              expected):
         return _error(401, "missing or wrong bearer token",
                       **{"WWW-Authenticate": 'Bearer realm="dragonfly_cache"'})
-    body = state.cache.stats()
-    body["pid"] = os.getpid()
-    body["uptime_seconds"] = round(time.time() - _process_started(), 3)
+    body = {**state.cache.stats(), "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - _process_started(), 3)}
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -21,9 +21,13 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from ._breaker import BreakerState
+from .types import Stats
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -32,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["METRICS", "CacheMetrics", "multiprocess_mode", "register", "sync_all"]
 
-_BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                     0.25, 0.5, 1.0)
 
@@ -102,21 +105,30 @@ METRICS = _Families()
 # master with preload_app counts): start at the neutral value, "no cache is unsubscribed".
 METRICS.coherence_subscribed.set(1)
 
-# (stat path, counter, labels): cumulative cache counters exported as Prometheus counters.
-_COUNTERS: list[tuple[tuple[str, ...], Any, dict[str, str]]] = [
-    (("l1_stats", "hits"), METRICS.requests, {"tier": "l1", "result": "hit"}),
-    (("l1_stats", "misses"), METRICS.requests, {"tier": "l1", "result": "miss"}),
-    (("l2_stats", "hits"), METRICS.requests, {"tier": "l2", "result": "hit"}),
-    (("l2_stats", "misses"), METRICS.requests, {"tier": "l2", "result": "miss"}),
-    (("l2_stats", "rejected"), METRICS.l2_rejected, {}),
-    (("l1_stats", "evictions"), METRICS.l1_evictions, {"reason": "size"}),
-    (("l1_stats", "expirations"), METRICS.l1_evictions, {"reason": "expired"}),
-    (("singleflight", "loads"), METRICS.loads, {}),
-    (("singleflight", "coalesced"), METRICS.coalesced, {}),
-    (("breaker", "opened"), METRICS.breaker_opened, {}),
-    (("coherence", "received"), METRICS.invalidations, {"stage": "received"}),
-    (("coherence", "applied"), METRICS.invalidations, {"stage": "applied"}),
-    (("coherence", "flushes"), METRICS.l1_flushes, {}),
+# (name, how to read it from stats(), counter, labels): cumulative cache counters exported
+# as Prometheus counters.
+_COUNTERS: list[tuple[str, Callable[[Stats], float], Any, dict[str, str]]] = [
+    ("l1_hits", lambda s: s["l1_stats"]["hits"], METRICS.requests,
+     {"tier": "l1", "result": "hit"}),
+    ("l1_misses", lambda s: s["l1_stats"]["misses"], METRICS.requests,
+     {"tier": "l1", "result": "miss"}),
+    ("l2_hits", lambda s: s["l2_stats"]["hits"], METRICS.requests,
+     {"tier": "l2", "result": "hit"}),
+    ("l2_misses", lambda s: s["l2_stats"]["misses"], METRICS.requests,
+     {"tier": "l2", "result": "miss"}),
+    ("l2_rejected", lambda s: s["l2_stats"]["rejected"], METRICS.l2_rejected, {}),
+    ("l1_evictions", lambda s: s["l1_stats"]["evictions"], METRICS.l1_evictions,
+     {"reason": "size"}),
+    ("l1_expirations", lambda s: s["l1_stats"]["expirations"], METRICS.l1_evictions,
+     {"reason": "expired"}),
+    ("loads", lambda s: s["singleflight"]["loads"], METRICS.loads, {}),
+    ("coalesced", lambda s: s["singleflight"]["coalesced"], METRICS.coalesced, {}),
+    ("breaker_opened", lambda s: s["breaker"]["opened"], METRICS.breaker_opened, {}),
+    ("received", lambda s: s["coherence"].get("received", 0), METRICS.invalidations,
+     {"stage": "received"}),
+    ("applied", lambda s: s["coherence"].get("applied", 0), METRICS.invalidations,
+     {"stage": "applied"}),
+    ("flushes", lambda s: s["coherence"].get("flushes", 0), METRICS.l1_flushes, {}),
 ]
 
 _registered: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
@@ -143,13 +155,13 @@ class CacheMetrics:
         self._cache = weakref.ref(cache)
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._last: dict[tuple[str, ...], float] = {}
+        self._last: dict[str, float] = {}
         self._entries = 0.0
         self.breaker_state = 0
         self.subscribed = 1
         latency = METRICS.l2_latency
-        cache._l2.latency_observer = lambda operation, seconds: (
-            latency.labels(operation).observe(seconds))
+        cache.add_latency_observer(
+            lambda operation, seconds: latency.labels(operation).observe(seconds))
         _instances.add(self)
 
     def sync(self) -> None:
@@ -162,29 +174,28 @@ class CacheMetrics:
             if self._pid != os.getpid():
                 # A forked child: the cache's counters restarted from zero here.
                 self._pid, self._last, self._entries = os.getpid(), {}, 0.0
-            for path, counter, labels in _COUNTERS:
-                section = stats.get(path[0], {})
-                value = float(section.get(path[1], 0))
-                delta = value - self._last.get(path, 0.0)
-                if delta > 0:
-                    (counter.labels(**labels) if labels else counter).inc(delta)
-                self._last[path] = value
-            errors = stats["l2_stats"].get("errors_by_operation", {})
-            for operation, count in errors.items():
-                path = ("errors_by_operation", operation)
-                delta = count - self._last.get(path, 0.0)
-                if delta > 0:
-                    METRICS.l2_errors.labels(operation).inc(delta)
-                self._last[path] = float(count)
+            for name, read, counter, labels in _COUNTERS:
+                self._add(name, float(read(stats)), counter.labels(**labels) if labels
+                          else counter)
+            for operation, count in stats["l2_stats"]["errors_by_operation"].items():
+                self._add(f"errors:{operation}", float(count),
+                          METRICS.l2_errors.labels(operation))
             size = float(stats["l1_stats"]["size"])
             METRICS.l1_entries.inc(size - self._entries)  # inc: several caches add up
             self._entries = size
-            self.breaker_state = _BREAKER_STATES.get(stats["breaker"]["state"], 2)
+            self.breaker_state = BreakerState(stats["breaker"]["state"]).severity
             self.subscribed = int(stats["coherence"]["state"] in ("subscribed", "disabled"))
         # The worst state among this process's caches, as of their last syncs.
         live = [metrics for metrics in list(_instances) if metrics._cache() is not None]
         METRICS.breaker_state.set(max(metrics.breaker_state for metrics in live))
         METRICS.coherence_subscribed.set(min(metrics.subscribed for metrics in live))
+
+    def _add(self, name: str, value: float, counter: Any) -> None:
+        """Increment ``counter`` by the growth of the cumulative ``value`` since last time."""
+        delta = value - self._last.get(name, 0.0)
+        if delta > 0:
+            counter.inc(delta)
+        self._last[name] = value
 
 
 def sync_all() -> None:

@@ -5,39 +5,39 @@ invalidation raced the read. Writes: L2 first, then L1. When L2 is unreachable, 
 from L1 or as a miss and never raise; writes still apply to L1 and then raise
 :class:`CacheUnavailableError`, because the shared tier did not get the change.
 
-No lock is ever held across network I/O or user code: L1 takes its lock only around dict
-work, and the singleflight leader runs the loader outside any lock.
+The cache validates every argument (a rejected call changes nothing) and composes the
+parts that do the work: :class:`~dragonfly_cache._tiers.Tiers` (L1, L2 and coherence
+moving together), :class:`~dragonfly_cache._loading.Loading` (get_or_load, batch loads,
+early refresh, the fleet lock) and :func:`~dragonfly_cache._memoize.memoize`. No lock is
+ever held across network I/O or user code. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import ParamSpec, TypeVar
 
-from ._coherence import Coherence
+from . import codecs
 from ._glob import compile_glob
-from ._keys import MAX_TTL, check_key, check_keys, check_value
-from ._l1 import L1
+from ._keys import check_fraction, check_key, check_keys, check_ttl, check_value
 from ._l2 import L2
-from ._loading import NEGATIVE, LoadingMixin
-from ._singleflight import SingleFlight
+from ._loading import Loader, Loading, ManyLoader
+from ._memoize import Memoized, memoize
+from ._nodes import LatencyObserver
+from ._probe import probe
+from ._tiers import NEGATIVE, Tiers
 from .config import CacheConfig
 from .exceptions import CacheUnavailableError
+from .types import TTL, DragonflyHealth, Health, Stats
 
-__all__ = ["TieredCache"]
+__all__ = ["TTL", "TieredCache"]
 
-TTL = float | int | timedelta | None
-
-
-# How often a thread that keeps hitting L1 offers the GIL to the invalidation listener.
-YIELD_INTERVAL = 0.001
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Every live cache, so the child of a fork can rebuild what it must not inherit.
 _caches: weakref.WeakSet[TieredCache] = weakref.WeakSet()
@@ -55,7 +55,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class TieredCache(LoadingMixin):
+class TieredCache:
     """A two-tier cache: in-process L1 in front of a shared Dragonfly/Redis L2.
 
     Thread-safe; make one per process and share it. Usable as a context manager.
@@ -79,38 +79,12 @@ class TieredCache(LoadingMixin):
         _caches.add(self)
 
     def _start_process_state(self) -> None:
-        """Create the per-process state: L1 (and its lock), singleflight, counters, and the
-        coherence listener (started lazily by the first operation that reaches L2)."""
-        l1 = self.config.l1
-        self._l1 = L1(l1.max_size, l1.ttl, self._timer)
-        self._flights: SingleFlight[bytes] = SingleFlight()
-        self._loads_lock = threading.Lock()
-        self._loads = 0
-        self._start_loading_state()
-        self._coherence = (Coherence(self._l1, self._l2.subscription, self._l2.channel)
-                           if l1.invalidation else None)
-        if self._coherence is not None:
-            self._l1.yield_interval = YIELD_INTERVAL
-        if self._closed and self._coherence is not None:
-            self._coherence.stop()  # a cache closed before a fork stays closed in the child
-
-    def _listen(self) -> None:
-        if self._coherence is not None:
-            self._coherence.ensure_started()
-
-    def _horizon(self, now: float) -> float:
-        """The latest deadline an L1 entry stored now may have.
-
-        Unbounded while the invalidation listener is subscribed (or coherence is off);
-        ``l1.degraded_ttl`` from now while it is not, since invalidations may be missed.
-        """
-        coherence = self._coherence
-        if coherence is None or coherence.subscribed:
-            return math.inf
-        return now + self.config.l1.degraded_ttl
-
-    def _announce_keys(self, keys: list[str]) -> str | None:
-        return None if self._coherence is None else self._coherence.keys_message(keys)
+        """Create the per-process parts: the tiers (a new L1, and a coherence listener
+        started by the first operation that reaches L2) and the loading state."""
+        self._tiers = Tiers(self.config.l1, self._l2, self._timer)
+        self._loading = Loading(self._tiers, self.config.l2, self.config.l1.max_size)
+        if self._closed:
+            self._tiers.stop()  # a cache closed before a fork stays closed in the child
 
     def _after_fork_in_child(self) -> None:
         """Start the child afresh: a lock held by a parent thread at fork time would never
@@ -127,7 +101,7 @@ class TieredCache(LoadingMixin):
 
     def __repr__(self) -> str:
         return (f"<TieredCache {self._l2.address} prefix={self.config.key_prefix!r} "
-                f"l1={len(self._l1)}/{self._l1.max_size}>")
+                f"l1={len(self._tiers.l1)}/{self.config.l1.max_size}>")
 
     def __enter__(self) -> TieredCache:
         return self
@@ -143,26 +117,11 @@ class TieredCache(LoadingMixin):
         ``l1.degraded_ttl``.
         """
         self._closed = True
-        if self._coherence is not None:
-            self._coherence.stop()
+        self._tiers.stop()
         self._l2.close()
 
-    # -- validation ----------------------------------------------------------------------
-
     def _ttl(self, ttl: TTL) -> float:
-        if ttl is None:
-            return self.config.l2.ttl
-        if isinstance(ttl, timedelta):
-            seconds = ttl.total_seconds()
-        elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
-            seconds = float(ttl)
-        else:
-            raise TypeError(f"ttl must be seconds (int/float), a timedelta or None, "
-                            f"got {type(ttl).__name__}")
-        if not 0 < seconds <= MAX_TTL:
-            raise ValueError(f"ttl must be positive and at most {MAX_TTL:.0f}s (100 years), "
-                             f"got {ttl!r}")
-        return seconds
+        return check_ttl(ttl, self.config.l2.ttl)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -170,11 +129,11 @@ class TieredCache(LoadingMixin):
         """Return the value of ``key``, or None on a miss (or when L2 is unreachable)."""
         if type(key) is not str or not key:
             check_key(key)
-        value = self._l1.get(key)  # only validated keys are ever stored, so a hit is one
+        value = self._tiers.l1.get(key)  # only validated keys are ever stored: a hit is one
         if value is not None:
             return None if value is NEGATIVE else value
         check_key(key)
-        value = self._read_through([key]).get(key)
+        value = self._tiers.read_through([key]).get(key)
         return None if value is NEGATIVE else value
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
@@ -183,64 +142,21 @@ class TieredCache(LoadingMixin):
         L1 answers what it can; the rest is fetched in one L2 round trip.
         """
         distinct = check_keys(keys)
-        found = self._l1.get_many(distinct)
+        found = self._tiers.l1.get_many(distinct)
         missing = [key for key in distinct if key not in found]
         if missing:
-            found.update(self._read_through(missing))
+            found.update(self._tiers.read_through(missing))
         return {key: value for key, value in found.items() if value is not NEGATIVE}
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is cached (L1, else L2; False when L2 is unreachable)."""
         check_key(key)
-        value = self._l1.peek(key)
+        value = self._tiers.l1.peek(key)
         if value is None:
             # One GET+PTTL rather than EXISTS: it also tells a cached "not found" from a
             # value, and fills L1 for the read that usually follows.
-            value = self._read_through([key]).get(key)
+            value = self._tiers.read_through([key]).get(key)
         return value is not None and value is not NEGATIVE
-
-    def _read_through(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """Fetch L1-missing keys from L2 in one round trip and fill L1 with them.
-
-        The L1 ticket is taken before the request, so an invalidation that arrives while it
-        is in flight wins over the fill; the clock is read before the request too, so an
-        entry's deadline (now + PTTL) never lies past the L2 key's expiry.
-        """
-        self._listen()
-        l1 = self._l1
-        ticket = l1.begin(keys)
-        found: dict[str, bytes] = {}
-        fills: dict[str, tuple[bytes, float]] = {}
-        try:
-            found, fills = self._fetch(keys)
-        finally:
-            l1.fill(fills, ticket, [key for key in keys if key not in fills])
-        return found
-
-    def _fetch(self, keys: Sequence[str]
-               ) -> tuple[dict[str, bytes], dict[str, tuple[bytes, float]]]:
-        """Read ``keys`` from L2 (GET+PTTL, or MGET+PTTLs): the values found, and the L1
-        fills they allow (value, deadline). L2 failures read as misses."""
-        start = self._l1.timer()
-        horizon = self._horizon(start)
-        found: dict[str, bytes] = {}
-        fills: dict[str, tuple[bytes, float]] = {}
-        try:
-            replies = [self._l2.get(keys[0])] if len(keys) == 1 else self._l2.get_many(keys)
-        except CacheUnavailableError:
-            return found, fills  # reads degrade to a miss; the L2 tier counted and logged it
-        for key, (value, pttl) in zip(keys, replies, strict=True):
-            if value is None:
-                continue
-            if value == NEGATIVE:
-                value = NEGATIVE  # one object, so hot paths can test identity
-            found[key] = value
-            if pttl >= 0:
-                fills[key] = (value, min(start + pttl / 1000, horizon))
-            elif pttl == -1:  # no expiry on the server: L1's own ttl bounds it
-                fills[key] = (value, horizon)
-            # -2: the key vanished between GET and PTTL; answer, but don't keep it
-        return found, fills
 
     # -- writes --------------------------------------------------------------------------
 
@@ -253,7 +169,7 @@ class TieredCache(LoadingMixin):
         """
         check_key(key)
         check_value(key, value)
-        self._write({key: value}, self._ttl(ttl))
+        self._tiers.write({key: value}, self._ttl(ttl))
 
     def set_many(self, mapping: Mapping[str, bytes], ttl: TTL = None) -> None:
         """Store several values in one L2 round trip, then in L1.
@@ -270,24 +186,7 @@ class TieredCache(LoadingMixin):
             check_value(key, values[key])
         seconds = self._ttl(ttl)
         if values:
-            self._write(values, seconds)
-
-    def _write(self, values: dict[str, bytes], seconds: float) -> None:
-        self._listen()
-        l1 = self._l1
-        ticket = l1.begin(values)
-        # The server starts the key's expiry when the SET arrives; reading the clock before
-        # sending keeps the L1 deadline no later than that, however slow the reply.
-        start = l1.timer()
-        deadline = min(start + seconds, self._horizon(start))
-        try:
-            self._l2.set_many(values, seconds, self._announce_keys(list(values)))
-        except BaseException:
-            # Applied locally all the same (the CacheUnavailableError then propagates), but
-            # only briefly: L2 and the other processes still have the old value.
-            l1.write(values, min(deadline, start + self.config.l1.degraded_ttl), ticket)
-            raise
-        l1.write(values, deadline, ticket)
+            self._tiers.write(values, seconds)
 
     def delete(self, key: str) -> None:
         """Remove ``key`` from L2 and L1.
@@ -296,15 +195,8 @@ class TieredCache(LoadingMixin):
             CacheUnavailableError: L2 did not take the delete (L1 no longer has the key).
         """
         check_key(key)
-        self._listen()
-        # Before L2 too: a load about to store this key must see the delete coming.
-        self._l1.invalidate([key])
-        self._forget_refresh(lambda candidate: candidate == key)
-        try:
-            self._l2.delete([key], self._announce_keys([key]))
-        finally:
-            # After L2, so a fill that read the old value before the delete is stamped stale.
-            self._l1.invalidate([key])
+        self._loading.forget(lambda candidate: candidate == key)
+        self._tiers.delete([key])
 
     def invalidate(self, pattern: str) -> int:
         """Remove every key matching the Redis glob ``pattern`` from L2 and L1.
@@ -320,38 +212,132 @@ class TieredCache(LoadingMixin):
             CacheUnavailableError: L2 could not be scanned (L1 matches were removed).
         """
         check_key(pattern, "pattern")
-        self._listen()
-        announce = None if self._coherence is None else self._coherence.pattern_message(pattern)
         matches = compile_glob(pattern)
-        self._l1.invalidate_matching(matches)  # before L2 too, as in delete()
-        self._forget_refresh(matches)
-        try:
-            return self._l2.invalidate(pattern, announce)
-        finally:
-            self._l1.invalidate_matching(matches)
+        self._loading.forget(matches)
+        return self._tiers.invalidate(pattern, matches)
+
+    # -- loading -------------------------------------------------------------------------
+
+    def get_or_load(self, key: str, loader: Loader, ttl: TTL = None, *,
+                    lock: bool | None = None, refresh_ahead: float | None = None) -> bytes:
+        """Return the cached value, or call ``loader()`` once to produce and cache it.
+
+        Concurrent misses on one key in this process share a single ``loader()`` call. If
+        the loader raises, every waiting caller gets the exception, nothing is cached and
+        the next call tries again. If it raises :class:`NotFound`, that answer is cached
+        for ``l2.negative_ttl`` and later calls raise ``NotFound`` without calling it. When
+        L2 is unreachable the loader is called and its value returned (kept in L1 at most
+        ``l1.degraded_ttl``); this method never raises ``CacheUnavailableError``.
+
+        Args:
+            key: the cache key.
+            loader: produces the value (bytes) on a miss.
+            ttl: seconds or timedelta (default ``l2.ttl``).
+            lock: take the fleet-wide lock on a miss, so one process in the fleet loads
+                (default ``l2.fleet_lock``).
+            refresh_ahead: refresh in the background during the last fraction of the
+                entry's life, in (0, 1) (default ``l2.refresh_ahead``; None: off).
+
+        Raises:
+            TypeError: bad key, a non-callable loader, or a loader returning non-bytes.
+            ValueError: empty key, bad ttl or refresh_ahead.
+            NotFound: the loader said (now or within ``negative_ttl``) there is no record.
+            Exception: whatever ``loader`` raised.
+        """
+        check_key(key)
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, got {type(loader).__name__}")
+        seconds = self._ttl(ttl)
+        fraction = check_fraction(refresh_ahead, self.config.l2.refresh_ahead)
+        fleet = self.config.l2.fleet_lock if lock is None else bool(lock)
+        return self._loading.get_or_load(key, loader, seconds, fleet, fraction)
+
+    def get_or_load_many(self, keys: Iterable[str], loader_many: ManyLoader,
+                         ttl: TTL = None) -> dict[str, bytes]:
+        """Values of ``keys``, loading every missing one with one ``loader_many`` call.
+
+        L1 first, then one L2 round trip for the L1 misses, then ``loader_many(missing)``
+        once for what is still missing. A key another caller (here, in this process) is
+        already loading is waited for, not loaded twice. Keys the loader omits, and keys
+        with a cached negative answer, are absent from the result.
+
+        Raises:
+            TypeError / ValueError: bad keys or ttl, or the loader returned non-bytes.
+            Exception: whatever ``loader_many`` raised (also in every caller waiting on
+                one of its keys); nothing is cached then.
+        """
+        distinct = check_keys(keys)
+        if not callable(loader_many):
+            raise TypeError(f"loader_many must be callable, got {type(loader_many).__name__}")
+        return self._loading.get_or_load_many(distinct, loader_many, self._ttl(ttl))
+
+    def memoize(self, ttl: TTL = None, *, key: Callable[..., str] | None = None,
+                codec: codecs.Codec | str | None = "json", lock: bool | None = None
+                ) -> Callable[[Callable[P, R]], Memoized[P, R]]:
+        """Cache a function's results, keyed by its qualified name and its arguments.
+
+        ```python
+        @cache.memoize(ttl=60)
+        def user(user_id: int) -> dict: ...
+
+        user(1)                 # loads once per fleet-wide key, then from the cache
+        user.invalidate(1)      # drop one result
+        user.invalidate_all()   # drop them all
+        ```
+
+        Arguments are bound to the signature (defaults applied), so ``f(1, b=2)`` and
+        ``f(b=2, a=1)`` share a key; they are hashed from a canonical JSON form, so the key
+        is the same in every process. Objects that JSON cannot express are keyed by their
+        ``__cache_key__`` attribute if they have one, else their ``repr`` (for methods,
+        give the class a ``__cache_key__`` or pass ``key=``). Concurrent calls coalesce;
+        a function that raises :class:`NotFound` gets a negative entry. One cache lookup
+        per call, no extra round trip.
+
+        Args:
+            ttl: seconds or timedelta (default ``l2.ttl``).
+            key: ``key(*args, **kwargs) -> str`` replaces the argument hash.
+            codec: how results become bytes: "json" (default), "bytes", "msgpack", a
+                :mod:`dragonfly_cache.codecs` codec such as ``codecs.SignedPickle(secret)``,
+                or None for the configured ``CACHE_CODEC`` (with ``CACHE_PICKLE_SECRET``
+                when that is "pickle").
+            lock: use the fleet lock on misses (default ``l2.fleet_lock``).
+        """
+        seconds = self._ttl(ttl)
+        if codec is None:
+            chosen = codecs.resolve(self.config.codec, pickle_secret=self.config.pickle_secret)
+        else:
+            chosen = codecs.resolve(codec)
+        if key is not None and not callable(key):
+            raise TypeError(f"key must be callable, got {type(key).__name__}")
+        # Through a lambda: after a fork the cache has a new Loading to count in.
+        return memoize(self, seconds, key=key, codec=chosen, lock=lock,
+                       on_decode_failure=lambda: self._loading.count_decode_failure())
 
     # -- introspection -------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def add_latency_observer(self, observer: LatencyObserver) -> None:
+        """Call ``observer(operation, seconds)`` after every L2 command batch (one per
+        round trip; ``operation`` is e.g. "GET", "MGET", "SET"). Exceptions it raises are
+        logged, never passed to the caller. The metrics module uses this."""
+        self._l2.add_latency_observer(observer)
+
+    def remove_latency_observer(self, observer: LatencyObserver) -> None:
+        """Stop calling ``observer`` (no error if it was not added)."""
+        self._l2.remove_latency_observer(observer)
+
+    def stats(self) -> Stats:
         """Counters: ``l1_stats``, ``l2_stats``, ``singleflight``, ``breaker``, ``coherence``,
         ``loading`` (background/synchronous refreshes, their failures, undecodable values)."""
-        with self._loads_lock:
-            loads = self._loads
         return {
-            "l1_stats": self._l1.stats(),
+            "l1_stats": self._tiers.l1.stats(),
             "l2_stats": self._l2.stats(),
-            "singleflight": {"loads": loads, "coalesced": self._flights.coalesced},
+            "singleflight": self._loading.singleflight_stats(),
             "breaker": self._l2.breaker_stats(),
-            "coherence": self._coherence_stats(),
-            "loading": self._loading_stats(),
+            "coherence": self._tiers.coherence_stats(),
+            "loading": self._loading.stats(),
         }
 
-    def _coherence_stats(self) -> dict[str, Any]:
-        if self._coherence is None:
-            return {"state": "disabled"}
-        return self._coherence.stats()
-
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         """Probe the server (PING + INFO) and report status, server, version and counters.
 
         In a cluster every primary is probed: ``dragonfly["nodes"]`` maps each to "ok" or
@@ -361,10 +347,10 @@ class TieredCache(LoadingMixin):
         the report is "unhealthy" at once, without touching the network; once the cooldown
         has passed, a health check is as good a recovery probe as any request.
         """
-        dragonfly: dict[str, Any]
-        self._listen()
+        dragonfly: DragonflyHealth
+        self._tiers.listen()
         try:
-            dragonfly = {"connected": True, **self._l2.probe()}
+            dragonfly = probe(self._l2.router)
         except CacheUnavailableError as exc:
             dragonfly = {"connected": False, "version": None, "error": str(exc)}
         return {
@@ -373,7 +359,7 @@ class TieredCache(LoadingMixin):
             else "unhealthy",
             "dragonfly": dragonfly,
             "breaker": self._l2.breaker_stats()["state"],
-            "coherence": self._coherence_stats()["state"],
-            "l1_stats": self._l1.stats(),
+            "coherence": self._tiers.coherence_stats()["state"],
+            "l1_stats": self._tiers.l1.stats(),
             "l2_stats": self._l2.stats(),
         }

@@ -222,12 +222,12 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
         )
         cache = TieredCache(config, timer=timer)
         caches.append(cache)
-        if subscribed and cache._coherence is not None:
+        if subscribed and cache._tiers.coherence is not None:
             # Like a warmed-up process: L1 entries are trusted for their full life only
             # once the invalidation listener is subscribed.
-            cache._listen()
+            cache._tiers.listen()
             deadline = time.monotonic() + 5
-            while not cache._coherence.subscribed and time.monotonic() < deadline:
+            while not cache._tiers.coherence.subscribed and time.monotonic() < deadline:
                 time.sleep(0.002)
         return cache
 

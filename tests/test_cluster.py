@@ -28,7 +28,7 @@ from dragonfly_cache import (
     L1Config,
     TieredCache,
 )
-from dragonfly_cache._coherence import channel_name
+from dragonfly_cache._l2 import channel_name
 from tests._cluster import ClusterNode, LocalCluster
 from tests._coherence_worker import Worker, measure
 from tests.test_resilience import percentile
@@ -134,7 +134,7 @@ def test_keys_spread_over_every_node_and_batches_take_one_round_trip_per_node(
     writer, reader = make(), make()
     values = {f"k{n}": b"v%d" % n for n in range(300)}
     operations: list[str] = []
-    writer._l2.latency_observer = lambda operation, _seconds: operations.append(operation)
+    writer.add_latency_observer(lambda operation, _seconds: operations.append(operation))
     writer.set_many(values)
     # One call for the writes (every node at once), then the announcement.
     assert operations == ["SET", "PUBLISH"]
@@ -143,7 +143,7 @@ def test_keys_spread_over_every_node_and_batches_take_one_round_trip_per_node(
     for node in redis_cluster.nodes:
         node.command("CONFIG", "RESETSTAT")
     operations.clear()
-    reader._l2.latency_observer = lambda operation, _seconds: operations.append(operation)
+    reader.add_latency_observer(lambda operation, _seconds: operations.append(operation))
     assert reader.get_many(list(values)) == values
     assert operations == ["MGET"]
     for node, size in zip(redis_cluster.nodes, sizes, strict=True):
@@ -310,7 +310,7 @@ def test_ask_and_moved_are_followed_during_a_resharding(make: Make,
     writer.set(key, b"after")
     wait_until(lambda: cache.get(key) == b"after", timeout=1.0)
     assert cache.stats()["l2_stats"]["errors"] == 0 and writer.stats()["l2_stats"]["errors"] == 0
-    owner = writer._l2._map().owner(slot)
+    owner = writer._l2.router.topology.current().owner(slot)
     assert owner == target.address
 
 
@@ -337,10 +337,10 @@ def test_a_fork_child_keeps_the_slot_map_and_gets_its_own_nodes(
         make: Make, redis_cluster: LocalCluster) -> None:
     cache = make()
     cache.set("k", b"v")
-    slot_map, nodes = cache._l2._slot_map, dict(cache._l2._nodes)
+    slot_map, nodes = cache._l2.router.topology.slot_map, dict(cache._l2.router.nodes._nodes)
     cache._after_fork_in_child()  # what the at-fork hook runs in a child
-    assert cache._l2._slot_map is slot_map  # plain data: no need to ask again
-    assert all(cache._l2._nodes.get(address) is not node for address, node in nodes.items())
+    assert cache._l2.router.topology.slot_map is slot_map  # plain data: no need to ask again
+    assert all(cache._l2.router.nodes._nodes.get(address) is not node for address, node in nodes.items())
     assert cache.get("k") == b"v"
 
 

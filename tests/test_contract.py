@@ -43,8 +43,8 @@ def make(backend: Backend) -> Iterator[Make]:
         cache = TieredCache(config)
         caches.append(cache)
         cache.exists("warm-up")  # starts the listener
-        assert cache._coherence is not None
-        wait_until(lambda: cache._coherence is not None and cache._coherence.subscribed,
+        assert cache._tiers.coherence is not None
+        wait_until(lambda: cache._tiers.coherence is not None and cache._tiers.coherence.subscribed,
                    timeout=5.0)
         return cache
 

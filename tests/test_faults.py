@@ -22,7 +22,7 @@ from tests.conftest import CacheFactory
 from tests.test_resilience import percentile
 from tests.test_tiered import run_threads, wait_until
 
-BACKOFF_CAP = 0.1  # dragonfly_cache._router._BACKOFF_CAP
+BACKOFF_CAP = 0.1  # dragonfly_cache._nodes.BACKOFF_CAP
 
 
 def worst_case(cache: TieredCache) -> float:
@@ -63,7 +63,7 @@ def test_stalled_server_reads_are_bounded_by_the_timeout_then_fail_fast(
     cache = through(socket_timeout=0.2, connect_timeout=0.2, breaker_threshold=3,
                     breaker_cooldown=30, invalidation=False)
     cache.set("k", b"v")
-    cache._l1.clear()
+    cache._tiers.l1.clear()
     proxy.stall()
     slow = [timed(lambda: cache.get("k")) for _ in range(3)]
     for value, seconds in slow:
@@ -84,7 +84,7 @@ def test_connections_reset_are_retried_transparently(
     cache.set("k", b"v")
     for round_ in range(5):
         proxy.reset()  # every pooled connection is now dead
-        cache._l1.clear()
+        cache._tiers.l1.clear()
         assert cache.get("k") == b"v"
         cache.set("k", b"v")  # a write on a reset connection is retried, not lost
         assert round_ < 5
@@ -145,7 +145,7 @@ def test_listener_that_stops_answering_ping_flushes_l1(
     print(f"\nsilent partition detected and L1 flushed after {detected:.2f} s")
     assert detected <= PING_INTERVAL + PONG_TIMEOUT + 0.5
     assert cache.stats()["coherence"]["state"] == "down"
-    assert cache._l1.get("k") is None  # nothing stale left to serve
+    assert cache._tiers.l1.get("k") is None  # nothing stale left to serve
     proxy.reset()
     proxy.passthrough()
     wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed", timeout=5.0)
@@ -174,7 +174,7 @@ def test_pool_exhausted_by_slow_calls_is_a_bounded_wait(
             durations.append(seconds)
             outcomes.append(outcome)
 
-    cache._l1.clear()
+    cache._tiers.l1.clear()
     run_threads(12, call)
     proxy.latency(0)
     print(f"\npool of 2, 12 callers, 0.3 s round trips: {sorted(outcomes)}, "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import threading
 
+import pytest
+
 from dragonfly_cache._l1 import L1
 
 
@@ -19,24 +21,30 @@ class FakeClock:
         self.now += seconds
 
 
-def make_l1(max_size: int = 100, ttl: float = 300.0) -> tuple[L1, FakeClock]:
+def make_l1(max_size: int = 100) -> tuple[L1, FakeClock]:
     clock = FakeClock()
-    return L1(max_size, ttl, clock), clock
+    return L1(max_size, clock), clock
+
+
+def put(l1: L1, values: dict[str, bytes], life: float = 60.0) -> None:
+    """This process's own write of ``values``, living ``life`` seconds."""
+    with l1.ticket(values) as ticket:
+        ticket.write(values, l1.timer() + life)
 
 
 def test_write_then_get_hits_and_counts() -> None:
     l1, _ = make_l1()
     assert l1.get("k") is None
-    l1.write({"k": b"v"}, l1.timer() + 60.0, l1.begin(["k"]))
+    put(l1, {"k": b"v"})
     assert l1.get("k") == b"v"
     stats = l1.stats()
     assert (stats["hits"], stats["misses"], stats["size"]) == (1, 1, 1)
     assert stats["hit_rate"] == 0.5
 
 
-def test_entry_expires_at_the_key_ttl_when_shorter_than_l1_ttl() -> None:
-    l1, clock = make_l1(ttl=300.0)
-    l1.write({"k": b"v"}, l1.timer() + 10.0, l1.begin(["k"]))
+def test_entry_expires_at_its_deadline() -> None:
+    l1, clock = make_l1()
+    put(l1, {"k": b"v"}, life=10.0)
     clock.advance(9.99)
     assert l1.get("k") == b"v"
     clock.advance(0.02)
@@ -46,19 +54,10 @@ def test_entry_expires_at_the_key_ttl_when_shorter_than_l1_ttl() -> None:
     assert len(l1) == 0
 
 
-def test_entry_expires_at_the_l1_ttl_when_shorter_than_the_key_ttl() -> None:
-    l1, clock = make_l1(ttl=5.0)
-    l1.write({"k": b"v"}, l1.timer() + 3600.0, l1.begin(["k"]))
-    clock.advance(4.9)
-    assert l1.get("k") == b"v"
-    clock.advance(0.2)
-    assert l1.get("k") is None
-
-
-def test_fill_deadline_is_clamped_to_the_l1_ttl_and_kept_when_earlier() -> None:
-    l1, clock = make_l1(ttl=5.0)
-    l1.fill({"far": (b"1", math.inf), "near": (b"2", clock.now + 0.5)},
-            l1.begin(["far", "near"]))
+def test_fill_keeps_each_entry_s_own_deadline() -> None:
+    l1, clock = make_l1()
+    with l1.ticket(["far", "near"]) as ticket:
+        ticket.fill({"far": (b"1", clock.now + 5.0), "near": (b"2", clock.now + 0.5)})
     clock.advance(0.6)
     assert l1.get("near") is None  # the L2 key's remaining life was 0.5 s
     assert l1.get("far") == b"1"
@@ -69,7 +68,7 @@ def test_fill_deadline_is_clamped_to_the_l1_ttl_and_kept_when_earlier() -> None:
 def test_size_evictions_and_expirations_are_counted_apart() -> None:
     l1, clock = make_l1(max_size=3)
     for i in range(5):
-        l1.write({f"k{i}": b"v"}, l1.timer() + 1.0, l1.begin([f"k{i}"]))
+        put(l1, {f"k{i}": b"v"}, life=1.0)
     assert l1.stats()["size"] == 3
     assert l1.stats()["evictions"] == 2
     clock.advance(2.0)
@@ -80,23 +79,23 @@ def test_size_evictions_and_expirations_are_counted_apart() -> None:
 
 def test_lru_order_keeps_recently_read_entries() -> None:
     l1, _ = make_l1(max_size=2)
-    l1.write({"a": b"1", "b": b"2"}, l1.timer() + 60.0, l1.begin(["a", "b"]))
+    put(l1, {"a": b"1", "b": b"2"})
     assert l1.get("a") == b"1"
-    l1.write({"c": b"3"}, l1.timer() + 60.0, l1.begin(["c"]))
+    put(l1, {"c": b"3"})
     assert l1.get("b") is None
     assert l1.get("a") == b"1"
 
 
 def test_get_many_counts_each_key() -> None:
     l1, _ = make_l1()
-    l1.write({"a": b"1"}, l1.timer() + 60.0, l1.begin(["a"]))
+    put(l1, {"a": b"1"})
     assert l1.get_many(["a", "b", "c"]) == {"a": b"1"}
     assert (l1.stats()["hits"], l1.stats()["misses"]) == (1, 2)
 
 
 def test_peek_counts_nothing_and_respects_deadlines() -> None:
     l1, clock = make_l1()
-    l1.write({"a": b"1"}, l1.timer() + 1.0, l1.begin(["a"]))
+    put(l1, {"a": b"1"}, life=1.0)
     assert l1.peek("a") == b"1"
     clock.advance(1.5)
     assert l1.peek("a") is None
@@ -108,73 +107,97 @@ def test_peek_counts_nothing_and_respects_deadlines() -> None:
 
 def test_fill_that_raced_an_invalidation_is_not_installed() -> None:
     l1, _ = make_l1()
-    ticket = l1.begin(["k"])  # a reader goes to L2 ...
-    l1.invalidate(["k"])  # ... a delete lands meanwhile ...
-    l1.fill({"k": (b"old", math.inf)}, ticket)  # ... the reader's old value must lose
+    with l1.ticket(["k"]) as ticket:  # a reader goes to L2 ...
+        l1.invalidate(["k"])  # ... a delete lands meanwhile ...
+        assert ticket.stale("k")
+        ticket.fill({"k": (b"old", math.inf)})  # ... the reader's old value must lose
     assert l1.get("k") is None
 
 
 def test_fill_after_an_unrelated_invalidation_is_installed() -> None:
     l1, _ = make_l1()
-    ticket = l1.begin(["k"])
-    l1.invalidate(["other"])
-    l1.fill({"k": (b"v", math.inf)}, ticket)
+    with l1.ticket(["k"]) as ticket:
+        l1.invalidate(["other"])
+        assert not ticket.stale("k")
+        ticket.fill({"k": (b"v", math.inf)})
     assert l1.get("k") == b"v"
 
 
 def test_invalidation_before_the_ticket_does_not_block_the_fill() -> None:
     l1, _ = make_l1()
-    holder = l1.begin(["k"])  # keeps the key's bookkeeping alive
-    l1.invalidate(["k"])
-    ticket = l1.begin(["k"])
-    l1.fill({"k": (b"new", math.inf)}, ticket)
+    with l1.ticket(["k"]):  # keeps the key's bookkeeping alive
+        l1.invalidate(["k"])
+        with l1.ticket(["k"]) as ticket:
+            ticket.fill({"k": (b"new", math.inf)})
     assert l1.get("k") == b"new"
-    l1.end(["k"])
-    del holder
 
 
 def test_pattern_invalidation_and_clear_make_racing_fills_lose() -> None:
     l1, _ = make_l1()
-    ticket = l1.begin(["user:1", "post:1"])
-    l1.invalidate_matching(lambda key: key.startswith("user:"))
-    l1.fill({"user:1": (b"u", math.inf), "post:1": (b"p", math.inf)}, ticket)
+    with l1.ticket(["user:1", "post:1"]) as ticket:
+        l1.invalidate_matching(lambda key: key.startswith("user:"))
+        ticket.fill({"user:1": (b"u", math.inf), "post:1": (b"p", math.inf)})
     assert l1.get("user:1") is None
     assert l1.get("post:1") == b"p"
 
-    ticket = l1.begin(["a"])
-    l1.clear()
-    l1.fill({"a": (b"1", math.inf)}, ticket)
+    with l1.ticket(["a"]) as ticket:
+        l1.clear()
+        ticket.fill({"a": (b"1", math.inf)})
     assert l1.get("a") is None
 
 
 def test_concurrent_writes_of_one_key_drop_it_instead_of_guessing_the_order() -> None:
-    l1, _ = make_l1()
-    first, second = l1.begin(["k"]), l1.begin(["k"])
-    # Both wrote L2; which landed last is unknown. Whichever applies L1 second drops the key.
-    l1.write({"k": b"v1"}, l1.timer() + 60.0, first)
-    assert l1.get("k") == b"v1"
-    l1.write({"k": b"v2"}, l1.timer() + 60.0, second)
-    assert l1.get("k") is None
+    l1, clock = make_l1()
+    with l1.ticket(["k"]) as first, l1.ticket(["k"]) as second:
+        # Both wrote L2; which landed last is unknown. Whichever applies L1 second drops it.
+        first.write({"k": b"v1"}, clock.now + 60.0)
+        assert l1.get("k") == b"v1"
+        second.write({"k": b"v2"}, clock.now + 60.0)
+        assert l1.get("k") is None
 
 
 def test_own_write_invalidates_a_racing_fill() -> None:
     l1, _ = make_l1()
-    reader = l1.begin(["k"])
-    l1.write({"k": b"new"}, l1.timer() + 60.0, l1.begin(["k"]))
-    l1.fill({"k": (b"old", math.inf)}, reader)
+    with l1.ticket(["k"]) as reader:
+        put(l1, {"k": b"new"})
+        reader.fill({"k": (b"old", math.inf)})
     assert l1.get("k") == b"new"
 
 
 def test_ticket_bookkeeping_is_released() -> None:
     l1, _ = make_l1()
-    t1 = l1.begin(["a", "b"])
-    l1.invalidate(["a"])
-    l1.fill({"a": (b"1", math.inf)}, t1, ["b"])
-    l1.write({"c": b"3"}, l1.timer() + 1.0, l1.begin(["c"]))
-    l1.begin(["d"])
-    l1.end(["d"])
+    with l1.ticket(["a", "b"]) as ticket:
+        l1.invalidate(["a"])
+        ticket.fill({"a": (b"1", math.inf)})  # "b" is left for the end of the block
+    put(l1, {"c": b"3"})
+    with l1.ticket(["d"]):
+        pass
     assert l1._tickets == {}
     assert l1._stamps == {}
+
+
+def test_ticket_releases_what_it_holds_when_the_block_raises() -> None:
+    l1, _ = make_l1()
+    with pytest.raises(RuntimeError), l1.ticket(["a", "b"]) as ticket:
+        ticket.fill({"a": (b"1", math.inf)})
+        raise RuntimeError("the L2 read failed")
+    assert l1._tickets == {}
+    assert l1.get("a") == b"1"
+
+
+def test_each_key_is_released_once_however_often_it_is_named() -> None:
+    l1, _ = make_l1()
+    with l1.ticket(["k"]) as outer:
+        with l1.ticket(["k", "k"]) as inner:  # a duplicate key takes one ticket
+            inner.fill({"k": (b"1", math.inf)})
+            inner.fill({"k": (b"2", math.inf)})  # already released: nothing happens
+            inner.release(["k"])
+            assert l1._tickets == {"k": 1}  # the outer ticket is still out
+        l1.invalidate(["k"])
+        assert outer.stale("k")  # so an invalidation still stamps the key for it
+        outer.fill({"k": (b"3", math.inf)})
+    assert l1.get("k") is None
+    assert l1._tickets == {} and l1._stamps == {}
 
 
 def test_bound_holds_under_concurrent_churn() -> None:
@@ -186,7 +209,7 @@ def test_bound_holds_under_concurrent_churn() -> None:
         barrier.wait()
         for i in range(300):
             key = f"{worker}:{i}"
-            l1.write({key: b"x"}, l1.timer() + 60.0, l1.begin([key]))
+            put(l1, {key: b"x"})
             l1.get(key)
             sizes.append(len(l1))
 

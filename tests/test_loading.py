@@ -104,7 +104,7 @@ def test_overlapping_batches_load_each_key_once(cache_factory: CacheFactory) -> 
     assert sorted(calls) == [["k1", "k2", "k3"], ["k4"]]
     assert results["first"] == {"k1": b"k1", "k2": b"k2", "k3": b"k3"}
     assert results["second"] == {"k2": b"k2", "k3": b"k3", "k4": b"k4"}
-    assert len(cache._flights) == 0
+    assert len(cache._loading.flights) == 0
 
 
 def test_a_failing_batch_loader_reaches_waiters_and_caches_nothing(
@@ -135,7 +135,7 @@ def test_a_failing_batch_loader_reaches_waiters_and_caches_nothing(
     second.join(5)
     assert len(errors) == 2
     assert redis_server.client().dbsize() == 0
-    assert len(cache._flights) == 0
+    assert len(cache._loading.flights) == 0
 
 
 def test_get_or_load_many_rejects_bad_input(cache_factory: CacheFactory) -> None:
@@ -382,8 +382,8 @@ def test_refresh_jitter_spreads_the_refresh_point_within_the_window(
     spread_out = cache_factory(timer=fake_clock, subscribed=False, l2={"refresh_jitter": 0.5})
 
     def due_after(cache: Any) -> float:
-        cache._schedule_refresh("k", fake_clock.now, 10.0, 10.0, 0.4)
-        return cache._refresh_at["k"][0] - fake_clock.now  # type: ignore[no-any-return]
+        cache._loading.refresh.schedule("k", fake_clock.now, 10.0, 10.0, 0.4)
+        return cache._loading.refresh.due_in("k")  # type: ignore[no-any-return]
 
     assert due_after(exact) == pytest.approx(6.0)  # exactly the start of the last 40 %
     spread = [due_after(spread_out) for _ in range(50)]
@@ -538,9 +538,9 @@ def test_invalidation_and_negative_answers_drop_refresh_schedules(
         cache_factory: CacheFactory) -> None:
     cache = cache_factory()
     cache.get_or_load("k", lambda: b"v", ttl=10, refresh_ahead=0.5)
-    assert "k" in cache._refresh_at
+    assert "k" in cache._loading.refresh
     cache.delete("k")
-    assert "k" not in cache._refresh_at
+    assert "k" not in cache._loading.refresh
     cache.get_or_load("p:1", lambda: b"v", ttl=10, refresh_ahead=0.5)
     cache.invalidate("p:*")
-    assert "p:1" not in cache._refresh_at
+    assert "p:1" not in cache._loading.refresh

@@ -106,7 +106,7 @@ def test_fork_child_works_even_with_locks_held_and_loads_in_flight(
     loading = threading.Event()
 
     def hold_the_l1_lock() -> None:
-        with cache._l1._lock:
+        with cache._tiers.l1._lock:
             lock_held.set()
             release.wait(10)
 

@@ -36,7 +36,7 @@ def test_a_load_invalidated_while_loading_is_stored_nowhere(cache_factory: Cache
 
     assert cache.get_or_load("k", loader) == b"maybe-stale"
     assert redis_server.client().exists("k") == 0
-    assert cache._l1.get("k") is None
+    assert cache._tiers.l1.get("k") is None
     assert cache.get_or_load("k", lambda: b"fresh") == b"fresh"  # the next call loads again
 
 
@@ -63,7 +63,7 @@ def test_reads_never_raise_while_another_thread_closes_the_cache(cache_factory: 
         while not stop.is_set():
             n += 1
             try:
-                cache._l1.clear()
+                cache._tiers.l1.clear()
                 cache.get(f"k{n % 20}")
                 cache.get_many([f"k{n % 20}", f"k{(n + 1) % 20}"])
                 cache.exists("k0")
@@ -97,10 +97,10 @@ def test_a_write_l2_refused_lives_in_l1_only_briefly(cache_factory: CacheFactory
             refused = f"k{n}"
             break
     assert refused is not None
-    assert cache._l1.get(refused) == big  # applied locally, as the contract says ...
+    assert cache._tiers.l1.get(refused) == big  # applied locally, as the contract says ...
     fake_clock.advance(cache.config.l1.degraded_ttl + 0.01)
-    assert cache._l1.get(refused) is None  # ... but not for longer than degraded_ttl
-    assert cache._l1.get("k0") == big  # a write L2 took keeps its full life
+    assert cache._tiers.l1.get(refused) is None  # ... but not for longer than degraded_ttl
+    assert cache._tiers.l1.get("k0") == big  # a write L2 took keeps its full life
 
 
 def test_a_malformed_invalidation_flushes_l1(cache_factory: CacheFactory,
@@ -109,7 +109,7 @@ def test_a_malformed_invalidation_flushes_l1(cache_factory: CacheFactory,
     cache.set("k", b"v")
     redis_server.client().publish(cache._l2.channel, b"\xff not json")
     wait_until(lambda: cache.stats()["coherence"]["flushes"] == 1)
-    assert cache._l1.get("k") is None
+    assert cache._tiers.l1.get("k") is None
     assert cache.stats()["coherence"]["state"] == "subscribed"
 
 

@@ -319,7 +319,7 @@ def test_singleflight_64_threads_one_load(cache_factory: CacheFactory) -> None:
     hits = (stats["l1_stats"]["hits"] + stats["l2_stats"]["hits"]
             + stats["singleflight"]["coalesced"])
     assert hits == threads - 1
-    assert len(cache._flights) == 0
+    assert len(cache._loading.flights) == 0
     assert cache.get("hot") == b"value"
 
 
@@ -365,7 +365,7 @@ def test_loader_exception_reaches_every_waiter_and_nothing_is_cached(
     assert len(errors) == threads
     assert cache.get("k") is None
     assert redis_server.client().exists("k") == 0
-    assert len(cache._flights) == 0
+    assert len(cache._loading.flights) == 0
     assert cache.get_or_load("k", lambda: b"second try") == b"second try"
 
 
@@ -390,13 +390,13 @@ def test_singleflight_many_keys_at_once(cache_factory: CacheFactory) -> None:
 
     run_threads(64, worker)
     assert calls == dict.fromkeys(keys, 1)
-    assert len(cache._flights) == 0
+    assert len(cache._loading.flights) == 0
 
 
 def test_a_fill_that_raced_a_delete_is_not_installed(cache_factory: CacheFactory) -> None:
     cache = cache_factory()
     cache.set("k", b"old")
-    cache._l1.invalidate(["k"])  # forget it locally so the next get goes to L2
+    cache._tiers.l1.invalidate(["k"])  # forget it locally so the next get goes to L2
     real_get = cache._l2.get
 
     def get_then_race(key: str) -> Any:
@@ -416,7 +416,7 @@ def test_a_fill_that_raced_a_delete_is_not_installed(cache_factory: CacheFactory
 def test_a_fill_that_raced_a_set_keeps_the_new_value(cache_factory: CacheFactory) -> None:
     cache = cache_factory()
     cache.set("k", b"old")
-    cache._l1.invalidate(["k"])
+    cache._tiers.l1.invalidate(["k"])
     real_get = cache._l2.get
 
     def get_then_race(key: str) -> Any:
@@ -514,7 +514,7 @@ def test_health_with_a_wrong_password_leaks_nothing(cache_factory: CacheFactory,
     ],
 )
 def test_server_detection(info: dict[str, str], server: str, version: str) -> None:
-    from dragonfly_cache._l2 import detect_server
+    from dragonfly_cache._probe import detect_server
 
     assert detect_server(info) == (server, version)
 
@@ -643,8 +643,8 @@ def test_pool_exhaustion_is_a_bounded_wait_then_a_miss_or_an_error(
         cache_factory: CacheFactory) -> None:
     cache = cache_factory(pool_size=1, pool_timeout=0.05)
     cache.set("k", b"v")
-    cache._l1.clear()
-    assert cache._l2._seed.slots.acquire(0.01)  # another thread holds the only connection
+    cache._tiers.l1.clear()
+    assert cache._l2.router.nodes.node(cache._l2.router.config.addresses[0]).slots.acquire(0.01)  # another thread holds the only connection
     try:
         started = time.monotonic()
         assert cache.get("k") is None  # a read degrades to a miss
@@ -652,9 +652,9 @@ def test_pool_exhaustion_is_a_bounded_wait_then_a_miss_or_an_error(
             cache.set("k", b"new")
         assert time.monotonic() - started < 1.0
     finally:
-        cache._l2._seed.slots.release()
+        cache._l2.router.nodes.node(cache._l2.router.config.addresses[0]).slots.release()
     assert cache.get("k") == b"new"  # the failed set still applied to L1 ...
-    cache._l1.clear()
+    cache._tiers.l1.clear()
     assert cache.get("k") == b"v"  # ... while L2 kept the old value
 
 
@@ -667,7 +667,7 @@ def test_more_threads_than_connections_do_not_starve(cache_factory: CacheFactory
         barrier.wait()
         for i in range(100):
             cache.set(f"{n}:{i}", b"v")
-            cache._l1.invalidate([f"{n}:{i}"])
+            cache._tiers.l1.invalidate([f"{n}:{i}"])
             assert cache.get(f"{n}:{i}") == b"v"
 
     run_threads(16, worker)
@@ -678,7 +678,7 @@ def test_a_stalled_server_costs_one_timeout_not_one_per_retry(cache_factory: Cac
                                                               redis_server: Any) -> None:
     cache = cache_factory(max_retries=3, socket_timeout=0.2, connect_timeout=0.2)
     cache.set("warm", b"v")  # a pooled connection exists
-    cache._l1.clear()
+    cache._tiers.l1.clear()
     redis_server.pause()  # accepts connections, never answers
     try:
         started = time.monotonic()
@@ -701,7 +701,7 @@ def test_l1_deadline_of_a_write_counts_from_before_the_send(cache_factory: Cache
     cache._l2.set_many = slow_set_many  # type: ignore[method-assign]
     cache.set("k", b"v", ttl=1)
     fake_clock.advance(0.6)  # 1.1 s after the SET was sent: the server key is gone
-    assert cache._l1.get("k") is None
+    assert cache._tiers.l1.get("k") is None
 
 
 def test_a_loader_that_reenters_its_own_key_gets_an_error_not_a_deadlock(
@@ -751,7 +751,7 @@ def test_tls_flag_selects_the_connection_class(tls: bool, connection_class: str)
     from dragonfly_cache import CacheConfig, DragonflyConfig
 
     cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(tls=tls, mode="standalone")))
-    assert cache._l2._seed.connections._connection_class.__name__ == connection_class
+    assert cache._l2.router.nodes.connection_class.__name__ == connection_class
     assert cache._l2.subscription()[0].connection_pool.connection_class.__name__ == connection_class
     cache.close()
 
@@ -760,7 +760,7 @@ def test_get_many_reloads_its_script_after_script_flush(cache_factory: CacheFact
                                                         redis_server: Any) -> None:
     cache = cache_factory()
     cache.set_many({"a": b"1", "b": b"2"})
-    cache._l1.clear()
+    cache._tiers.l1.clear()
     redis_server.client().script_flush()
     assert cache.get_many(["a", "b", "c"]) == {"a": b"1", "b": b"2"}
     assert cache._l2._scripting is True
@@ -773,11 +773,11 @@ def test_get_many_works_where_scripting_is_not_allowed(cache_factory: CacheFacto
                                 channels=["*"], commands=["+@all", "-@scripting"])
     cache = cache_factory(server, username="app", password="app-secret")
     cache.set_many({f"k{n}": b"v%d" % n for n in range(600)}, ttl=30)
-    cache._l1.clear()
+    cache._tiers.l1.clear()
     found = cache.get_many([f"k{n}" for n in range(700)])
     assert found == {f"k{n}": b"v%d" % n for n in range(600)}
     assert cache._l2._scripting is False
-    cache._l1.clear()
+    cache._tiers.l1.clear()
     assert cache.get_many(["k1", "k2"]) == {"k1": b"v1", "k2": b"v2"}
 
 
@@ -786,9 +786,9 @@ def test_get_many_of_more_keys_than_one_script_chunk(cache_factory: CacheFactory
     cache = cache_factory(timer=fake_clock)
     values = {f"k{n}": b"%d" % n for n in range(1234)}
     cache.set_many(values, ttl=60)
-    cache._l1.clear()
+    cache._tiers.l1.clear()
     assert cache.get_many(list(values)) == values
     fake_clock.advance(59.0)
-    assert cache._l1.get("k1233") == b"1233"  # filled with the key's remaining PTTL ...
+    assert cache._tiers.l1.get("k1233") == b"1233"  # filled with the key's remaining PTTL ...
     fake_clock.advance(1.1)
-    assert cache._l1.get("k1233") is None  # ... never past it
+    assert cache._tiers.l1.get("k1233") is None  # ... never past it

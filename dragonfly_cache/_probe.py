@@ -1,0 +1,71 @@
+"""The health probe: PING + INFO of every server, and what kind of server answered."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._router import Router
+from ._topology import parse_info
+from .exceptions import CacheUnavailableError
+from .types import DragonflyHealth
+
+__all__ = ["detect_server", "probe"]
+
+_COMMANDS = (("PING",), ("INFO", "server"), ("INFO", "cluster"))
+
+
+def detect_server(info: Mapping[str, Any]) -> tuple[str, str]:
+    """Tell the server kind and version from an ``INFO server`` reply.
+
+    Dragonfly reports a fake ``redis_version`` (7.4.0) next to ``dragonfly_version``
+    ("df-v1.x.y"), so it is recognised by the latter and "df-" is stripped. Valkey reports
+    ``valkey_version`` (and ``server_name:valkey``) next to a compatibility redis_version.
+    """
+    if "dragonfly_version" in info:
+        version = str(info["dragonfly_version"])
+        return "dragonfly", version.removeprefix("df-")
+    if "valkey_version" in info or info.get("server_name") == "valkey":
+        return "valkey", str(info.get("valkey_version", info.get("redis_version", "")))
+    return "redis", str(info.get("redis_version", ""))
+
+
+def probe(router: Router) -> DragonflyHealth:
+    """PING and INFO of the server, or of every primary of a cluster.
+
+    The probe goes through the circuit breakers like any call.
+
+    Returns:
+        ``{"connected": True, "server": "dragonfly"|"redis"|"valkey", "version": str,
+        "mode": "standalone"|"cluster"}``; a cluster adds ``nodes`` (address -> "ok" or
+        the failure) and, when some primary failed, ``error``.
+
+    Raises:
+        CacheUnavailableError: no server answered.
+    """
+    addresses = router.primaries()
+    info: DragonflyHealth | None = None
+    states: dict[str, str] = {}
+    failures: list[CacheUnavailableError] = []
+    for address in addresses:
+        try:
+            _pong, server_info, cluster_info = router.call(
+                "PING", lambda c: c.roundtrip(_COMMANDS), address)
+        except CacheUnavailableError as exc:
+            failures.append(exc)
+            states[address] = str(exc)
+            continue
+        states[address] = "ok"
+        if info is None:
+            server, version = detect_server(parse_info(server_info))
+            cluster_enabled = parse_info(cluster_info).get("cluster_enabled") == "1"
+            info = {"connected": True, "server": server, "version": version,
+                    "mode": "cluster" if cluster_enabled else "standalone"}
+    if info is None:
+        raise failures[0]
+    if router.is_cluster():
+        info["nodes"] = states
+        if failures:
+            info["error"] = (f"{len(failures)} of {len(addresses)} cluster primaries "
+                             f"unreachable: " + "; ".join(str(f) for f in failures))
+    return info

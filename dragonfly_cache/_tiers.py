@@ -1,0 +1,198 @@
+"""L1 and L2 joined by coherence: the reads and writes every policy is built from.
+
+:class:`Tiers` is the one place that knows how the tiers move together: a read from L2
+fills L1 under a ticket (so an invalidation that races it wins), a write goes to L2 with
+its announcement and then to L1, and every L1 entry gets its deadline from one rule,
+:meth:`Tiers.deadline`. :class:`~dragonfly_cache.tiered.TieredCache` (validation and
+failure policy) and :mod:`dragonfly_cache._loading` (loads, refreshes) are built on it.
+
+One per process: after a fork the cache makes a new one (a new, empty L1 and a new
+listener); the L2 it wraps survives the fork and drops its own per-process state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from ._coherence import Coherence
+from ._l1 import L1, Entry
+from ._l2 import L2
+from .config import L1Config
+from .exceptions import CacheUnavailableError
+from .types import CoherenceStats
+
+__all__ = ["NEGATIVE", "YIELD_INTERVAL", "Tiers"]
+
+# The stored form of "no such record". get() answers None for it. Chosen so that no value
+# produced by this package's codecs can equal it (JSON and msgpack never start with NUL).
+NEGATIVE = b"\x00dragonfly_cache:not-found\x00"
+
+# How often a thread that keeps hitting L1 offers the GIL to the invalidation listener.
+YIELD_INTERVAL = 0.001
+
+
+class Tiers:
+    """The tiers of one cache in one process.
+
+    Args:
+        config: the L1 settings (size, ttl, coherence, degraded ttl).
+        l2: the shared tier.
+        timer: the monotonic clock of L1 deadlines.
+    """
+
+    def __init__(self, config: L1Config, l2: L2, timer: Callable[[], float]) -> None:
+        self.l1 = L1(config.max_size, timer)
+        self.l2 = l2
+        self._ttl = config.ttl
+        self._degraded_ttl = config.degraded_ttl
+        self.coherence = (Coherence(self.l1, l2.subscription, l2.channel)
+                          if config.invalidation else None)
+        if self.coherence is not None:
+            self.l1.yield_interval = YIELD_INTERVAL
+
+    def listen(self) -> None:
+        """Start the invalidation listener in this process, if coherence is on and it is
+        not running (every operation that reaches L2 calls this first)."""
+        if self.coherence is not None:
+            self.coherence.ensure_started()
+
+    def stop(self) -> None:
+        """Stop the invalidation listener (L1 entries then live ``l1.degraded_ttl``)."""
+        if self.coherence is not None:
+            self.coherence.stop()
+
+    # -- the one deadline rule -------------------------------------------------------------
+
+    @property
+    def trusted(self) -> bool:
+        """Whether L1 entries may live their full life: coherence is off, or the
+        invalidation listener is subscribed (no invalidation can be missed)."""
+        return self.coherence is None or self.coherence.subscribed
+
+    def deadline(self, start: float, life: float = math.inf, *, degraded: bool = False
+                 ) -> float:
+        """When an L1 entry stored at ``start`` must leave L1.
+
+        The earliest of: ``start + life`` (the key's life in L2: its ttl when we write it,
+        its PTTL when we read it; callers read the clock *before* asking L2, so the entry
+        never outlives the L2 key), ``start + l1.ttl``, and ``start + l1.degraded_ttl``
+        when the entry may already be stale or miss its invalidation: ``degraded`` (L2 did
+        not take the value, or the listener was not subscribed when it was read) or the
+        listener is not subscribed now.
+        """
+        bound = self._ttl
+        if degraded or not self.trusted:
+            bound = min(bound, self._degraded_ttl)
+        return start + min(life, bound)
+
+    # -- announcements ---------------------------------------------------------------------
+
+    def announce(self, keys: list[str]) -> str | None:
+        """The message that invalidates ``keys`` in the other caches (None: coherence off)."""
+        return None if self.coherence is None else self.coherence.keys_message(keys)
+
+    def announce_pattern(self, pattern: str) -> str | None:
+        """The message that invalidates the keys matching ``pattern`` elsewhere."""
+        return None if self.coherence is None else self.coherence.pattern_message(pattern)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def fetch(self, keys: Sequence[str]) -> tuple[dict[str, bytes], dict[str, Entry]]:
+        """Read ``keys`` from L2 (GET+PTTL, or MGET+PTTLs): the values found, and the L1
+        entries they allow (value, deadline). L2 failures read as misses (the L2 tier
+        counted and logged them)."""
+        start = self.l1.timer()
+        # Trust as it was before the request: an invalidation sent while the listener was
+        # not yet subscribed may have been missed.
+        untrusted = not self.trusted
+        found: dict[str, bytes] = {}
+        fills: dict[str, Entry] = {}
+        try:
+            replies = [self.l2.get(keys[0])] if len(keys) == 1 else self.l2.get_many(keys)
+        except CacheUnavailableError:
+            return found, fills
+        for key, (value, pttl) in zip(keys, replies, strict=True):
+            if value is None:
+                continue
+            if value == NEGATIVE:
+                value = NEGATIVE  # one object, so hot paths can test identity
+            found[key] = value
+            if pttl >= 0:
+                fills[key] = (value, self.deadline(start, pttl / 1000, degraded=untrusted))
+            elif pttl == -1:  # no expiry on the server: L1's own bounds apply
+                fills[key] = (value, self.deadline(start, degraded=untrusted))
+            # -2: the key vanished between GET and PTTL; answer, but don't keep it
+        return found, fills
+
+    def read_through(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Fetch L1-missing keys from L2 in one round trip and fill L1 with them.
+
+        The ticket is taken before the request, so an invalidation that arrives while it
+        is in flight wins over the fill.
+        """
+        self.listen()
+        with self.l1.ticket(keys) as ticket:
+            found, fills = self.fetch(keys)
+            ticket.fill(fills)
+        return found
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def write(self, values: dict[str, bytes], seconds: float) -> None:
+        """SET ``values`` for ``seconds`` in L2 (announced), then in L1.
+
+        Raises:
+            CacheUnavailableError: L2 did not take the write. It is applied to L1 all the
+                same, but only for ``l1.degraded_ttl``: L2 and the other processes still
+                have the old value.
+        """
+        self.listen()
+        with self.l1.ticket(values) as ticket:
+            # The server starts the key's expiry when the SET arrives; reading the clock
+            # before sending keeps the L1 deadline no later than that, however slow the reply.
+            start = self.l1.timer()
+            deadline = self.deadline(start, seconds)
+            try:
+                self.l2.set_many(values, seconds, self.announce(list(values)))
+            except BaseException:
+                ticket.write(values, self.deadline(start, seconds, degraded=True))
+                raise
+            ticket.write(values, deadline)
+
+    def delete(self, keys: list[str]) -> int:
+        """UNLINK ``keys`` in L2 (announced) and drop them from L1; how many L2 had.
+
+        Raises:
+            CacheUnavailableError: L2 did not take the delete (L1 no longer has the keys).
+        """
+        self.listen()
+        # Before L2 too: a load about to store one of these keys must see the delete coming.
+        self.l1.invalidate(keys)
+        try:
+            return self.l2.delete(keys, self.announce(keys))
+        finally:
+            # After L2, so a fill that read the old value before the delete is stamped stale.
+            self.l1.invalidate(keys)
+
+    def invalidate(self, pattern: str, matches: Callable[[str], bool]) -> int:
+        """Remove the keys matching the glob ``pattern`` (``matches`` is its compiled form)
+        from L2 (announced) and L1, in the same order as :meth:`delete`; how many L2 had.
+
+        Raises:
+            CacheUnavailableError: L2 could not be scanned (L1 matches were removed).
+        """
+        self.listen()
+        self.l1.invalidate_matching(matches)
+        try:
+            return self.l2.invalidate(pattern, self.announce_pattern(pattern))
+        finally:
+            self.l1.invalidate_matching(matches)
+
+    # -- introspection ---------------------------------------------------------------------
+
+    def coherence_stats(self) -> CoherenceStats:
+        """The listener's state and counters (``{"state": "disabled"}`` when off)."""
+        if self.coherence is None:
+            return {"state": "disabled"}
+        return self.coherence.stats()

@@ -1,0 +1,134 @@
+"""Public types: the ``ttl`` argument, and the shapes of ``stats()`` and ``health()``.
+
+``stats()`` and ``health()`` return plain dicts (JSON-ready, as the HTTP endpoints serve
+them); these ``TypedDict`` s describe them for type checkers and readers. Keys marked
+optional appear only in some setups (a cluster, coherence on).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal, TypedDict
+
+__all__ = [
+    "TTL",
+    "BreakerStats",
+    "CoherenceStats",
+    "DragonflyHealth",
+    "Health",
+    "L1Stats",
+    "L2Stats",
+    "LoadingStats",
+    "SingleflightStats",
+    "Stats",
+]
+
+#: A time to live: seconds (int or float), a ``timedelta``, or None for the default
+#: (``l2.ttl``). Every public method that takes a ttl takes this.
+TTL = float | int | timedelta | None
+
+
+
+class L1Stats(TypedDict):
+    """``stats()["l1_stats"]``: the in-process tier."""
+
+    size: int
+    max_size: int
+    hits: int
+    misses: int
+    hit_rate: float
+    evictions: int  # pushed out by the size bound
+    expirations: int  # dropped at their deadline
+
+
+class L2Stats(TypedDict):
+    """``stats()["l2_stats"]``: the shared tier."""
+
+    hits: int
+    misses: int
+    hit_rate: float
+    errors: int
+    errors_by_operation: dict[str, int]
+    rejected: int  # calls the open circuit breaker refused without a socket attempt
+
+
+class SingleflightStats(TypedDict):
+    """``stats()["singleflight"]``: loader calls, and callers that shared one."""
+
+    loads: int
+    coalesced: int
+
+
+class _BreakerStats(TypedDict):
+    state: str  # a BreakerState value: "closed", "half_open" or "open"
+    consecutive_failures: int
+    cooldown: float
+    opened: int
+    closed: int
+    rejected: int
+
+
+class BreakerStats(_BreakerStats, total=False):
+    """``stats()["breaker"]``; in a cluster the worst node's state, summed counters and
+    ``nodes`` (address -> state)."""
+
+    nodes: dict[str, str]
+
+
+class _CoherenceState(TypedDict):
+    state: str  # "disabled", "stopped", "connecting", "subscribed" or "down"
+
+
+class CoherenceStats(_CoherenceState, total=False):
+    """``stats()["coherence"]``: the invalidation listener (only ``state`` when disabled)."""
+
+    received: int  # messages from other caches
+    applied: int  # of those, the ones that reached L1
+    flushes: int  # whole-L1 flushes (lost connection, malformed message, stop)
+    reconnects: int
+    sharded: bool  # the last subscription used sharded pub/sub (SSUBSCRIBE)
+
+
+class LoadingStats(TypedDict):
+    """``stats()["loading"]``: early refreshes and undecodable memoized values."""
+
+    refreshes: int
+    refresh_failures: int
+    sync_refreshes: int
+    decode_failures: int
+
+
+class Stats(TypedDict):
+    """What ``TieredCache.stats()`` returns."""
+
+    l1_stats: L1Stats
+    l2_stats: L2Stats
+    singleflight: SingleflightStats
+    breaker: BreakerStats
+    coherence: CoherenceStats
+    loading: LoadingStats
+
+
+class _DragonflyHealth(TypedDict):
+    connected: bool
+    version: str | None
+
+
+class DragonflyHealth(_DragonflyHealth, total=False):
+    """``health()["dragonfly"]``: what the probe (PING + INFO) found."""
+
+    server: str  # "dragonfly", "redis" or "valkey"
+    mode: str  # "standalone" or "cluster"
+    nodes: dict[str, str]  # a cluster: primary address -> "ok" or its failure
+    error: str  # why the server (or some cluster primary) is unreachable
+
+
+class Health(TypedDict):
+    """What ``TieredCache.health()`` returns."""
+
+    status: Literal["healthy", "unhealthy"]
+    dragonfly: DragonflyHealth
+    breaker: str  # the breaker's state, as in stats()["breaker"]["state"]
+    coherence: str  # the listener's state, as in stats()["coherence"]["state"]
+    l1_stats: L1Stats
+    l2_stats: L2Stats
