@@ -22,11 +22,10 @@ from redis.exceptions import NoScriptError
 
 from ._connections import Command, Connections
 from ._glob import escape_glob
-from ._nodes import LatencyObserver
 from ._router import Group, Result, Router, replies_of
 from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
-from .types import BreakerStats, L2Stats
+from .types import BreakerStats, L2Stats, LatencyObserver
 
 __all__ = ["L2", "UNREACHABLE", "channel_name"]
 

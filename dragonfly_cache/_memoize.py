@@ -21,15 +21,14 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 from . import codecs
 from ._glob import escape_glob
 from .exceptions import CacheUnavailableError
-from .types import TTL
+from .types import TTL, Memoized
 
-__all__ = ["MemoCache", "Memoized", "memoize"]
+__all__ = ["MemoCache", "memoize"]
 
 logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-R_co = TypeVar("R_co", covariant=True)
 
 
 class MemoCache(Protocol):
@@ -43,28 +42,6 @@ class MemoCache(Protocol):
     def delete(self, key: str) -> None: ...
 
     def invalidate(self, pattern: str) -> int: ...
-
-
-class Memoized(Protocol[P, R_co]):
-    """A memoized function: call it like the function, plus three helpers."""
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
-
-    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """The cache key of this call."""
-        ...
-
-    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        """Drop the cached result of this call (everywhere, through coherence)."""
-        ...
-
-    def invalidate_all(self) -> int:
-        """Drop every cached result of this function; returns how many L2 keys went."""
-        ...
-
-    # A method memoized in a class body binds its instance like a function does; the
-    # bound form is typed loosely (Any) since its parameters lose the first one.
-    def __get__(self, instance: object, owner: type | None = None) -> Any: ...
 
 
 def memoize(cache: MemoCache, seconds: float, *, key: Callable[..., str] | None,

@@ -31,9 +31,9 @@ from ._connections import Command, Connections, exchange_all
 from ._slots import FairSlots
 from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
+from .types import LatencyObserver
 
-__all__ = ["BACKOFF_CAP", "LatencyObserver", "Node", "Nodes", "format_address",
-           "split_address"]
+__all__ = ["BACKOFF_CAP", "Node", "Nodes", "format_address", "split_address"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,6 @@ BACKOFF_CAP = 0.1
 _LOG_EVERY = 10.0  # seconds between repeated warnings about the same failing operation
 T = TypeVar("T")
 
-#: Called with (operation, seconds) after every command batch that reached the servers.
-LatencyObserver = Callable[[str, float], None]
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -26,11 +26,11 @@ from redis.exceptions import AskError, MovedError
 
 from ._breaker import BreakerState
 from ._connections import Command, Connections
-from ._nodes import LatencyObserver, Node, Nodes, format_address
+from ._nodes import Node, Nodes, format_address
 from ._topology import SlotMap, Topology
 from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
-from .types import BreakerStats
+from .types import BreakerStats, LatencyObserver
 
 __all__ = ["Group", "Result", "Router", "replies_of"]
 

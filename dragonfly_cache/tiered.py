@@ -26,13 +26,12 @@ from ._glob import compile_glob
 from ._keys import check_fraction, check_key, check_keys, check_ttl, check_value
 from ._l2 import L2
 from ._loading import Loader, Loading, ManyLoader
-from ._memoize import Memoized, memoize
-from ._nodes import LatencyObserver
+from ._memoize import memoize
 from ._probe import probe
 from ._tiers import NEGATIVE, Tiers
 from .config import CacheConfig
 from .exceptions import CacheUnavailableError
-from .types import TTL, DragonflyHealth, Health, Stats
+from .types import TTL, DragonflyHealth, Health, LatencyObserver, Memoized, Stats
 
 __all__ = ["TTL", "TieredCache"]
 

@@ -1,4 +1,5 @@
-"""Public types: the ``ttl`` argument, and the shapes of ``stats()`` and ``health()``.
+"""Public types: the ``ttl`` argument, the shapes of ``stats()`` and ``health()``, what
+``memoize`` returns, and the latency hook.
 
 ``stats()`` and ``health()`` return plain dicts (JSON-ready, as the HTTP endpoints serve
 them); these ``TypedDict`` s describe them for type checkers and readers. Keys marked
@@ -7,8 +8,9 @@ optional appear only in some setups (a cluster, coherence on).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Literal, TypedDict
+from typing import Any, Literal, ParamSpec, Protocol, TypedDict, TypeVar
 
 __all__ = [
     "TTL",
@@ -18,7 +20,9 @@ __all__ = [
     "Health",
     "L1Stats",
     "L2Stats",
+    "LatencyObserver",
     "LoadingStats",
+    "Memoized",
     "SingleflightStats",
     "Stats",
 ]
@@ -26,6 +30,36 @@ __all__ = [
 #: A time to live: seconds (int or float), a ``timedelta``, or None for the default
 #: (``l2.ttl``). Every public method that takes a ttl takes this.
 TTL = float | int | timedelta | None
+
+#: ``observer(operation, seconds)``: called after every L2 command batch (one round trip;
+#: ``operation`` is e.g. "GET", "MGET", "SET"); see ``TieredCache.add_latency_observer``.
+LatencyObserver = Callable[[str, float], None]
+
+P = ParamSpec("P")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Memoized(Protocol[P, R_co]):
+    """What ``TieredCache.memoize`` makes of a function: call it like the function, plus
+    three helpers that take the same arguments."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The cache key of this call."""
+        ...
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Drop the cached result of this call (everywhere, through coherence)."""
+        ...
+
+    def invalidate_all(self) -> int:
+        """Drop every cached result of this function; returns how many L2 keys went."""
+        ...
+
+    # A method memoized in a class body binds its instance like a function does; the
+    # bound form is typed loosely (Any), since it loses the first parameter.
+    def __get__(self, instance: object, owner: type | None = None) -> Any: ...
 
 
 
