@@ -81,6 +81,7 @@ class TieredCache:
         """Create the per-process parts: the tiers (a new L1, and a coherence listener
         started by the first operation that reaches L2) and the loading state."""
         self._tiers = Tiers(self.config.l1, self._l2, self._timer)
+        self._l1 = self._tiers.l1  # one attribute hop on the L1 hit path, not two
         self._loading = Loading(self._tiers, self.config.l2, self.config.l1.max_size)
         if self._closed:
             self._tiers.stop()  # a cache closed before a fork stays closed in the child
@@ -100,7 +101,7 @@ class TieredCache:
 
     def __repr__(self) -> str:
         return (f"<TieredCache {self._l2.address} prefix={self.config.key_prefix!r} "
-                f"l1={len(self._tiers.l1)}/{self.config.l1.max_size}>")
+                f"l1={len(self._l1)}/{self.config.l1.max_size}>")
 
     def __enter__(self) -> TieredCache:
         return self
@@ -128,7 +129,7 @@ class TieredCache:
         """Return the value of ``key``, or None on a miss (or when L2 is unreachable)."""
         if type(key) is not str or not key:
             check_key(key)
-        value = self._tiers.l1.get(key)  # only validated keys are ever stored: a hit is one
+        value = self._l1.get(key)  # only validated keys are ever stored: a hit is one
         if value is not None:
             return None if value is NEGATIVE else value
         check_key(key)
@@ -141,7 +142,7 @@ class TieredCache:
         L1 answers what it can; the rest is fetched in one L2 round trip.
         """
         distinct = check_keys(keys)
-        found = self._tiers.l1.get_many(distinct)
+        found = self._l1.get_many(distinct)
         missing = [key for key in distinct if key not in found]
         if missing:
             found.update(self._tiers.read_through(missing))
@@ -150,7 +151,7 @@ class TieredCache:
     def exists(self, key: str) -> bool:
         """Whether ``key`` is cached (L1, else L2; False when L2 is unreachable)."""
         check_key(key)
-        value = self._tiers.l1.peek(key)
+        value = self._l1.peek(key)
         if value is None:
             # One GET+PTTL rather than EXISTS: it also tells a cached "not found" from a
             # value, and fills L1 for the read that usually follows.
@@ -328,7 +329,7 @@ class TieredCache:
         """Counters: ``l1_stats``, ``l2_stats``, ``singleflight``, ``breaker``, ``coherence``,
         ``loading`` (background/synchronous refreshes, their failures, undecodable values)."""
         return {
-            "l1_stats": self._tiers.l1.stats(),
+            "l1_stats": self._l1.stats(),
             "l2_stats": self._l2.stats(),
             "singleflight": self._loading.singleflight_stats(),
             "breaker": self._l2.breaker_stats(),
@@ -359,6 +360,6 @@ class TieredCache:
             "dragonfly": dragonfly,
             "breaker": self._l2.breaker_stats()["state"],
             "coherence": self._tiers.coherence_stats()["state"],
-            "l1_stats": self._tiers.l1.stats(),
+            "l1_stats": self._l1.stats(),
             "l2_stats": self._l2.stats(),
         }
