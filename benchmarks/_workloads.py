@@ -45,7 +45,7 @@ from _systems import (
 from redis.cluster import RedisCluster
 
 from dragonfly_cache import TieredCache
-from tests._cluster import LocalCluster
+from tests.helpers.cluster import LocalCluster
 
 __all__ = ["WORKLOADS", "Context", "Settings"]
 

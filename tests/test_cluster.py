@@ -1,4 +1,4 @@
-"""Cluster mode against a real 3-primary Redis Cluster (tests/_cluster.py).
+"""Cluster mode against a real 3-primary Redis Cluster (tests/helpers/cluster.py).
 
 The contract itself runs on the cluster in test_contract.py; this file checks what is
 particular to a cluster: keys on every node, one round trip per node, SCAN on every
@@ -29,10 +29,9 @@ from dragonfly_cache import (
     TieredCache,
 )
 from dragonfly_cache._coherence import channel_name
-from tests._cluster import ClusterNode, LocalCluster
-from tests._coherence_worker import Worker, measure
-from tests.test_resilience import percentile
-from tests.test_tiered import wait_until
+from tests.helpers import command_calls, percentile, wait_until
+from tests.helpers.cluster import ClusterNode, LocalCluster
+from tests.helpers.coherence_worker import Worker, measure
 
 Make = Callable[..., TieredCache]
 CHANNEL = channel_name(0, "app:")
@@ -75,11 +74,6 @@ def keys_per_node(cluster: LocalCluster, count: int) -> dict[ClusterNode, list[s
             found[holder].append(key)
         n += 1
     return found
-
-
-def command_calls(node: ClusterNode, command: str) -> int:
-    stats = node.command("INFO", "commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 def channel_node(cluster: LocalCluster) -> ClusterNode:

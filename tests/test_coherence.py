@@ -11,10 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests._coherence_worker import Worker, measure
-from tests.conftest import CacheFactory
-from tests.test_resilience import _fork, percentile
-from tests.test_tiered import wait_until
+from tests.helpers import CacheFactory, fork, percentile, wait_until
+from tests.helpers.coherence_worker import Worker, measure
 
 
 @pytest.fixture
@@ -199,7 +197,7 @@ def test_fork_parent_and_child_both_keep_coherence(cache_factory: CacheFactory) 
     assert shared.get("parent-key") == b"old"
     ready_read, ready_write = os.pipe()
     go_read, go_write = os.pipe()
-    pid = _fork()
+    pid = fork()
     if pid == 0:  # the child
         code = 1
         try:

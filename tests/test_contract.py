@@ -1,7 +1,7 @@
 """The public contract (DESIGN.md section 2), run unchanged on every backend.
 
 Each test runs three times: on a standalone redis-server, on one reached over TLS only, and
-on a 3-primary Redis Cluster given as its seed addresses (see ``tests/_backends.py``).
+on a 3-primary Redis Cluster given as its seed addresses (see ``tests/helpers/backends.py``).
 Topology-specific behaviour is tested in test_tiered.py, test_tls.py and test_cluster.py.
 """
 
@@ -23,8 +23,8 @@ from dragonfly_cache import (
     L2Config,
     TieredCache,
 )
-from tests._backends import Backend
-from tests.test_tiered import wait_until
+from tests.helpers import wait_subscribed, wait_until
+from tests.helpers.backends import Backend
 
 Make = Callable[..., TieredCache]
 
@@ -42,10 +42,8 @@ def make(backend: Backend) -> Iterator[Make]:
                              key_prefix=key_prefix)
         cache = TieredCache(config)
         caches.append(cache)
-        cache.exists("warm-up")  # starts the listener
-        assert cache._coherence is not None
-        wait_until(lambda: cache._coherence is not None and cache._coherence.subscribed,
-                   timeout=5.0)
+        cache.exists("warm-up")  # starts the listener (and a connection) as a real call would
+        wait_subscribed(cache, timeout=5.0)
         return cache
 
     yield factory

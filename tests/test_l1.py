@@ -6,17 +6,7 @@ import math
 import threading
 
 from dragonfly_cache._l1 import L1
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.helpers import FakeClock
 
 
 def make_l1(max_size: int = 100, ttl: float = 300.0) -> tuple[L1, FakeClock]:

@@ -11,9 +11,8 @@ import pytest
 
 from dragonfly_cache import NotFound, codecs
 from dragonfly_cache._loading import NEGATIVE
-from tests._loading_worker import fleet_member, memo_key
-from tests.conftest import CacheFactory, FakeClock
-from tests.test_tiered import run_threads, wait_until
+from tests.helpers import CacheFactory, FakeClock, run_threads, wait_until
+from tests.helpers.loading_worker import fleet_member, memo_key
 
 # -- negative caching ------------------------------------------------------------------
 
@@ -175,13 +174,13 @@ def test_memoize_caches_results_and_invalidates(cache_factory: CacheFactory) -> 
 
 
 def test_memoize_keys_are_stable_across_processes() -> None:
-    from tests._memo import lookup
+    from tests.helpers.memo import lookup
 
     here = [lookup.cache_key(7), lookup.cache_key(7, "eu"),  # type: ignore[attr-defined]
             lookup.cache_key(region="eu", user_id=7),  # type: ignore[attr-defined]
             lookup.cache_key(7, verbose=False)]  # type: ignore[attr-defined]
     assert len(set(here)) == 1  # defaults applied, keyword order irrelevant
-    assert here[0].startswith("memoize:tests._memo.lookup:")
+    assert here[0].startswith("memoize:tests.helpers.memo.lookup:")
     context = multiprocessing.get_context("spawn")
     with context.Pool(2) as pool:
         there = pool.starmap(memo_key, [((7,), {}), ((), {"region": "eu", "user_id": 7})])

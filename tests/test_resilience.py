@@ -6,19 +6,12 @@ import os
 import signal
 import threading
 import time
-import warnings
 from typing import Any
 
 import pytest
 
 from dragonfly_cache import CacheUnavailableError
-from tests.conftest import CacheFactory
-from tests.test_tiered import wait_until
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+from tests.helpers import CacheFactory, fork, percentile, wait_until
 
 
 def test_an_open_breaker_fails_fast_without_touching_the_network(
@@ -92,12 +85,6 @@ def test_out_of_memory_fails_writes_but_not_reads(cache_factory: CacheFactory,
     assert writer.health()["status"] == "healthy"
 
 
-def _fork() -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
-        return os.fork()
-
-
 def test_fork_child_works_even_with_locks_held_and_loads_in_flight(
         cache_factory: CacheFactory) -> None:
     cache = cache_factory()
@@ -122,7 +109,7 @@ def test_fork_child_works_even_with_locks_held_and_loads_in_flight(
     holder.start()
     lock_held.wait(5)
 
-    pid = _fork()
+    pid = fork()
     if pid == 0:  # the child: only this thread exists; the parent's lock holder does not
         code = 1
         try:

@@ -7,8 +7,7 @@ import time
 from typing import Any
 
 from dragonfly_cache import CacheUnavailableError
-from tests.conftest import CacheFactory, FakeClock
-from tests.test_tiered import wait_until
+from tests.helpers import CacheFactory, FakeClock, fork, wait_until
 
 
 def test_a_load_that_raced_another_process_write_does_not_overwrite_it(
@@ -117,11 +116,9 @@ def test_a_cache_closed_before_fork_stays_closed_in_the_child(cache_factory: Cac
                                                               ) -> None:
     import os
 
-    from tests.test_resilience import _fork
-
     cache = cache_factory()
     cache.close()
-    pid = _fork()
+    pid = fork()
     if pid == 0:
         code = 1
         try:

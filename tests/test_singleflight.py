@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from dragonfly_cache._singleflight import SingleFlight
-
-
-def wait_until(condition: object, timeout: float = 5.0) -> None:
-    """Poll ``condition()`` (a progress check, not a sleep-as-synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
+from tests.helpers import wait_until
 
 
 def run_threads(count: int, target: object) -> None:

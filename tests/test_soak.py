@@ -33,9 +33,8 @@ from typing import Any
 import pytest
 
 from dragonfly_cache import CacheUnavailableError, TieredCache
-from tests._servers import RedisServer
-from tests.conftest import CacheFactory
-from tests.test_tiered import wait_until
+from tests.helpers import CacheFactory, wait_until
+from tests.helpers.servers import RedisServer
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
 SOAK_SEED = int(os.environ.get("SOAK_SEED", str(random.randrange(1_000_000))))

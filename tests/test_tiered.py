@@ -13,16 +13,7 @@ from typing import Any
 import pytest
 
 from dragonfly_cache import CacheError, CacheUnavailableError, TieredCache
-from tests.conftest import CacheFactory, FakeClock
-
-
-def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    """Poll a progress condition (never a sleep standing in for synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
+from tests.helpers import CacheFactory, FakeClock, command_calls, run_threads, wait_until
 
 
 def received(cache: TieredCache, count: int) -> None:
@@ -32,20 +23,6 @@ def received(cache: TieredCache, count: int) -> None:
     value; tests that count L1 hits wait for it so the late message can't land mid-test.
     """
     wait_until(lambda: cache.stats()["coherence"]["received"] >= count)
-
-
-def run_threads(count: int, target: Any, *args: Any) -> None:
-    threads = [threading.Thread(target=target, args=(n, *args)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not any(thread.is_alive() for thread in threads)
-
-
-def command_calls(client: Any, command: str) -> int:
-    stats = client.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 # -- round trips -----------------------------------------------------------------------
