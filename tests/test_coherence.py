@@ -160,6 +160,27 @@ def test_with_coherence_a_dead_server_leaves_no_l1_to_serve_stale(
     assert cache.health()["coherence"] == "down"
 
 
+def test_close_flushes_l1_so_nothing_stale_outlives_coherence(cache_factory: CacheFactory
+                                                              ) -> None:
+    cache, writer = cache_factory(), cache_factory()
+    cache.set("k", b"v1")
+    assert cache.get("k") == b"v1"
+    cache.close()
+    writer.set("k", b"v2")  # cache can no longer hear about this
+    assert cache.get("k") == b"v2"
+    assert cache.stats()["coherence"]["state"] == "stopped"
+
+
+def test_a_malformed_invalidation_flushes_l1(cache_factory: CacheFactory,
+                                             redis_server: Any) -> None:
+    cache = cache_factory()
+    cache.set("k", b"v")
+    redis_server.client().publish(cache._l2.channel, b"\xff not json")
+    wait_until(lambda: cache.stats()["coherence"]["flushes"] == 1)
+    assert cache._l1.get("k") is None
+    assert cache.stats()["coherence"]["state"] == "subscribed"
+
+
 def test_race_stress_readers_end_on_the_final_version(cache_factory: CacheFactory,
                                                       worker: Callable[..., Worker]) -> None:
     a = cache_factory(key_prefix="app:")

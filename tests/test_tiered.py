@@ -409,6 +409,66 @@ def test_a_fill_that_raced_a_set_keeps_the_new_value(cache_factory: CacheFactory
     assert cache.get("k") == b"new"
 
 
+def test_a_load_that_raced_another_process_write_does_not_overwrite_it(
+        cache_factory: CacheFactory, redis_server: Any) -> None:
+    loader_cache, writer = cache_factory(), cache_factory()
+
+    def slow_loader() -> bytes:
+        writer.set("k", b"new")  # another process writes while the database read runs
+        return b"old"  # what the database said before that write
+
+    assert loader_cache.get_or_load("k", slow_loader) == b"old"  # the caller gets its read
+    assert redis_server.client().get("k") == b"new"  # but L2 keeps the newer write
+    wait_until(lambda: loader_cache.stats()["coherence"]["received"] >= 1)
+    assert loader_cache.get("k") == b"new"
+    assert writer.get("k") == b"new"
+
+
+def test_a_load_invalidated_while_loading_is_stored_nowhere(cache_factory: CacheFactory,
+                                                            redis_server: Any) -> None:
+    cache = cache_factory()
+
+    def loader() -> bytes:
+        cache.delete("k")  # e.g. the row was deleted and the cache told, mid-load
+        return b"maybe-stale"
+
+    assert cache.get_or_load("k", loader) == b"maybe-stale"
+    assert redis_server.client().exists("k") == 0
+    assert cache._l1.get("k") is None
+    assert cache.get_or_load("k", lambda: b"fresh") == b"fresh"  # the next call loads again
+
+
+def test_reads_never_raise_while_another_thread_closes_the_cache(cache_factory: CacheFactory
+                                                                ) -> None:
+    cache = cache_factory(invalidation=False)
+    cache.set_many({f"k{n}": b"v" for n in range(20)})
+    stop = threading.Event()
+    escaped: list[BaseException] = []
+
+    def reader() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                cache._l1.clear()
+                cache.get(f"k{n % 20}")
+                cache.get_many([f"k{n % 20}", f"k{(n + 1) % 20}"])
+                cache.exists("k0")
+            except BaseException as exc:
+                escaped.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        cache.close()
+    stop.set()
+    for thread in threads:
+        thread.join(5)
+    assert escaped == []
+
+
 # -- stats -----------------------------------------------------------------------------
 
 
