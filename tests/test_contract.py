@@ -8,7 +8,6 @@ Topology-specific behaviour is tested in test_tiered.py, test_tls.py and test_cl
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,7 +22,7 @@ from dragonfly_cache import (
     L2Config,
     TieredCache,
 )
-from tests.helpers import wait_subscribed, wait_until
+from tests.helpers import run_threads, wait_subscribed, wait_until
 from tests.helpers.backends import Backend
 
 Make = Callable[..., TieredCache]
@@ -114,7 +113,6 @@ def test_a_write_reaches_the_other_caches_l1_within_100ms(make: Make) -> None:
 def test_get_or_load_coalesces_concurrent_misses(make: Make, backend: Backend) -> None:
     cache = make()
     calls = 0
-    barrier = threading.Barrier(16)
 
     def loader() -> bytes:
         nonlocal calls
@@ -122,16 +120,12 @@ def test_get_or_load_coalesces_concurrent_misses(make: Make, backend: Backend) -
         time.sleep(0.05)
         return b"loaded"
 
-    def worker() -> bytes:
-        barrier.wait()
-        return cache.get_or_load("slow", loader)
-
     results: list[bytes] = []
-    threads = [threading.Thread(target=lambda: results.append(worker())) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(5)
+
+    def worker(_: int) -> None:
+        results.append(cache.get_or_load("slow", loader))
+
+    run_threads(16, worker, timeout=5.0)
     assert results == [b"loaded"] * 16 and calls == 1
     assert backend.raw().get("app:slow") == b"loaded"
 

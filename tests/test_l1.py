@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-import threading
 
 from dragonfly_cache._l1 import L1
-from tests.helpers import FakeClock
+from tests.helpers import FakeClock, run_threads
 
 
 def make_l1(max_size: int = 100, ttl: float = 300.0) -> tuple[L1, FakeClock]:
@@ -169,22 +168,16 @@ def test_ticket_bookkeeping_is_released() -> None:
 
 def test_bound_holds_under_concurrent_churn() -> None:
     l1, _ = make_l1(max_size=50)
-    barrier = threading.Barrier(16)
     sizes: list[int] = []
 
     def churn(worker: int) -> None:
-        barrier.wait()
         for i in range(300):
             key = f"{worker}:{i}"
             l1.write({key: b"x"}, l1.timer() + 60.0, l1.begin([key]))
             l1.get(key)
             sizes.append(len(l1))
 
-    threads = [threading.Thread(target=churn, args=(n,)) for n in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(16, churn)
     assert max(sizes) <= 50
     assert l1.stats()["size"] == 50
     assert l1.stats()["evictions"] == 16 * 300 - 50

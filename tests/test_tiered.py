@@ -254,10 +254,8 @@ def test_key_without_server_ttl_is_bounded_by_l1_ttl(cache_factory: CacheFactory
 def test_l1_bound_holds_under_churn_from_16_threads(cache_factory: CacheFactory) -> None:
     cache = cache_factory(l1_max_size=64)
     sizes: list[int] = []
-    barrier = threading.Barrier(16)
 
     def churn(worker: int) -> None:
-        barrier.wait()
         for i in range(100):
             key = f"w{worker}:{i % 40}"
             if i % 3:
@@ -274,7 +272,6 @@ def test_l1_bound_holds_under_churn_from_16_threads(cache_factory: CacheFactory)
 def test_singleflight_64_threads_one_load(cache_factory: CacheFactory) -> None:
     cache = cache_factory()
     threads = 64
-    barrier = threading.Barrier(threads)
     calls: list[int] = []
     results: list[bytes] = []
 
@@ -285,7 +282,6 @@ def test_singleflight_64_threads_one_load(cache_factory: CacheFactory) -> None:
         return b"value"
 
     def worker(_: int) -> None:
-        barrier.wait()
         results.append(cache.get_or_load("hot", loader))
 
     run_threads(threads, worker)
@@ -302,7 +298,6 @@ def test_singleflight_64_threads_one_load(cache_factory: CacheFactory) -> None:
 
 def test_singleflight_late_callers_hit_the_cache(cache_factory: CacheFactory) -> None:
     cache = cache_factory()
-    barrier = threading.Barrier(64)
     calls: list[int] = []
 
     def loader() -> bytes:
@@ -310,7 +305,6 @@ def test_singleflight_late_callers_hit_the_cache(cache_factory: CacheFactory) ->
         return b"v"
 
     def worker(_: int) -> None:
-        barrier.wait()
         assert cache.get_or_load("k", loader) == b"v"
 
     run_threads(64, worker)
@@ -324,7 +318,6 @@ def test_loader_exception_reaches_every_waiter_and_nothing_is_cached(
         cache_factory: CacheFactory, redis_server: Any) -> None:
     cache = cache_factory()
     threads = 16
-    barrier = threading.Barrier(threads)
     errors: list[BaseException] = []
 
     def failing() -> bytes:
@@ -332,7 +325,6 @@ def test_loader_exception_reaches_every_waiter_and_nothing_is_cached(
         raise LookupError("row missing")
 
     def worker(_: int) -> None:
-        barrier.wait()
         try:
             cache.get_or_load("k", failing)
         except LookupError as exc:
@@ -351,7 +343,6 @@ def test_singleflight_many_keys_at_once(cache_factory: CacheFactory) -> None:
     keys = [f"k{i}" for i in range(8)]
     calls: dict[str, int] = dict.fromkeys(keys, 0)
     lock = threading.Lock()
-    barrier = threading.Barrier(64)
 
     def make_loader(key: str) -> Any:
         def loader() -> bytes:
@@ -362,7 +353,6 @@ def test_singleflight_many_keys_at_once(cache_factory: CacheFactory) -> None:
 
     def worker(n: int) -> None:
         key = keys[n % 8]
-        barrier.wait()
         assert cache.get_or_load(key, make_loader(key)) == key.encode()
 
     run_threads(64, worker)
@@ -698,10 +688,8 @@ def test_pool_exhaustion_is_a_bounded_wait_then_a_miss_or_an_error(
 def test_more_threads_than_connections_do_not_starve(cache_factory: CacheFactory) -> None:
     # redis-py's LIFO pool let waiters starve past a 250 ms pool_timeout here.
     cache = cache_factory(pool_size=4)
-    barrier = threading.Barrier(16)
 
     def worker(n: int) -> None:
-        barrier.wait()
         for i in range(100):
             cache.set(f"{n}:{i}", b"v")
             cache._l1.invalidate([f"{n}:{i}"])
