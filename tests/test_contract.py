@@ -1,4 +1,12 @@
-"""The public contract (DESIGN.md section 2), run unchanged on every backend.
+"""The public contract, run unchanged on every backend.
+
+The contract is what README (its API table and "When things break") and docs/concepts.md
+promise: values round-trip through L2 and reach other caches; TTLs hold in L2 and bound
+L1; ``invalidate`` clears matches in both tiers; a write reaches other caches' L1 (held
+here to 100 ms); concurrent misses share one load and a loader's error is never cached;
+bad input changes nothing; losing the server of a key turns reads into misses and makes
+writes raise; the loading features (batch loads, negative caching, the fleet lock,
+memoize) work.
 
 Each test runs three times: on a standalone redis-server, on one reached over TLS only, and
 on a 3-primary Redis Cluster given as its seed addresses (see ``tests/helpers/backends.py``).
