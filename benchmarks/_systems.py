@@ -1,7 +1,7 @@
 """The systems under comparison, behind one small adapter shape, and their servers.
 
 Each Redis-backed system gets its own private redis-server (127.0.0.1, persistence off,
-started through ``tests._servers`` so there is one implementation of that), so one
+started through ``tests.helpers.servers`` so there is one implementation of that), so one
 system's keys, pub/sub traffic or memory never touch another's.
 
 Every adapter exposes plain callables (``get``, ``set``, ``get_many``) bound once, so the
@@ -26,7 +26,7 @@ from flask_caching import Cache as FlaskCache
 from flask_caching.backends.rediscache import RedisCache as FlaskRedisCache
 
 from dragonfly_cache import CacheConfig, DragonflyConfig, L1Config, L2Config, TieredCache
-from tests._servers import RedisServer, find_redis_server
+from tests.helpers.servers import RedisServer, find_redis_server
 
 __all__ = [
     "DOGPILE",

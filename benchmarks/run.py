@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# The benchmark reuses the test harness's redis-server launcher (tests/_servers.py), and
+# The benchmark reuses the test harness's redis-server launcher (tests/helpers/servers.py), and
 # runs against the working tree's package: both live under the repository root.
 sys.path.insert(0, str(ROOT))
 
@@ -32,7 +32,7 @@ from _measure import timer_overhead_ns, zipf_keys  # noqa: E402 - needs the path
 from _systems import Pinning, System, is_hit, open_systems  # noqa: E402 - needs the path above
 from _workloads import VALUE_SIZE, WORKLOADS, Context, Settings  # noqa: E402 - same
 
-from tests._servers import find_redis_server  # noqa: E402 - needs the path above
+from tests.helpers.servers import find_redis_server  # noqa: E402 - needs the path above
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
 

@@ -12,15 +12,16 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 
-from tests._backends import Backend, ClusterBackend, ServerBackend, TlsBackend
-from tests._cluster import LocalCluster
-from tests._pki import make_pki, tls_server_args
-from tests._servers import (
+from tests.helpers import CacheFactory, FakeClock, wait_subscribed
+from tests.helpers.backends import Backend, ClusterBackend, ServerBackend, TlsBackend
+from tests.helpers.cluster import LocalCluster
+from tests.helpers.pki import make_pki, tls_server_args
+from tests.helpers.servers import (
     RedisServer,
     RedisServerError,
     ServerFactory,
@@ -135,7 +136,7 @@ def redis_server_factory(redis_binary: str) -> Iterator[ServerFactory]:
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throw-away PKI (see :func:`tests._pki.make_pki`): ca, server, elsewhere, client,
+    """A throw-away PKI (see :func:`tests.helpers.pki.make_pki`): ca, server, elsewhere, client,
     other-ca."""
     return make_pki(tmp_path_factory.mktemp("pki"))
 
@@ -149,38 +150,6 @@ def auth_redis_server(redis_server_factory: ServerFactory) -> RedisServer:
 # -- TieredCache helpers ---------------------------------------------------------------------
 
 
-class FakeClock:
-    """A manual monotonic clock for TTL tests: call it for the time, ``advance()`` to move it."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class CacheFactory(Protocol):
-    """The type of the ``cache_factory`` fixture."""
-
-    def __call__(
-        self,
-        server: RedisServer | None = None,
-        *,
-        key_prefix: str = "",
-        timer: Callable[[], float] = time.monotonic,
-        l1_ttl: float = 300.0,
-        l1_max_size: int = 10_000,
-        l2_ttl: float = 3600.0,
-        l2: dict[str, Any] | None = None,
-        invalidation: bool = True,
-        subscribed: bool = True,
-        **dragonfly: Any,
-    ) -> TieredCache: ...
-
-
 @pytest.fixture
 def fake_clock() -> FakeClock:
     """A :class:`FakeClock` starting at 1000.0."""
@@ -192,7 +161,9 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
     """``factory(server=None, *, key_prefix, timer, l1_ttl, l1_max_size, l2_ttl, l2, **dragonfly)``.
 
     Builds a TieredCache on ``server`` (default: the per-test ``redis_server``); extra keyword
-    arguments are DragonflyConfig fields (``password`` defaults to the server's). Every cache
+    arguments are DragonflyConfig fields (``password`` defaults to the server's). Unless
+    ``subscribed=False`` (or ``invalidation=False``), the cache is returned with its
+    invalidation listener subscribed (:func:`tests.helpers.wait_subscribed`). Every cache
     is closed at teardown.
     """
     from dragonfly_cache import CacheConfig, DragonflyConfig, L1Config, L2Config, TieredCache
@@ -222,13 +193,8 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
         )
         cache = TieredCache(config, timer=timer)
         caches.append(cache)
-        if subscribed and cache._tiers.coherence is not None:
-            # Like a warmed-up process: L1 entries are trusted for their full life only
-            # once the invalidation listener is subscribed.
-            cache._tiers.listen()
-            deadline = time.monotonic() + 5
-            while not cache._tiers.coherence.subscribed and time.monotonic() < deadline:
-                time.sleep(0.002)
+        if subscribed and invalidation:
+            wait_subscribed(cache)
         return cache
 
     try:
@@ -267,9 +233,9 @@ def redis_cluster(redis_cluster_session: LocalCluster) -> Iterator[LocalCluster]
     """The session cluster, healthy (every node up, all slots ok) and empty at test start.
 
     A test may kill, pause or restart nodes; the next test gets them back (a node that was
-    dead for more than ~2 s can take ~4 s to be counted healthy again, see tests/_cluster.py).
-    If the cluster cannot be healed it is rebuilt on new ports, so read ``addresses`` from
-    the fixture, never from an earlier test.
+    dead for more than ~2 s can take ~4 s to be counted healthy again, see
+    tests/helpers/cluster.py). If the cluster cannot be healed it is rebuilt on new ports,
+    so read ``addresses`` from the fixture, never from an earlier test.
     """
     cluster = redis_cluster_session
     problem = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dragonfly_cache._breaker import CircuitBreaker
-from tests.conftest import FakeClock
+from tests.helpers import FakeClock
 
 
 def make(threshold: int = 3, cooldown: float = 1.0, max_cooldown: float = 4.0

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import pytest
 
 from dragonfly_cache.cli import main
-from tests._servers import RedisServer, free_port
+from tests.helpers.servers import RedisServer, free_port
 
 SCRIPT = Path(sys.executable).parent / "dragonfly-cache"
 WRONG_PASSWORD = "wrong-pa55word-that-must-never-be-printed"

@@ -1,4 +1,4 @@
-"""Cluster mode against a real 3-primary Redis Cluster (tests/_cluster.py).
+"""Cluster mode against a real 3-primary Redis Cluster (tests/helpers/cluster.py).
 
 The contract itself runs on the cluster in test_contract.py; this file checks what is
 particular to a cluster: keys on every node, one round trip per node, SCAN on every
@@ -29,10 +29,9 @@ from dragonfly_cache import (
     TieredCache,
 )
 from dragonfly_cache._l2 import channel_name
-from tests._cluster import ClusterNode, LocalCluster
-from tests._coherence_worker import Worker, measure
-from tests.test_resilience import percentile
-from tests.test_tiered import wait_until
+from tests.helpers import command_calls, percentile, wait_until
+from tests.helpers.cluster import ClusterNode, LocalCluster
+from tests.helpers.coherence_worker import Worker, measure
 
 Make = Callable[..., TieredCache]
 CHANNEL = channel_name(0, "app:")
@@ -75,11 +74,6 @@ def keys_per_node(cluster: LocalCluster, count: int) -> dict[ClusterNode, list[s
             found[holder].append(key)
         n += 1
     return found
-
-
-def command_calls(node: ClusterNode, command: str) -> int:
-    stats = node.command("INFO", "commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 def channel_node(cluster: LocalCluster) -> ClusterNode:
@@ -340,7 +334,8 @@ def test_a_fork_child_keeps_the_slot_map_and_gets_its_own_nodes(
     slot_map, nodes = cache._l2.router.topology.slot_map, dict(cache._l2.router.nodes._nodes)
     cache._after_fork_in_child()  # what the at-fork hook runs in a child
     assert cache._l2.router.topology.slot_map is slot_map  # plain data: no need to ask again
-    assert all(cache._l2.router.nodes._nodes.get(address) is not node for address, node in nodes.items())
+    fresh = cache._l2.router.nodes._nodes
+    assert all(fresh.get(address) is not node for address, node in nodes.items())
     assert cache.get("k") == b"v"
 
 

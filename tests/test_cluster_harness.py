@@ -1,4 +1,4 @@
-"""Tests of the Redis Cluster harness (tests/_cluster.py) the cluster-mode tests rely on."""
+"""Tests of the Redis Cluster harness (tests/helpers/cluster.py) the cluster-mode tests rely on."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import redis
 from redis.crc import key_slot
 from redis.exceptions import MovedError
 
-from tests import _cluster, _servers
-from tests._cluster import (
+from tests.helpers import cluster, servers
+from tests.helpers.cluster import (
     BUS_PORT_OFFSET,
     HASH_SLOTS,
     ClusterNode,
@@ -156,8 +156,8 @@ def test_free_cluster_port_leaves_room_for_the_bus_port() -> None:
 
 def test_missing_redis_cli_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_CLI_BIN", raising=False)
-    monkeypatch.setattr(_servers.shutil, "which", lambda name: None)
-    monkeypatch.setattr(_cluster, "CLI_FALLBACK_PATHS", ())
+    monkeypatch.setattr(servers.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cluster, "CLI_FALLBACK_PATHS", ())
     with pytest.raises(RedisCliNotFoundError, match="apt-get install redis-tools") as info:
         find_redis_cli()
     assert "REDIS_CLI_BIN" in str(info.value)

@@ -11,10 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests._coherence_worker import Worker, measure
-from tests.conftest import CacheFactory
-from tests.test_resilience import _fork, percentile
-from tests.test_tiered import wait_until
+from tests.helpers import CacheFactory, fork, percentile, wait_until
+from tests.helpers.coherence_worker import Worker, measure
 
 
 @pytest.fixture
@@ -162,6 +160,27 @@ def test_with_coherence_a_dead_server_leaves_no_l1_to_serve_stale(
     assert cache.health()["coherence"] == "down"
 
 
+def test_close_flushes_l1_so_nothing_stale_outlives_coherence(cache_factory: CacheFactory
+                                                              ) -> None:
+    cache, writer = cache_factory(), cache_factory()
+    cache.set("k", b"v1")
+    assert cache.get("k") == b"v1"
+    cache.close()
+    writer.set("k", b"v2")  # cache can no longer hear about this
+    assert cache.get("k") == b"v2"
+    assert cache.stats()["coherence"]["state"] == "stopped"
+
+
+def test_a_malformed_invalidation_flushes_l1(cache_factory: CacheFactory,
+                                             redis_server: Any) -> None:
+    cache = cache_factory()
+    cache.set("k", b"v")
+    redis_server.client().publish(cache._l2.channel, b"\xff not json")
+    wait_until(lambda: cache.stats()["coherence"]["flushes"] == 1)
+    assert cache._tiers.l1.get("k") is None
+    assert cache.stats()["coherence"]["state"] == "subscribed"
+
+
 def test_race_stress_readers_end_on_the_final_version(cache_factory: CacheFactory,
                                                       worker: Callable[..., Worker]) -> None:
     a = cache_factory(key_prefix="app:")
@@ -199,7 +218,7 @@ def test_fork_parent_and_child_both_keep_coherence(cache_factory: CacheFactory) 
     assert shared.get("parent-key") == b"old"
     ready_read, ready_write = os.pipe()
     go_read, go_write = os.pipe()
-    pid = _fork()
+    pid = fork()
     if pid == 0:  # the child
         code = 1
         try:

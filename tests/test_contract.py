@@ -1,14 +1,21 @@
-"""The public contract (DESIGN.md section 2), run unchanged on every backend.
+"""The public contract, run unchanged on every backend.
+
+The contract is what README (its API table and "When things break") and docs/concepts.md
+promise: values round-trip through L2 and reach other caches; TTLs hold in L2 and bound
+L1; ``invalidate`` clears matches in both tiers; a write reaches other caches' L1 (held
+here to 100 ms); concurrent misses share one load and a loader's error is never cached;
+bad input changes nothing; losing the server of a key turns reads into misses and makes
+writes raise; the loading features (batch loads, negative caching, the fleet lock,
+memoize) work.
 
 Each test runs three times: on a standalone redis-server, on one reached over TLS only, and
-on a 3-primary Redis Cluster given as its seed addresses (see ``tests/_backends.py``).
+on a 3-primary Redis Cluster given as its seed addresses (see ``tests/helpers/backends.py``).
 Topology-specific behaviour is tested in test_tiered.py, test_tls.py and test_cluster.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,8 +30,8 @@ from dragonfly_cache import (
     L2Config,
     TieredCache,
 )
-from tests._backends import Backend
-from tests.test_tiered import wait_until
+from tests.helpers import run_threads, wait_subscribed, wait_until
+from tests.helpers.backends import Backend
 
 Make = Callable[..., TieredCache]
 
@@ -42,10 +49,8 @@ def make(backend: Backend) -> Iterator[Make]:
                              key_prefix=key_prefix)
         cache = TieredCache(config)
         caches.append(cache)
-        cache.exists("warm-up")  # starts the listener
-        assert cache._tiers.coherence is not None
-        wait_until(lambda: cache._tiers.coherence is not None and cache._tiers.coherence.subscribed,
-                   timeout=5.0)
+        cache.exists("warm-up")  # starts the listener (and a connection) as a real call would
+        wait_subscribed(cache, timeout=5.0)
         return cache
 
     yield factory
@@ -116,7 +121,6 @@ def test_a_write_reaches_the_other_caches_l1_within_100ms(make: Make) -> None:
 def test_get_or_load_coalesces_concurrent_misses(make: Make, backend: Backend) -> None:
     cache = make()
     calls = 0
-    barrier = threading.Barrier(16)
 
     def loader() -> bytes:
         nonlocal calls
@@ -124,16 +128,12 @@ def test_get_or_load_coalesces_concurrent_misses(make: Make, backend: Backend) -
         time.sleep(0.05)
         return b"loaded"
 
-    def worker() -> bytes:
-        barrier.wait()
-        return cache.get_or_load("slow", loader)
-
     results: list[bytes] = []
-    threads = [threading.Thread(target=lambda: results.append(worker())) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(5)
+
+    def worker(_: int) -> None:
+        results.append(cache.get_or_load("slow", loader))
+
+    run_threads(16, worker, timeout=5.0)
     assert results == [b"loaded"] * 16 and calls == 1
     assert backend.raw().get("app:slow") == b"loaded"
 

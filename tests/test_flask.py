@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,9 +13,7 @@ from flask.testing import FlaskClient
 
 from dragonfly_cache import ConfigError, TieredCache
 from dragonfly_cache.flask import DragonflyCache
-from tests.test_tiered import command_calls, wait_until
-
-TOKEN = "s3cret-admin-token"
+from tests.helpers import ADMIN_TOKEN, command_calls, metric, wait_until
 
 
 @pytest.fixture
@@ -26,7 +23,7 @@ def make_app(redis_server: Any) -> Iterator[Callable[..., Flask]]:
     def make(**config: Any) -> Flask:
         app = Flask(f"test_app_{len(apps)}")
         app.config.update({"DRAGONFLY_ADDRESSES": redis_server.address,
-                           "CACHE_ADMIN_TOKEN": TOKEN, **config})
+                           "CACHE_ADMIN_TOKEN": ADMIN_TOKEN, **config})
         DragonflyCache(app)
         apps.append(app)
         return app
@@ -34,19 +31,6 @@ def make_app(redis_server: Any) -> Iterator[Callable[..., Flask]]:
     yield make
     for app in apps:
         app.extensions["dragonfly_cache"].close()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
-        if not match or match[1] != name:
-            continue
-        sample = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2] or ""))
-        if all(sample.get(key) == value for key, value in labels.items()):
-            total += float(match[3])
-    return total
 
 
 def test_extension_builds_the_cache_from_app_config(make_app: Callable[..., Flask]) -> None:
@@ -137,8 +121,8 @@ def test_health_probe_is_cached_for_the_interval(make_app: Callable[..., Flask],
 
 @pytest.mark.parametrize(
     ("header", "status"),
-    [(None, 401), ("Bearer wrong", 401), (f"Basic {TOKEN}", 401), ("Bearer", 401),
-     (f"Bearer {TOKEN}", 200), (f"bearer {TOKEN}", 200)],
+    [(None, 401), ("Bearer wrong", 401), (f"Basic {ADMIN_TOKEN}", 401), ("Bearer", 401),
+     (f"Bearer {ADMIN_TOKEN}", 200), (f"bearer {ADMIN_TOKEN}", 200)],
 )
 def test_admin_stats_token_rules(make_app: Callable[..., Flask], header: str | None,
                                  status: int) -> None:
@@ -154,7 +138,7 @@ def test_admin_stats_token_rules(make_app: Callable[..., Flask], header: str | N
     else:
         assert body["status"] == 401
         assert "Bearer" in response.headers["WWW-Authenticate"]
-        assert TOKEN not in response.get_data(as_text=True)
+        assert ADMIN_TOKEN not in response.get_data(as_text=True)
 
 
 def test_admin_stats_is_closed_without_a_token(redis_server: Any,
@@ -181,13 +165,14 @@ def test_url_prefix_is_configurable(make_app: Callable[..., Flask]) -> None:
 def test_no_password_anywhere(auth_redis_server: Any) -> None:
     app = Flask("auth")
     app.config.update(DRAGONFLY_ADDRESSES=auth_redis_server.address,
-                      DRAGONFLY_PASSWORD=auth_redis_server.password, CACHE_ADMIN_TOKEN=TOKEN)
+                      DRAGONFLY_PASSWORD=auth_redis_server.password, CACHE_ADMIN_TOKEN=ADMIN_TOKEN)
     DragonflyCache(app)
     try:
         client = app.test_client()
         bodies = [client.get("/api/v1/health/cache").get_data(as_text=True),
                   client.get("/api/v1/admin/cache/stats",
-                             headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True),
+                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+                             ).get_data(as_text=True),
                   client.get("/metrics").get_data(as_text=True)]
         assert json.loads(bodies[0])["status"] == "healthy"
         for body in bodies:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests._servers import free_port
-from tests.test_flask import TOKEN, metric
+from tests.helpers import ADMIN_TOKEN, metric
+from tests.helpers.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ def gunicorn(redis_server: Any, tmp_path: Path) -> Iterator[Gunicorn]:
     port = free_port()
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("DRAGONFLY_", "CACHE_", "PROMETHEUS_"))}
-    env.update(DRAGONFLY_ADDRESSES=redis_server.address, CACHE_ADMIN_TOKEN=TOKEN,
+    env.update(DRAGONFLY_ADDRESSES=redis_server.address, CACHE_ADMIN_TOKEN=ADMIN_TOKEN,
                DEMO_DB_PATH=str(tmp_path / "demo.sqlite3"),
                PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"),
                PORT=str(port), WEB_CONCURRENCY="2", GUNICORN_PRELOAD="true")
@@ -95,7 +95,7 @@ def test_two_workers_serve_health_demo_coherence_and_aggregated_metrics(
         gunicorn: Gunicorn) -> None:
     assert gunicorn.json("/api/v1/health/cache")["status"] == "healthy"
     status, text = gunicorn.request("GET", "/api/v1/admin/cache/stats",
-                                    headers={"Authorization": f"Bearer {TOKEN}"})
+                                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert status == 200
     assert gunicorn.request("GET", "/api/v1/admin/cache/stats")[0] == 401
 

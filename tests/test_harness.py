@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests import _servers
-from tests._servers import (
+from tests.helpers import servers
+from tests.helpers.servers import (
     RedisBinaryNotFoundError,
     RedisServer,
     ServerFactory,
@@ -153,7 +153,7 @@ def test_fixed_port_in_use_fails_clearly(redis_binary: str) -> None:
         squatter.listen()
         server = RedisServer(redis_binary, port=squatter.getsockname()[1])
         try:
-            with pytest.raises(_servers.RedisServerError, match="in use"):
+            with pytest.raises(servers.RedisServerError, match="in use"):
                 server.start()
         finally:
             server.close()
@@ -185,8 +185,8 @@ def test_server_marker_added_for_server_fixtures(request: pytest.FixtureRequest)
 
 def test_missing_binary_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_SERVER_BIN", raising=False)
-    monkeypatch.setattr(_servers.shutil, "which", lambda name: None)
-    monkeypatch.setattr(_servers, "FALLBACK_PATHS", ())
+    monkeypatch.setattr(servers.shutil, "which", lambda name: None)
+    monkeypatch.setattr(servers, "FALLBACK_PATHS", ())
     with pytest.raises(RedisBinaryNotFoundError, match="apt-get install redis-server") as info:
         find_redis_server()
     assert "REDIS_SERVER_BIN" in str(info.value)
@@ -198,8 +198,8 @@ def test_bad_redis_server_bin_is_not_ignored(
 ) -> None:
     missing = f"{tmp_path}/no-such-redis-server"
     monkeypatch.setenv("REDIS_SERVER_BIN", missing)
-    monkeypatch.setattr(_servers.shutil, "which", lambda name: None)
-    monkeypatch.setattr(_servers, "FALLBACK_PATHS", ())
+    monkeypatch.setattr(servers.shutil, "which", lambda name: None)
+    monkeypatch.setattr(servers, "FALLBACK_PATHS", ())
     with pytest.raises(RedisBinaryNotFoundError, match="apt-get") as info:
         find_redis_server()
     assert missing in str(info.value)
@@ -207,5 +207,5 @@ def test_bad_redis_server_bin_is_not_ignored(
 
 def test_redis_server_bin_is_honoured(monkeypatch: pytest.MonkeyPatch, redis_binary: str) -> None:
     monkeypatch.setenv("REDIS_SERVER_BIN", redis_binary)
-    monkeypatch.setattr(_servers.shutil, "which", lambda name: None)
+    monkeypatch.setattr(servers.shutil, "which", lambda name: None)
     assert find_redis_server() == redis_binary

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import math
-import threading
 
 import pytest
 
 from dragonfly_cache._l1 import L1
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.helpers import FakeClock, run_threads
 
 
 def make_l1(max_size: int = 100) -> tuple[L1, FakeClock]:
@@ -202,22 +191,16 @@ def test_each_key_is_released_once_however_often_it_is_named() -> None:
 
 def test_bound_holds_under_concurrent_churn() -> None:
     l1, _ = make_l1(max_size=50)
-    barrier = threading.Barrier(16)
     sizes: list[int] = []
 
     def churn(worker: int) -> None:
-        barrier.wait()
         for i in range(300):
             key = f"{worker}:{i}"
             put(l1, {key: b"x"})
             l1.get(key)
             sizes.append(len(l1))
 
-    threads = [threading.Thread(target=churn, args=(n,)) for n in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(16, churn)
     assert max(sizes) <= 50
     assert l1.stats()["size"] == 50
     assert l1.stats()["evictions"] == 16 * 300 - 50

@@ -11,9 +11,8 @@ import pytest
 
 from dragonfly_cache import NotFound, codecs
 from dragonfly_cache._loading import NEGATIVE
-from tests._loading_worker import fleet_member, memo_key
-from tests.conftest import CacheFactory, FakeClock
-from tests.test_tiered import run_threads, wait_until
+from tests.helpers import CacheFactory, FakeClock, run_threads, wait_until
+from tests.helpers.loading_worker import fleet_member, memo_key
 
 # -- negative caching ------------------------------------------------------------------
 
@@ -175,13 +174,13 @@ def test_memoize_caches_results_and_invalidates(cache_factory: CacheFactory) -> 
 
 
 def test_memoize_keys_are_stable_across_processes() -> None:
-    from tests._memo import lookup
+    from tests.helpers.memo import lookup
 
     here = [lookup.cache_key(7), lookup.cache_key(7, "eu"),  # type: ignore[attr-defined]
             lookup.cache_key(region="eu", user_id=7),  # type: ignore[attr-defined]
             lookup.cache_key(7, verbose=False)]  # type: ignore[attr-defined]
     assert len(set(here)) == 1  # defaults applied, keyword order irrelevant
-    assert here[0].startswith("memoize:tests._memo.lookup:")
+    assert here[0].startswith("memoize:tests.helpers.memo.lookup:")
     context = multiprocessing.get_context("spawn")
     with context.Pool(2) as pool:
         there = pool.starmap(memo_key, [((7,), {}), ((), {"region": "eu", "user_id": 7})])
@@ -330,10 +329,8 @@ def test_early_refresh_serves_the_old_value_while_exactly_one_refresh_runs(
     version[0] = 1
     fake_clock.advance(8.0)  # inside the last half of the 10 s life
     seen: list[bytes] = []
-    barrier = threading.Barrier(64)
 
     def reader(_: int) -> None:
-        barrier.wait()
         seen.append(cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5))
 
     run_threads(64, reader)
@@ -407,10 +404,8 @@ def test_refresh_sync_makes_callers_wait_for_one_reload_near_expiry(
     version[0] = 1
     fake_clock.advance(9.5)  # within the last 10 %: too close to expiry to serve stale
     seen: list[bytes] = []
-    barrier = threading.Barrier(16)
 
     def reader(_: int) -> None:
-        barrier.wait()
         seen.append(cache.get_or_load("k", loader, ttl=10, refresh_ahead=0.5))
 
     run_threads(16, reader)

@@ -1,4 +1,4 @@
-"""Tests of the fault-injection proxy the resilience tests rely on (tests/_proxy.py).
+"""Tests of the fault-injection proxy the resilience tests rely on (tests/helpers/proxy.py).
 
 Clients run without retries and with short timeouts, so every fault shows as an error at once.
 """
@@ -16,8 +16,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests._proxy import FaultProxy, proxy_for
-from tests._servers import RedisServer, ServerFactory
+from tests.helpers.proxy import FaultProxy, proxy_for
+from tests.helpers.servers import RedisServer, ServerFactory
 
 TIMEOUT = 0.3  # client socket timeout through the proxy
 QUIET = 0.1  # how long "nothing arrives" is watched for

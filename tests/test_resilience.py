@@ -6,19 +6,12 @@ import os
 import signal
 import threading
 import time
-import warnings
 from typing import Any
 
 import pytest
 
 from dragonfly_cache import CacheUnavailableError
-from tests.conftest import CacheFactory
-from tests.test_tiered import wait_until
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+from tests.helpers import CacheFactory, FakeClock, fork, percentile, wait_until
 
 
 def test_an_open_breaker_fails_fast_without_touching_the_network(
@@ -92,10 +85,25 @@ def test_out_of_memory_fails_writes_but_not_reads(cache_factory: CacheFactory,
     assert writer.health()["status"] == "healthy"
 
 
-def _fork() -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
-        return os.fork()
+def test_a_write_l2_refused_lives_in_l1_only_briefly(cache_factory: CacheFactory,
+                                                     redis_server_factory: Any,
+                                                     fake_clock: FakeClock) -> None:
+    server = redis_server_factory(extra_args=["--maxmemory", "2mb",
+                                              "--maxmemory-policy", "noeviction"])
+    cache = cache_factory(server, timer=fake_clock)
+    big = b"x" * 10_000
+    refused = None
+    for n in range(2_000):
+        try:
+            cache.set(f"k{n}", big)
+        except CacheUnavailableError:
+            refused = f"k{n}"
+            break
+    assert refused is not None
+    assert cache._tiers.l1.get(refused) == big  # applied locally, as the contract says ...
+    fake_clock.advance(cache.config.l1.degraded_ttl + 0.01)
+    assert cache._tiers.l1.get(refused) is None  # ... but not for longer than degraded_ttl
+    assert cache._tiers.l1.get("k0") == big  # a write L2 took keeps its full life
 
 
 def test_fork_child_works_even_with_locks_held_and_loads_in_flight(
@@ -122,7 +130,7 @@ def test_fork_child_works_even_with_locks_held_and_loads_in_flight(
     holder.start()
     lock_held.wait(5)
 
-    pid = _fork()
+    pid = fork()
     if pid == 0:  # the child: only this thread exists; the parent's lock holder does not
         code = 1
         try:
@@ -144,3 +152,19 @@ def test_fork_child_works_even_with_locks_held_and_loads_in_flight(
     assert cache.get("from-child") == b"c"
     cache.set("parent-after", b"p")
     assert cache.get("parent-after") == b"p"
+
+
+def test_a_cache_closed_before_fork_stays_closed_in_the_child(cache_factory: CacheFactory
+                                                              ) -> None:
+    cache = cache_factory()
+    cache.close()
+    pid = fork()
+    if pid == 0:
+        code = 1
+        try:
+            cache.set("k", b"v")
+            code = 0 if cache.stats()["coherence"]["state"] == "stopped" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -3,44 +3,24 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from dragonfly_cache._singleflight import SingleFlight
-
-
-def wait_until(condition: object, timeout: float = 5.0) -> None:
-    """Poll ``condition()`` (a progress check, not a sleep-as-synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
-
-
-def run_threads(count: int, target: object) -> None:
-    threads = [threading.Thread(target=target) for _ in range(count)]  # type: ignore[arg-type]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert not any(thread.is_alive() for thread in threads)
+from tests.helpers import run_threads, wait_until
 
 
 def test_concurrent_calls_share_one_run() -> None:
     flights: SingleFlight[bytes] = SingleFlight()
     calls: list[int] = []
     results: list[bytes] = []
-    barrier = threading.Barrier(32)
 
     def function() -> bytes:
         calls.append(1)
         wait_until(lambda: flights.coalesced == 31)
         return b"value"
 
-    def worker() -> None:
-        barrier.wait()
+    def worker(_: int) -> None:
         results.append(flights.do("k", function))
 
     run_threads(32, worker)
@@ -53,14 +33,12 @@ def test_concurrent_calls_share_one_run() -> None:
 def test_an_exception_reaches_every_waiter_and_the_next_call_retries() -> None:
     flights: SingleFlight[bytes] = SingleFlight()
     errors: list[BaseException] = []
-    barrier = threading.Barrier(8)
 
     def failing() -> bytes:
         wait_until(lambda: flights.coalesced == 7)
         raise RuntimeError("database down")
 
-    def worker() -> None:
-        barrier.wait()
+    def worker(_: int) -> None:
         try:
             flights.do("k", failing)
         except RuntimeError as exc:

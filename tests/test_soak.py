@@ -33,9 +33,8 @@ from typing import Any
 import pytest
 
 from dragonfly_cache import CacheUnavailableError, TieredCache
-from tests._servers import RedisServer
-from tests.conftest import CacheFactory
-from tests.test_tiered import wait_until
+from tests.helpers import CacheFactory, wait_until
+from tests.helpers.servers import RedisServer
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
 SOAK_SEED = int(os.environ.get("SOAK_SEED", str(random.randrange(1_000_000))))
@@ -427,6 +426,51 @@ def ms(seconds: float | None) -> str:
     return "never" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
+def contract_problems(run: Run, controller: Controller, stats: Any, write_failures: int,
+                      growth: int, samples: list[tuple[float, int]]) -> list[str]:
+    """What the run shows against the contract (empty: all held)."""
+    problems: list[str] = []
+    findings = run.findings
+    # 1. Reads never raise; writes succeed or raise CacheUnavailableError, nothing else.
+    if findings.unexpected:
+        problems.append(f"{findings.unexpected} exception(s) the contract does not allow "
+                        "(reads must not raise; writes only CacheUnavailableError), e.g.:\n"
+                        + "\n".join(findings.unexpected_examples))
+    # 2. No value is served that the owner's writes do not allow (deleted, older, foreign).
+    if findings.violations:
+        problems.append(f"{findings.violations} read(s) returned a value the owner's writes "
+                        "do not allow, e.g.:\n" + "\n".join(findings.violation_examples))
+    # 3. L1 stays within its bound.
+    if controller.l1_max > L1_MAX_SIZE:
+        problems.append(f"L1 held {controller.l1_max} entries, more than l1_max_size "
+                        f"{L1_MAX_SIZE}")
+    # 4. No leak: memory is flat over the last half of the run.
+    if growth >= RSS_GROWTH_BOUND:
+        problems.append(f"RSS grew {mib(growth)} MiB over the last half of the run (bound "
+                        f"{mib(RSS_GROWTH_BOUND)} MiB); samples (s, MiB): "
+                        + ", ".join(f"{t:.0f}:{mib(rss)}" for t, rss in samples))
+    # 5. Each restart: the soaked cache writes to L2 again and another cache reads it back.
+    for number, recovery in enumerate(controller.recoveries, 1):
+        if recovery.served is None or recovery.served > RECOVERY_BOUND:
+            problems.append(f"restart {number}: L2 not serving within {RECOVERY_BOUND:g} s "
+                            f"(probe write after {recovery.write} s, read back after "
+                            f"{recovery.served} s)")
+        if recovery.subscribed is None or recovery.subscribed > RESUBSCRIBE_BOUND:
+            problems.append(f"restart {number}: the invalidation listener not subscribed "
+                            f"within {RESUBSCRIBE_BOUND:g} s (after {recovery.subscribed} s)")
+    # The faults really happened and were seen: otherwise the run proves nothing.
+    if len(controller.recoveries) != len(KILL_AT):
+        problems.append(f"{len(controller.recoveries)} restarts happened, expected "
+                        f"{len(KILL_AT)}")
+    if write_failures == 0 or stats["breaker"]["opened"] < len(KILL_AT):
+        problems.append(f"the outages were not noticed: {write_failures} failed writes, "
+                        f"breaker opened {stats['breaker']['opened']} times")
+    if stats["coherence"]["flushes"] < len(KILL_AT):
+        problems.append(f"L1 was flushed {stats['coherence']['flushes']} times, expected at "
+                        f"least once per outage ({len(KILL_AT)})")
+    return problems
+
+
 @pytest.mark.soak
 @pytest.mark.timeout(SOAK_SECONDS + 90)
 def test_soak_under_server_restarts(cache_factory: CacheFactory,
@@ -500,41 +544,5 @@ def test_soak_under_server_restarts(cache_factory: CacheFactory,
           f"; samples {' '.join(mib(rss) for _, rss in samples)}")
     print(f"recovery after restart() returned: {recoveries}")
 
-    # 1. Reads never raise; writes succeed or raise CacheUnavailableError, nothing else.
-    if findings.unexpected:
-        problems.append(f"{findings.unexpected} exception(s) the contract does not allow "
-                        "(reads must not raise; writes only CacheUnavailableError), e.g.:\n"
-                        + "\n".join(findings.unexpected_examples))
-    # 2. No value is served that the owner's writes do not allow (deleted, older, foreign).
-    if findings.violations:
-        problems.append(f"{findings.violations} read(s) returned a value the owner's writes "
-                        "do not allow, e.g.:\n" + "\n".join(findings.violation_examples))
-    # 3. L1 stays within its bound.
-    if controller.l1_max > L1_MAX_SIZE:
-        problems.append(f"L1 held {controller.l1_max} entries, more than l1_max_size "
-                        f"{L1_MAX_SIZE}")
-    # 4. No leak: memory is flat over the last half of the run.
-    if growth >= RSS_GROWTH_BOUND:
-        problems.append(f"RSS grew {mib(growth)} MiB over the last half of the run (bound "
-                        f"{mib(RSS_GROWTH_BOUND)} MiB); samples (s, MiB): "
-                        + ", ".join(f"{t:.0f}:{mib(rss)}" for t, rss in samples))
-    # 5. Each restart: the soaked cache writes to L2 again and another cache reads it back.
-    for number, recovery in enumerate(controller.recoveries, 1):
-        if recovery.served is None or recovery.served > RECOVERY_BOUND:
-            problems.append(f"restart {number}: L2 not serving within {RECOVERY_BOUND:g} s "
-                            f"(probe write after {recovery.write} s, read back after "
-                            f"{recovery.served} s)")
-        if recovery.subscribed is None or recovery.subscribed > RESUBSCRIBE_BOUND:
-            problems.append(f"restart {number}: the invalidation listener not subscribed "
-                            f"within {RESUBSCRIBE_BOUND:g} s (after {recovery.subscribed} s)")
-    # The faults really happened and were seen: otherwise the run proves nothing.
-    if len(controller.recoveries) != len(KILL_AT):
-        problems.append(f"{len(controller.recoveries)} restarts happened, expected "
-                        f"{len(KILL_AT)}")
-    if write_failures == 0 or stats["breaker"]["opened"] < len(KILL_AT):
-        problems.append(f"the outages were not noticed: {write_failures} failed writes, "
-                        f"breaker opened {stats['breaker']['opened']} times")
-    if stats["coherence"]["flushes"] < len(KILL_AT):
-        problems.append(f"L1 was flushed {stats['coherence']['flushes']} times, expected at "
-                        f"least once per outage ({len(KILL_AT)})")
+    problems += contract_problems(run, controller, stats, write_failures, growth, samples)
     assert not problems, "\n\n".join(problems)

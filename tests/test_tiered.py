@@ -13,16 +13,7 @@ from typing import Any
 import pytest
 
 from dragonfly_cache import CacheError, CacheUnavailableError, TieredCache
-from tests.conftest import CacheFactory, FakeClock
-
-
-def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    """Poll a progress condition (never a sleep standing in for synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
+from tests.helpers import CacheFactory, FakeClock, command_calls, run_threads, wait_until
 
 
 def received(cache: TieredCache, count: int) -> None:
@@ -32,20 +23,6 @@ def received(cache: TieredCache, count: int) -> None:
     value; tests that count L1 hits wait for it so the late message can't land mid-test.
     """
     wait_until(lambda: cache.stats()["coherence"]["received"] >= count)
-
-
-def run_threads(count: int, target: Any, *args: Any) -> None:
-    threads = [threading.Thread(target=target, args=(n, *args)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not any(thread.is_alive() for thread in threads)
-
-
-def command_calls(client: Any, command: str) -> int:
-    stats = client.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 # -- round trips -----------------------------------------------------------------------
@@ -277,10 +254,8 @@ def test_key_without_server_ttl_is_bounded_by_l1_ttl(cache_factory: CacheFactory
 def test_l1_bound_holds_under_churn_from_16_threads(cache_factory: CacheFactory) -> None:
     cache = cache_factory(l1_max_size=64)
     sizes: list[int] = []
-    barrier = threading.Barrier(16)
 
     def churn(worker: int) -> None:
-        barrier.wait()
         for i in range(100):
             key = f"w{worker}:{i % 40}"
             if i % 3:
@@ -297,7 +272,6 @@ def test_l1_bound_holds_under_churn_from_16_threads(cache_factory: CacheFactory)
 def test_singleflight_64_threads_one_load(cache_factory: CacheFactory) -> None:
     cache = cache_factory()
     threads = 64
-    barrier = threading.Barrier(threads)
     calls: list[int] = []
     results: list[bytes] = []
 
@@ -308,7 +282,6 @@ def test_singleflight_64_threads_one_load(cache_factory: CacheFactory) -> None:
         return b"value"
 
     def worker(_: int) -> None:
-        barrier.wait()
         results.append(cache.get_or_load("hot", loader))
 
     run_threads(threads, worker)
@@ -325,7 +298,6 @@ def test_singleflight_64_threads_one_load(cache_factory: CacheFactory) -> None:
 
 def test_singleflight_late_callers_hit_the_cache(cache_factory: CacheFactory) -> None:
     cache = cache_factory()
-    barrier = threading.Barrier(64)
     calls: list[int] = []
 
     def loader() -> bytes:
@@ -333,7 +305,6 @@ def test_singleflight_late_callers_hit_the_cache(cache_factory: CacheFactory) ->
         return b"v"
 
     def worker(_: int) -> None:
-        barrier.wait()
         assert cache.get_or_load("k", loader) == b"v"
 
     run_threads(64, worker)
@@ -347,7 +318,6 @@ def test_loader_exception_reaches_every_waiter_and_nothing_is_cached(
         cache_factory: CacheFactory, redis_server: Any) -> None:
     cache = cache_factory()
     threads = 16
-    barrier = threading.Barrier(threads)
     errors: list[BaseException] = []
 
     def failing() -> bytes:
@@ -355,7 +325,6 @@ def test_loader_exception_reaches_every_waiter_and_nothing_is_cached(
         raise LookupError("row missing")
 
     def worker(_: int) -> None:
-        barrier.wait()
         try:
             cache.get_or_load("k", failing)
         except LookupError as exc:
@@ -374,7 +343,6 @@ def test_singleflight_many_keys_at_once(cache_factory: CacheFactory) -> None:
     keys = [f"k{i}" for i in range(8)]
     calls: dict[str, int] = dict.fromkeys(keys, 0)
     lock = threading.Lock()
-    barrier = threading.Barrier(64)
 
     def make_loader(key: str) -> Any:
         def loader() -> bytes:
@@ -385,7 +353,6 @@ def test_singleflight_many_keys_at_once(cache_factory: CacheFactory) -> None:
 
     def worker(n: int) -> None:
         key = keys[n % 8]
-        barrier.wait()
         assert cache.get_or_load(key, make_loader(key)) == key.encode()
 
     run_threads(64, worker)
@@ -430,6 +397,66 @@ def test_a_fill_that_raced_a_set_keeps_the_new_value(cache_factory: CacheFactory
     cache.get("k")
     cache._l2.get = real_get  # type: ignore[method-assign]
     assert cache.get("k") == b"new"
+
+
+def test_a_load_that_raced_another_process_write_does_not_overwrite_it(
+        cache_factory: CacheFactory, redis_server: Any) -> None:
+    loader_cache, writer = cache_factory(), cache_factory()
+
+    def slow_loader() -> bytes:
+        writer.set("k", b"new")  # another process writes while the database read runs
+        return b"old"  # what the database said before that write
+
+    assert loader_cache.get_or_load("k", slow_loader) == b"old"  # the caller gets its read
+    assert redis_server.client().get("k") == b"new"  # but L2 keeps the newer write
+    wait_until(lambda: loader_cache.stats()["coherence"]["received"] >= 1)
+    assert loader_cache.get("k") == b"new"
+    assert writer.get("k") == b"new"
+
+
+def test_a_load_invalidated_while_loading_is_stored_nowhere(cache_factory: CacheFactory,
+                                                            redis_server: Any) -> None:
+    cache = cache_factory()
+
+    def loader() -> bytes:
+        cache.delete("k")  # e.g. the row was deleted and the cache told, mid-load
+        return b"maybe-stale"
+
+    assert cache.get_or_load("k", loader) == b"maybe-stale"
+    assert redis_server.client().exists("k") == 0
+    assert cache._tiers.l1.get("k") is None
+    assert cache.get_or_load("k", lambda: b"fresh") == b"fresh"  # the next call loads again
+
+
+def test_reads_never_raise_while_another_thread_closes_the_cache(cache_factory: CacheFactory
+                                                                ) -> None:
+    cache = cache_factory(invalidation=False)
+    cache.set_many({f"k{n}": b"v" for n in range(20)})
+    stop = threading.Event()
+    escaped: list[BaseException] = []
+
+    def reader() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                cache._tiers.l1.clear()
+                cache.get(f"k{n % 20}")
+                cache.get_many([f"k{n % 20}", f"k{(n + 1) % 20}"])
+                cache.exists("k0")
+            except BaseException as exc:
+                escaped.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        cache.close()
+    stop.set()
+    for thread in threads:
+        thread.join(5)
+    assert escaped == []
 
 
 # -- stats -----------------------------------------------------------------------------
@@ -644,7 +671,8 @@ def test_pool_exhaustion_is_a_bounded_wait_then_a_miss_or_an_error(
     cache = cache_factory(pool_size=1, pool_timeout=0.05)
     cache.set("k", b"v")
     cache._tiers.l1.clear()
-    assert cache._l2.router.nodes.node(cache._l2.router.config.addresses[0]).slots.acquire(0.01)  # another thread holds the only connection
+    slots = cache._l2.router.nodes.node(cache._l2.address).slots
+    assert slots.acquire(0.01)  # another thread holds the only connection
     try:
         started = time.monotonic()
         assert cache.get("k") is None  # a read degrades to a miss
@@ -652,7 +680,7 @@ def test_pool_exhaustion_is_a_bounded_wait_then_a_miss_or_an_error(
             cache.set("k", b"new")
         assert time.monotonic() - started < 1.0
     finally:
-        cache._l2.router.nodes.node(cache._l2.router.config.addresses[0]).slots.release()
+        slots.release()
     assert cache.get("k") == b"new"  # the failed set still applied to L1 ...
     cache._tiers.l1.clear()
     assert cache.get("k") == b"v"  # ... while L2 kept the old value
@@ -661,10 +689,8 @@ def test_pool_exhaustion_is_a_bounded_wait_then_a_miss_or_an_error(
 def test_more_threads_than_connections_do_not_starve(cache_factory: CacheFactory) -> None:
     # redis-py's LIFO pool let waiters starve past a 250 ms pool_timeout here.
     cache = cache_factory(pool_size=4)
-    barrier = threading.Barrier(16)
 
     def worker(n: int) -> None:
-        barrier.wait()
         for i in range(100):
             cache.set(f"{n}:{i}", b"v")
             cache._tiers.l1.invalidate([f"{n}:{i}"])

@@ -18,9 +18,9 @@ from dragonfly_cache import (
     DragonflyConfig,
     TieredCache,
 )
-from tests._pki import tls_server_args
-from tests._servers import free_port
-from tests.test_tiered import wait_until
+from tests.helpers import wait_until
+from tests.helpers.pki import tls_server_args
+from tests.helpers.servers import free_port
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from _systems import DOGPILE, DRAGONFLY, FLASK, RAW, Dragonfly, RawRedis, open_d
 from redis.cluster import RedisCluster
 
 from dragonfly_cache import TieredCache
-from tests._cluster import LocalCluster
+from tests.helpers.cluster import LocalCluster
 
 from .common import Context, Result, fmt, fmt_x, progress, rotated, target
 

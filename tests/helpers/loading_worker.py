@@ -14,8 +14,8 @@ from dragonfly_cache import CacheConfig, DragonflyConfig, L2Config, TieredCache
 
 
 def memo_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """The memoize key of tests._memo.lookup for these arguments, in this process."""
-    from tests._memo import lookup
+    """The memoize key of tests.helpers.memo.lookup for these arguments, in this process."""
+    from tests.helpers.memo import lookup
 
     return lookup.cache_key(*args, **kwargs)  # type: ignore[attr-defined, no-any-return]
 

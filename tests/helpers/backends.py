@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests._cluster import LocalCluster
-from tests._servers import RedisServer
+from tests.helpers.cluster import LocalCluster
+from tests.helpers.servers import RedisServer
 
 __all__ = ["Backend", "ClusterBackend", "ServerBackend", "TlsBackend"]
 

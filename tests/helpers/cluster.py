@@ -42,7 +42,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from tests._servers import (
+from tests.helpers.servers import (
     CLIENT_TIMEOUT,
     HOST,
     RedisBinaryNotFoundError,

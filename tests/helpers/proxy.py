@@ -1,7 +1,7 @@
 """A fault-injection TCP proxy for tests: partitions, resets, refusals and latency on demand.
 
 :class:`FaultProxy` listens on a private 127.0.0.1 port and forwards every connection to a
-target (usually a :class:`tests._servers.RedisServer`). A test points its client at the proxy
+target (usually a :class:`tests.helpers.servers.RedisServer`). A test points its client at the proxy
 and then breaks the network between them on purpose:
 
 * :meth:`FaultProxy.stall` -- a partition: connections stay open, nothing gets through;
@@ -44,7 +44,7 @@ End = Literal["fin", "rst"]
 
 
 class Target(Protocol):
-    """Anything with a host and a port, e.g. :class:`tests._servers.RedisServer`."""
+    """Anything with a host and a port, e.g. :class:`tests.helpers.servers.RedisServer`."""
 
     host: str
     port: int
@@ -567,7 +567,7 @@ def proxy_for(server: Target) -> Iterator[FaultProxy]:
     """A started :class:`FaultProxy` in front of ``server``, closed on exit.
 
     Args:
-        server: what to forward to, e.g. a :class:`tests._servers.RedisServer`.
+        server: what to forward to, e.g. a :class:`tests.helpers.servers.RedisServer`.
 
     Yields:
         The running proxy; point clients at ``proxy.port`` / ``proxy.address``.

@@ -1,0 +1,41 @@
+"""Waiting for progress: poll a condition against a deadline, never sleep as synchronisation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dragonfly_cache import TieredCache
+
+__all__ = ["wait_subscribed", "wait_until"]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll ``condition()`` every millisecond until it is true.
+
+    Raises:
+        AssertionError: it was still false after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.001)
+
+
+def wait_subscribed(cache: TieredCache, timeout: float = 5.0) -> None:
+    """Start ``cache``'s invalidation listener and wait until it is subscribed.
+
+    Like a warmed-up process: L1 entries are trusted for their full life only once the
+    listener is subscribed. This is the one place the tests start the listener without an
+    operation that reaches L2 (a private call, so that no test's counters move).
+
+    Raises:
+        AssertionError: the cache has coherence off, or the listener was not subscribed
+            within ``timeout`` seconds.
+    """
+    assert cache.stats()["coherence"]["state"] != "disabled", "the cache has coherence off"
+    cache._tiers.listen()
+    wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed", timeout)
