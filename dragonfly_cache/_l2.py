@@ -319,11 +319,11 @@ class L2:
 
     def add_latency_observer(self, observer: LatencyObserver) -> None:
         """Call ``observer(operation, seconds)`` after every command batch."""
-        self.router.add_latency_observer(observer)
+        self.router.nodes.add_latency_observer(observer)
 
     def remove_latency_observer(self, observer: LatencyObserver) -> None:
         """Stop calling ``observer``."""
-        self.router.remove_latency_observer(observer)
+        self.router.nodes.remove_latency_observer(observer)
 
     def close(self) -> None:
         """Close every idle connection (they reconnect if used again)."""

@@ -30,7 +30,7 @@ from ._nodes import Node, Nodes, format_address
 from ._topology import SlotMap, Topology
 from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
-from .types import BreakerStats, LatencyObserver
+from .types import BreakerStats
 
 __all__ = ["Group", "Result", "Router", "replies_of"]
 
@@ -146,14 +146,6 @@ class Router:
             "rejected": sum(s["rejected"] for s in stats),
             "nodes": {address: s["state"] for address, s in per_node.items()},
         }
-
-    def add_latency_observer(self, observer: LatencyObserver) -> None:
-        """Call ``observer(operation, seconds)`` after every command batch."""
-        self.nodes.add_latency_observer(observer)
-
-    def remove_latency_observer(self, observer: LatencyObserver) -> None:
-        """Stop calling ``observer``."""
-        self.nodes.remove_latency_observer(observer)
 
     def close(self) -> None:
         """Close every idle connection."""

@@ -166,28 +166,29 @@ class Tiers:
         Raises:
             CacheUnavailableError: L2 did not take the delete (L1 no longer has the keys).
         """
-        self.listen()
-        # Before L2 too: a load about to store one of these keys must see the delete coming.
-        self.l1.invalidate(keys)
-        try:
-            return self.l2.delete(keys, self.announce(keys))
-        finally:
-            # After L2, so a fill that read the old value before the delete is stamped stale.
-            self.l1.invalidate(keys)
+        return self._remove(lambda: self.l1.invalidate(keys),
+                            lambda: self.l2.delete(keys, self.announce(keys)))
 
     def invalidate(self, pattern: str, matches: Callable[[str], bool]) -> int:
         """Remove the keys matching the glob ``pattern`` (``matches`` is its compiled form)
-        from L2 (announced) and L1, in the same order as :meth:`delete`; how many L2 had.
+        from L2 (announced) and L1; how many L2 had.
 
         Raises:
             CacheUnavailableError: L2 could not be scanned (L1 matches were removed).
         """
+        return self._remove(lambda: self.l1.invalidate_matching(matches),
+                            lambda: self.l2.invalidate(pattern, self.announce_pattern(pattern)))
+
+    def _remove(self, drop_from_l1: Callable[[], object], remove_from_l2: Callable[[], int]
+                ) -> int:
         self.listen()
-        self.l1.invalidate_matching(matches)
+        # Before L2 too: a load about to store one of these keys must see the removal coming.
+        drop_from_l1()
         try:
-            return self.l2.invalidate(pattern, self.announce_pattern(pattern))
+            return remove_from_l2()
         finally:
-            self.l1.invalidate_matching(matches)
+            # After L2, so a fill that read the old value before the removal is stamped stale.
+            drop_from_l1()
 
     # -- introspection ---------------------------------------------------------------------
 
