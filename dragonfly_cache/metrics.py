@@ -23,6 +23,11 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from ._extras import require
+
+# Before the import it guards: without the extra, fail with its install line.
+require("prometheus_client", "flask", __name__)
+
 from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
