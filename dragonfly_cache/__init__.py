@@ -3,7 +3,7 @@
 from . import codecs
 from ._version import __version__
 from .config import CacheConfig, DragonflyConfig, L1Config, L2Config
-from .exceptions import CacheError, CacheUnavailableError, ConfigError, NotFound
+from .exceptions import CacheError, CacheUnavailableError, ConfigError, MissingExtraError, NotFound
 from .tiered import TieredCache
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "DragonflyConfig",
     "L1Config",
     "L2Config",
+    "MissingExtraError",
     "NotFound",
     "TieredCache",
     "__version__",

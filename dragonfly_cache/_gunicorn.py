@@ -21,6 +21,11 @@ import shutil
 import tempfile
 from typing import Any
 
+from ._extras import require
+
+# Before the settings below change the environment and the filesystem.
+require("gunicorn", "server", __name__)
+
 __all__ = ["accesslog", "bind", "child_exit", "graceful_timeout", "preload_app", "timeout",
            "worker_class", "workers"]
 

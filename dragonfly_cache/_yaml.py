@@ -8,15 +8,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ._extras import require
 from .exceptions import ConfigError
 
 __all__ = ["load_root", "mapping", "reject_unknown", "yaml_values"]
 
 
 def load_root(path_or_text: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a path or YAML text and return the mapping under its ``cache:`` root."""
+    """Parse a path or YAML text and return the mapping under its ``cache:`` root.
+
+    Raises:
+        MissingExtraError: PyYAML (the ``yaml`` extra) is not installed.
+        ConfigError: unreadable or invalid YAML, or no ``cache:`` mapping.
+    """
+    # PyYAML is the yaml extra, imported here so that `import dragonfly_cache` needs none.
+    require("yaml", "yaml", "CacheConfig.from_yaml")
+    import yaml
+
     text, source = _read_yaml_source(path_or_text)
     try:
         document = yaml.safe_load(text)

@@ -9,8 +9,8 @@ Commands::
 
 The configuration comes from ``--config FILE`` (YAML, :meth:`CacheConfig.from_yaml`) or else
 the environment (:meth:`CacheConfig.from_env`). Exit codes: 0 success; 1 the server is
-unhealthy or unreachable, or the user declined; 2 a usage or configuration error. Failures
-are one line on stderr, never a traceback, and never contain the password.
+unhealthy or unreachable, or the user declined; 2 a usage or configuration error, or a missing
+extra. Failures are one line on stderr, never a traceback, and never contain the password.
 
 ``ping`` and ``stats`` run with cross-process coherence off: they make one probe and exit,
 so an invalidation listener would only add a thread and a connection to each run.
@@ -32,9 +32,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from ._extras import require
 from ._version import __version__
 from .config import CacheConfig
-from .exceptions import CacheUnavailableError, ConfigError
+from .exceptions import CacheUnavailableError, ConfigError, MissingExtraError
 from .tiered import TieredCache
 
 __all__ = ["main"]
@@ -43,12 +44,13 @@ PROG = "dragonfly-cache"
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # unhealthy / unreachable server, or the user declined
-EXIT_USAGE = 2  # bad arguments or configuration (argparse uses 2 as well)
+EXIT_USAGE = 2  # bad arguments or configuration, or a missing extra (argparse uses 2 as well)
 
 DEFAULT_PORT = 8000
 DEFAULT_WORKERS = 2
 GUNICORN_CONFIG = "python:dragonfly_cache._gunicorn"
 DEMO_APP = "dragonfly_cache.demo:create_app()"
+SERVE_NEEDS = ("gunicorn", "flask", "prometheus_flask_exporter")  # the server extra
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -149,6 +151,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.config is not None:
         raise UsageError("serve reads its configuration from the environment "
                          "(DRAGONFLY_*, CACHE_*); --config is not supported here")
+    for module in SERVE_NEEDS:  # here, in one line, rather than in gunicorn's workers
+        require(module, "server", "serve")
     # Fail here, in one line, rather than in every gunicorn worker with a traceback.
     CacheConfig.from_env()
     bind = args.bind if args.bind is not None else _default_bind(os.environ)
@@ -173,8 +177,10 @@ def _load_config(args: argparse.Namespace) -> CacheConfig:
 
     Raises:
         ConfigError: the file or a variable holds an invalid value.
+        MissingExtraError: ``--config`` without PyYAML (the ``yaml`` extra).
     """
     if args.config is not None:
+        require("yaml", "yaml", "--config")  # a line that names the option, not from_yaml
         return CacheConfig.from_yaml(args.config)
     return CacheConfig.from_env()
 
@@ -317,7 +323,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Check, inspect and manage a dragonfly_cache deployment.",
         epilog="Exit codes: 0 success; 1 unhealthy/unreachable server or aborted; "
-               "2 usage or configuration error.")
+               "2 usage or configuration error, or a missing extra.")
     _add_common_options(parser, top=True)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -373,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: 0 success; 1 unhealthy or unreachable server, or aborted;
-        2 usage or configuration error.
+        2 usage or configuration error, or a missing extra.
     """
     parser = _build_parser()
     try:
@@ -384,8 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _package_logging(args.verbose):
         try:
             return run(args)
-        except (ConfigError, UsageError) as exc:
-            # ConfigError messages name the variable or key and never echo a secret.
+        except (ConfigError, UsageError, MissingExtraError) as exc:
+            # One line: the variable or key (never a secret's value), or the install line.
             _Console().error(f"error: {exc}")
             return EXIT_USAGE
         except KeyboardInterrupt:

@@ -36,6 +36,7 @@ import pickle  # used only by SignedPickle, which checks the signature before un
 from types import ModuleType
 from typing import Any, Final, Protocol, runtime_checkable
 
+from ._extras import require
 from .exceptions import CacheError
 
 __all__ = [
@@ -179,17 +180,11 @@ class MsgpackCodec:
         """Import and return ``msgpack``.
 
         Raises:
-            ImportError: msgpack is not installed (the message says how to get it).
+            MissingExtraError: msgpack is not installed (an ImportError whose message
+                says how to get it).
         """
-        try:
-            import msgpack  # optional dependency (the msgpack extra): imported on first use
-        except ImportError as exc:
-            raise ImportError(
-                "the msgpack codec needs the msgpack package: "
-                "pip install 'dragonfly-cache[msgpack]'"
-            ) from exc
-        module: ModuleType = msgpack
-        return module
+        # The msgpack extra, imported on first use.
+        return require("msgpack", "msgpack", "the msgpack codec")
 
     def encode(self, obj: Any) -> bytes:
         """Serialise ``obj`` as MessagePack (str and bytes stay distinct).

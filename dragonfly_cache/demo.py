@@ -15,6 +15,11 @@ import sqlite3
 import tempfile
 import time
 
+from ._extras import require
+
+# Before the imports it guards: the demo comes with the server extra (Flask, gunicorn).
+require("flask", "server", __name__)
+
 from flask import Flask, Response, jsonify, request
 
 from .flask import DragonflyCache

@@ -6,7 +6,8 @@ redis-py errors never escape the package: the L2 tier translates them at its bou
 
 from __future__ import annotations
 
-__all__ = ["CacheError", "CacheUnavailableError", "ConfigError", "NotFound"]
+__all__ = ["CacheError", "CacheUnavailableError", "ConfigError", "MissingExtraError",
+           "NotFound"]
 
 
 class CacheError(Exception):
@@ -39,4 +40,18 @@ class NotFound(CacheError, LookupError):
     memoized calls for that key raise ``NotFound`` again without calling the loader, and
     ``get()`` of that key returns ``None``. Being a ``LookupError``, it fits code that
     already treats a missing record like a missing mapping key.
+    """
+
+
+class MissingExtraError(CacheError, ModuleNotFoundError):
+    """A feature needs an optional dependency that is not installed.
+
+    Raised when a module or call whose extra is missing is used: importing
+    ``dragonfly_cache.flask`` or ``dragonfly_cache.metrics`` without the ``flask`` extra,
+    ``dragonfly_cache.demo`` or ``dragonfly-cache serve`` without ``server``,
+    ``CacheConfig.from_yaml`` without ``yaml``, the msgpack codec without ``msgpack``. The
+    message names what needed it, the missing
+    package and the line that installs it, e.g. ``pip install 'dragonfly-cache[flask]'``;
+    ``name`` is the missing module. Being a ``ModuleNotFoundError`` (an ``ImportError``),
+    it is what code that guards an optional import already catches.
     """

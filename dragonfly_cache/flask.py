@@ -30,6 +30,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._extras import require
+
+# Before the imports they guard: without the extra, fail with its install line.
+require("flask", "flask", __name__)
+require("prometheus_flask_exporter", "flask", __name__)
+
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from . import _validators as v

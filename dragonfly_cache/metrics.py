@@ -24,6 +24,11 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._extras import require
+
+# Before the import it guards: without the extra, fail with its install line.
+require("prometheus_client", "flask", __name__)
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from ._breaker import BreakerState

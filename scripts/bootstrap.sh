@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Make this checkout ready to test and run: .venv with the package and its test extras,
-# and a redis-server binary for the integration tests. Idempotent; a no-op run takes well
-# under a second. Runs on a fresh Debian with only Python >= 3.10 (as root it installs
-# what is missing with apt-get; as another user it says what to install).
+# Make this checkout ready for one purpose: .venv with the package and the extras that
+# purpose needs, and a redis-server binary (the tests start private ones; so does the demo).
+#
+#   bash scripts/bootstrap.sh [test]   # -e '.[test]': every extra, pytest, ruff, mypy, docs
+#   bash scripts/bootstrap.sh demo     # -e '.[server]': Flask, prometheus-flask-exporter, gunicorn
+#
+# Idempotent; a no-op run takes well under a second. Each purpose has its own stamp, so
+# running the demo and then the tests installs the test extras (the test stamp covers the
+# demo: [test] includes [server]). Runs on a fresh Debian with only Python >= 3.10 (as root
+# it installs what is missing with apt-get; as another user it says what to install).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,6 +22,14 @@ apt_install() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
+
+# --- what to install: the extras, and the stamps that say they are there ------------------
+purpose=${1:-test}
+case "$purpose" in
+    test) extras=test; covered_by=(test) ;;
+    demo) extras=server; covered_by=(demo test) ;;  # [test] includes [server]
+    *) die "unknown purpose '$purpose' (usage: bootstrap.sh [test|demo])" ;;
+esac
 
 # --- Python -------------------------------------------------------------------------------
 python=""
@@ -42,15 +56,27 @@ if ! .venv/bin/python -c '' >/dev/null 2>&1; then
     fi
 fi
 
-# --- package + test extras (re-installed only when the metadata changed) ------------------
-if [[ ! -f .venv/.stamp || pyproject.toml -nt .venv/.stamp \
-      || ( -f setup.cfg && setup.cfg -nt .venv/.stamp ) ]]; then
-    say "installing the package and its [test] extras into .venv"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-    touch .venv/.stamp
+# --- package + extras (re-installed only when the metadata changed) -----------------------
+fresh() {  # fresh STAMP: the stamp exists and is newer than the packaging metadata
+    [[ -f "$1" && ! pyproject.toml -nt "$1" && ! ( -f setup.cfg && setup.cfg -nt "$1" ) ]]
+}
+ready=""
+for stamp in "${covered_by[@]}"; do
+    if fresh ".venv/.stamp-$stamp"; then
+        ready=1
+        break
+    fi
+done
+if [[ -z "$ready" ]]; then
+    # pip is quiet (-q) and a first install downloads for a while: say so before it starts.
+    say "installing the package with its [$extras] extras into .venv for $purpose" \
+        "(the first time takes a minute or so)"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"
+    touch ".venv/.stamp-$purpose"
+    say "done: .venv is ready for $purpose"
 fi
 
-# --- redis-server for the integration tests -----------------------------------------------
+# --- redis-server: the tests start private ones, and so does the demo ---------------------
 if [[ -n "${REDIS_SERVER_BIN:-}" ]]; then
     [[ -x "$REDIS_SERVER_BIN" ]] || die "REDIS_SERVER_BIN=$REDIS_SERVER_BIN is not an executable file"
 elif command -v redis-server >/dev/null 2>&1 \

@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 step "bootstrap"
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh test
 
 step "ruff check"
 .venv/bin/ruff check .
