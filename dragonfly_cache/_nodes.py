@@ -257,8 +257,10 @@ class Nodes:
     # -- latency --------------------------------------------------------------------------
 
     def add_latency_observer(self, observer: LatencyObserver) -> None:
-        """Call ``observer(operation, seconds)`` after every command batch."""
-        self._observers = (*self._observers, observer)
+        """Call ``observer(operation, seconds)`` after every command batch (once, however
+        often the same observer is added)."""
+        if observer not in self._observers:
+            self._observers = (*self._observers, observer)
 
     def remove_latency_observer(self, observer: LatencyObserver) -> None:
         """Stop calling ``observer`` (no error if it was not added)."""

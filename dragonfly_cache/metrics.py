@@ -164,9 +164,9 @@ class CacheMetrics:
         self._entries = 0.0
         self.breaker_state = 0
         self.subscribed = 1
-        latency = METRICS.l2_latency
-        cache.add_latency_observer(
-            lambda operation, seconds: latency.labels(operation).observe(seconds))
+        # One observer function for every cache: a cache exported by two apps' extensions
+        # is observed once.
+        cache.add_latency_observer(_observe_latency)
         _instances.add(self)
 
     def sync(self) -> None:
@@ -201,6 +201,10 @@ class CacheMetrics:
         if delta > 0:
             counter.inc(delta)
         self._last[name] = value
+
+
+def _observe_latency(operation: str, seconds: float) -> None:
+    METRICS.l2_latency.labels(operation).observe(seconds)
 
 
 def sync_all() -> None:

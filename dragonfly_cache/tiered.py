@@ -317,8 +317,9 @@ class TieredCache:
 
     def add_latency_observer(self, observer: LatencyObserver) -> None:
         """Call ``observer(operation, seconds)`` after every L2 command batch (one per
-        round trip; ``operation`` is e.g. "GET", "MGET", "SET"). Exceptions it raises are
-        logged, never passed to the caller. The metrics module uses this."""
+        round trip; ``operation`` is e.g. "GET", "MGET", "SET"). Adding the same observer
+        twice has no effect. Exceptions it raises are logged, never passed to the caller.
+        The metrics module uses this."""
         self._l2.add_latency_observer(observer)
 
     def remove_latency_observer(self, observer: LatencyObserver) -> None:

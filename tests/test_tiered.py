@@ -818,3 +818,31 @@ def test_get_many_of_more_keys_than_one_script_chunk(cache_factory: CacheFactory
     assert cache._tiers.l1.get("k1233") == b"1233"  # filled with the key's remaining PTTL ...
     fake_clock.advance(1.1)
     assert cache._tiers.l1.get("k1233") is None  # ... never past it
+
+
+def test_latency_observers_see_each_round_trip_and_never_fail_a_call(
+        cache_factory: CacheFactory, caplog: pytest.LogCaptureFixture) -> None:
+    cache = cache_factory()
+    cache.exists("warm-up")  # the first call also asks the server whether it is a cluster
+    seen: list[tuple[str, float]] = []
+
+    def observer(operation: str, seconds: float) -> None:
+        seen.append((operation, seconds))
+
+    def broken(operation: str, seconds: float) -> None:
+        raise RuntimeError("metrics backend down")
+
+    cache.add_latency_observer(observer)
+    cache.add_latency_observer(observer)  # once is enough: not observed twice
+    cache.add_latency_observer(broken)
+    cache.set("k", b"v")
+    cache._tiers.l1.clear()
+    assert cache.get("k") == b"v"  # the broken observer did not fail the calls
+    assert [operation for operation, _ in seen] == ["SET", "GET"]
+    assert all(0 <= seconds < 5 for _, seconds in seen)
+    assert "latency observer failed" in caplog.text
+    cache.remove_latency_observer(observer)
+    cache.remove_latency_observer(broken)
+    cache.remove_latency_observer(broken)  # not an error
+    cache.set("k", b"w")
+    assert len(seen) == 2
