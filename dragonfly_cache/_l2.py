@@ -273,8 +273,13 @@ class L2(Router):
             self._stale_map = True
             node = self._route(self.channel)
         host, port = split_address(node.address)
-        client = redis.Redis(**{**self._connection_options, "host": host, "port": port,
-                                "retry": Retry(NoBackoff(), 0)}, ssl=self.config.tls)
+        # A pool of our connection class, which closes the socket of a failed TLS setup
+        # (see _connections.SSLConnection); redis.Redis(ssl=True) would use redis-py's.
+        pool = redis.ConnectionPool(
+            connection_class=self._connection_class,
+            **{**self._connection_options, "host": host, "port": port,
+               "retry": Retry(NoBackoff(), 0)})
+        client = redis.Redis.from_pool(pool)  # closing the client disconnects its pool
         return client, self._clustered is True and self._sharded
 
     # -- health --------------------------------------------------------------------------

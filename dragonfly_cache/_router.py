@@ -38,7 +38,7 @@ from redis.retry import Retry
 
 from ._breaker import CLOSED, CircuitBreaker
 from ._coherence import channel_name
-from ._connections import Command, Connections, exchange_all
+from ._connections import Command, Connections, SSLConnection, exchange_all
 from ._singleflight import SingleFlight
 from ._slots import FairSlots
 from ._topology import SlotMap, format_address, slot_of
@@ -131,7 +131,7 @@ class Router:
                 ssl_cert_reqs="required", ssl_check_hostname=config.tls_check_hostname,
                 ssl_ca_certs=config.tls_ca_file, ssl_certfile=config.tls_cert_file,
                 ssl_keyfile=config.tls_key_file)
-        self._connection_class = redis.SSLConnection if config.tls else redis.Connection
+        self._connection_class = SSLConnection if config.tls else redis.Connection
         self._pool_timeout = config.pool_timeout
         # Called with (operation, seconds) after every command that reached the server;
         # the metrics module sets it. Kept across forks: it is not per-process state.
