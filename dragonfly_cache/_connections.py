@@ -89,6 +89,7 @@ class Connections:
         self._options = options
         self._retry = retry
         self._idle: list[redis.Connection] = []  # list.pop/append are atomic under the GIL
+        self._closed = False  # set by close(): from then on no connection is kept
 
     def _take(self) -> redis.Connection:
         try:
@@ -142,11 +143,22 @@ class Connections:
         if not clean:  # replies may be left unread: start afresh next time
             connection.disconnect()
         self._idle.append(connection)
+        # A connection in use while close() ran (a background refresh, the listener asking
+        # for the slot map) must not outlive it. Read after the append: either close() has
+        # set the flag by now, or it has yet to empty _idle and will find the connection.
+        if self._closed:
+            self.close()
 
     def close(self) -> None:
-        """Disconnect every idle connection (they reconnect if used again)."""
-        while self._idle:
-            self._idle.pop().disconnect()
+        """Disconnect every idle connection, and from now on each one as it is released:
+        a closed cache still works, but keeps no connection open."""
+        self._closed = True
+        while True:
+            try:
+                connection = self._idle.pop()
+            except IndexError:  # another thread may empty it between a check and a pop
+                return
+            connection.disconnect()
 
 
 def _send(connection: redis.Connection, commands: Sequence[Command]) -> None:
