@@ -13,13 +13,17 @@ batch, so at most ``pool_size`` connections exist per process.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from redis.retry import Retry
 
-__all__ = ["Connections"]
+__all__ = ["Connections", "SSLConnection"]
 
 Command = tuple[Any, ...]
 
@@ -30,11 +34,49 @@ except ImportError:  # redis-py packs in Python then
     _pack = None
 
 
+class SSLConnection(redis.SSLConnection):
+    """redis-py's ``SSLConnection``, except that a failed TLS setup leaves no socket open.
+
+    CPython's ``ssl.SSLSocket`` creation (before 3.11.8 and 3.12.2: CPython gh-113280)
+    raises without closing the ``SSLSocket`` it made when the TCP connection is reset
+    between ``connect()`` and the handshake, as it is by a server that is killed or
+    restarting while we connect (``getpeername()`` fails with ENOTCONN, then its probing
+    ``recv(1)`` with ECONNRESET). redis-py's clean-up then closes the plain socket, which
+    has already handed its descriptor to the ``SSLSocket`` (``detach()``), so it closes
+    nothing. The ``SSLSocket``, held only by the traceback, stays open until the garbage
+    collector finds it, with a ``ResourceWarning``, on whatever thread happens to run it.
+
+    A subclass rather than a wrapper: redis-py makes connections from a class
+    (``ConnectionPool(connection_class=...)``), and so do :class:`Connections`.
+    """
+
+    def _connect(self) -> socket.socket:
+        try:
+            sock: socket.socket = super()._connect()
+        except BaseException as exc:
+            _close_tls_sockets_left_in(exc)
+            raise
+        return sock
+
+
+def _close_tls_sockets_left_in(error: BaseException) -> None:
+    """Close every ``ssl.SSLSocket`` still open in the frames that ``error`` unwound.
+
+    Those are the frames of one failed connect (ours, redis-py's, ssl's): a socket made
+    there was never handed to anyone, so no one else can be using or closing it.
+    """
+    for frame, _line in traceback.walk_tb(error.__traceback__):
+        for value in list(frame.f_locals.values()):
+            if isinstance(value, ssl.SSLSocket) and value.fileno() != -1:
+                with contextlib.suppress(OSError):  # the connect's own error is the one to see
+                    value.close()
+
+
 class Connections:
     """Idle connections of one process, and :meth:`roundtrip`.
 
     Args:
-        connection_class: ``redis.Connection`` or ``redis.SSLConnection``.
+        connection_class: ``redis.Connection`` or :class:`SSLConnection`.
         options: keyword arguments of the connection class (host, port, auth, timeouts).
         retry: retries of connection errors; a retried batch is sent again whole, which
             is safe for what we send (reads, SET/UNLINK of given values, PUBLISH of an
@@ -47,6 +89,7 @@ class Connections:
         self._options = options
         self._retry = retry
         self._idle: list[redis.Connection] = []  # list.pop/append are atomic under the GIL
+        self._closed = False  # set by close(): from then on no connection is kept
 
     def _take(self) -> redis.Connection:
         try:
@@ -100,11 +143,22 @@ class Connections:
         if not clean:  # replies may be left unread: start afresh next time
             connection.disconnect()
         self._idle.append(connection)
+        # A connection in use while close() ran (a background refresh, the listener asking
+        # for the slot map) must not outlive it. Read after the append: either close() has
+        # set the flag by now, or it has yet to empty _idle and will find the connection.
+        if self._closed:
+            self.close()
 
     def close(self) -> None:
-        """Disconnect every idle connection (they reconnect if used again)."""
-        while self._idle:
-            self._idle.pop().disconnect()
+        """Disconnect every idle connection, and from now on each one as it is released:
+        a closed cache still works, but keeps no connection open."""
+        self._closed = True
+        while True:
+            try:
+                connection = self._idle.pop()
+            except IndexError:  # another thread may empty it between a check and a pop
+                return
+            connection.disconnect()
 
 
 def _send(connection: redis.Connection, commands: Sequence[Command]) -> None:

@@ -27,7 +27,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from ._breaker import CircuitBreaker
-from ._connections import Command, Connections, exchange_all
+from ._connections import Command, Connections, SSLConnection, exchange_all
 from ._slots import FairSlots
 from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
@@ -103,7 +103,9 @@ class Nodes:
                 ssl_cert_reqs="required", ssl_check_hostname=config.tls_check_hostname,
                 ssl_ca_certs=config.tls_ca_file, ssl_certfile=config.tls_cert_file,
                 ssl_keyfile=config.tls_key_file)
-        self.connection_class = redis.SSLConnection if config.tls else redis.Connection
+        # Ours for TLS: it closes the socket of a failed TLS setup (see SSLConnection).
+        self.connection_class: type[redis.Connection] = (
+            SSLConnection if config.tls else redis.Connection)
         # Kept across forks: observers are not per-process state.
         self._observers: tuple[LatencyObserver, ...] = ()
         self.start_process_state()
@@ -141,8 +143,11 @@ class Nodes:
         """A new redis-py client on its own connection to ``address`` that never retries
         (the invalidation listener must see every drop: messages may be lost in it)."""
         host, port = split_address(address)
-        return redis.Redis(**{**self._options, "host": host, "port": port,
-                              "retry": Retry(NoBackoff(), 0)}, ssl=self.config.tls)
+        # A pool of our connection class: redis.Redis(ssl=True) would use redis-py's.
+        pool = redis.ConnectionPool(connection_class=self.connection_class,
+                                    **{**self._options, "host": host, "port": port,
+                                       "retry": Retry(NoBackoff(), 0)})
+        return redis.Redis.from_pool(pool)  # closing the client disconnects its pool
 
     def rejected(self) -> int:
         """Calls refused by open breakers, over every node."""

@@ -113,8 +113,9 @@ class TieredCache:
     def close(self) -> None:
         """Stop the invalidation listener and release the connection pool.
 
-        A later call reconnects lazily, with coherence off: L1 entries then live at most
-        ``l1.degraded_ttl``.
+        A later call still works, with coherence off (L1 entries then live at most
+        ``l1.degraded_ttl``) and a connection opened and closed per call: a closed cache
+        keeps no connection open.
         """
         self._closed = True
         self._tiers.stop()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import select
+import socket
+import struct
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,7 @@ from dragonfly_cache import (
     CacheUnavailableError,
     ConfigError,
     DragonflyConfig,
+    L1Config,
     TieredCache,
 )
 from tests.helpers import wait_until
@@ -129,3 +135,45 @@ def test_tls_settings_are_validated(pki: Path) -> None:
                                    "DRAGONFLY_TLS_CHECK_HOSTNAME": "false"})
     assert config.dragonfly.tls_ca_file == ca
     assert config.dragonfly.tls_check_hostname is False
+
+
+@pytest.mark.parametrize("path", ["pool", "listener"])
+def test_a_connection_reset_before_the_tls_handshake_leaves_no_socket_open(
+        path: str, pki: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server killed (or restarting) just as we connect accepts the TCP connection, then
+    resets it before the TLS handshake. Before Python 3.11.8/3.12.2 (CPython gh-113280)
+    the failed wrap leaves its SSLSocket open for the garbage collector to find: a
+    ResourceWarning in whichever test runs next. The cache's pooled connections and its
+    listener's client must both close it on the spot."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def connect_then_reset(connection: redis.Connection) -> socket.socket:
+            # The plain TCP step of redis-py's connect, then the server's RST, which has
+            # arrived (the socket reads as ready) before the TLS wrap starts.
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            accepted, _ = server.accept()
+            accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            accepted.close()
+            assert select.select([sock], [], [], 5)[0], "the reset never arrived"
+            return sock
+
+        monkeypatch.setattr(redis.Connection, "_connect", connect_then_reset)
+        cache = TieredCache(CacheConfig(
+            dragonfly=DragonflyConfig(addresses=[f"127.0.0.1:{port}"], mode="standalone",
+                                      tls=True, tls_ca_file=str(pki / "ca.crt"),
+                                      max_retries=0),
+            l1=L1Config(invalidation=False)))  # no listener thread racing this one
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if path == "pool":
+                assert cache.get("k") is None  # the read degrades to a miss
+            else:
+                client, _sharded = cache._l2.subscription()
+                with pytest.raises(redis.ConnectionError):
+                    client.ping()
+                client.close()
+            cache.close()
+            # Only to find a socket left open now, in this test, rather than in a later one.
+            gc.collect()
+        assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
