@@ -52,6 +52,7 @@ class Router:
     def __init__(self, config: DragonflyConfig) -> None:
         self.config = config
         self.address = ",".join(config.addresses)
+        self._first = config.addresses[0]  # the standalone server (or the first seed)
         self.nodes = Nodes(config, on_unreachable=lambda: self.topology.mark_stale())
         self.topology = Topology(config, self.nodes)
 
@@ -70,13 +71,13 @@ class Router:
         """The addresses of every primary (the one server when standalone)."""
         if self.is_cluster():
             return list(self.topology.current().primaries)
-        return [self.config.addresses[0]]
+        return [self._first]
 
     def route(self, name: str | bytes) -> str:
         """The address serving key (or shard channel) ``name``."""
         if self.is_cluster():
             return self.topology.current().owner_of(name)
-        return self.config.addresses[0]
+        return self._first
 
     @property
     def sharded(self) -> bool:
@@ -91,7 +92,7 @@ class Router:
         Raises:
             CacheUnavailableError: it failed (any cause; chained).
         """
-        node = self.nodes.node(address if address is not None else self.config.addresses[0])
+        node = self.nodes.node(address if address is not None else self._first)
         return self.nodes.call(operation, node, do)
 
     def keyed(self, operation: str, name: str | bytes, commands: list[Command]) -> list[Any]:
@@ -101,7 +102,8 @@ class Router:
             CacheUnavailableError: it failed, or a command got an error reply.
         """
         if self.topology.clustered is False:  # the common case, kept short
-            return self.call(operation, lambda c: c.roundtrip(commands))
+            return self.nodes.call(operation, self.nodes.node(self._first),
+                                   lambda c: c.roundtrip(commands))
         return replies_of(self.batch(operation, [(name, commands)])[0])
 
     def batch(self, operation: str, groups: list[Group]) -> list[Result]:
@@ -132,7 +134,7 @@ class Router:
         counters and ``nodes`` (address -> state)."""
         slot_map = self.topology.slot_map
         if self.topology.clustered is not True or slot_map is None:
-            return self.nodes.node(self.config.addresses[0]).breaker.stats()
+            return self.nodes.node(self._first).breaker.stats()
         # The current primaries only: a node that left the cluster must not look open forever.
         per_node = {address: self.nodes.node(address).breaker.stats()
                     for address in slot_map.primaries}

@@ -103,9 +103,11 @@ class Tiers:
         entries they allow (value, deadline). L2 failures read as misses (the L2 tier
         counted and logged them)."""
         start = self.l1.timer()
-        # Trust as it was before the request: an invalidation sent while the listener was
-        # not yet subscribed may have been missed.
-        untrusted = not self.trusted
+        # The longest any entry read now may live, taken before the request (an
+        # invalidation sent while the listener was not yet subscribed may have been missed).
+        # Each entry then dies at min(start + its PTTL, latest), which is
+        # self.deadline(start, pttl) without a call per key (it is on the get_many path).
+        latest = self.deadline(start)
         found: dict[str, bytes] = {}
         fills: dict[str, Entry] = {}
         try:
@@ -119,9 +121,9 @@ class Tiers:
                 value = NEGATIVE  # one object, so hot paths can test identity
             found[key] = value
             if pttl >= 0:
-                fills[key] = (value, self.deadline(start, pttl / 1000, degraded=untrusted))
+                fills[key] = (value, min(start + pttl / 1000, latest))
             elif pttl == -1:  # no expiry on the server: L1's own bounds apply
-                fills[key] = (value, self.deadline(start, degraded=untrusted))
+                fills[key] = (value, latest)
             # -2: the key vanished between GET and PTTL; answer, but don't keep it
         return found, fills
 
