@@ -77,9 +77,9 @@ class Tiers:
         The earliest of: ``start + life`` (the key's life in L2: its ttl when we write it,
         its PTTL when we read it; callers read the clock *before* asking L2, so the entry
         never outlives the L2 key), ``start + l1.ttl``, and ``start + l1.degraded_ttl``
-        when the entry may already be stale or miss its invalidation: ``degraded`` (L2 did
-        not take the value, or the listener was not subscribed when it was read) or the
-        listener is not subscribed now.
+        when the entry may be stale or miss its invalidation: ``degraded`` (L2 did not take
+        the value) or the listener not subscribed now (callers ask before the request, so
+        an invalidation sent before the subscription cannot be missed unbounded).
         """
         bound = self._ttl
         if degraded or not self.trusted:
