@@ -116,6 +116,10 @@ class Coherence:
         """The message that invalidates the keys matching ``pattern`` elsewhere."""
         return json.dumps({"s": self.sender, "p": pattern}, separators=(",", ":"))
 
+    def clear_message(self) -> str:
+        """The message that empties every other cache's L1 (``clear()``)."""
+        return json.dumps({"s": self.sender}, separators=(",", ":"))
+
     @property
     def subscribed(self) -> bool:
         """Whether L1 can be trusted now."""

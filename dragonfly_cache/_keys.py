@@ -11,7 +11,8 @@ from datetime import timedelta
 
 from .types import TTL
 
-__all__ = ["MAX_TTL", "check_fraction", "check_key", "check_keys", "check_ttl", "check_value"]
+__all__ = ["MAX_TTL", "check_delta", "check_fraction", "check_key", "check_keys", "check_ttl",
+           "check_value"]
 
 # Longest accepted ttl. Redis refuses an expiry past 2**63-1 ms from now ("invalid expire
 # time"); refusing it here keeps a rejected call from touching L1 first.
@@ -72,3 +73,13 @@ def check_fraction(value: float | None, default: float | None, what: str = "refr
             or not 0 < fraction < 1:
         raise ValueError(f"{what} must be a fraction in (0, 1), got {fraction!r}")
     return float(fraction)
+
+
+def check_delta(delta: object) -> int:
+    """An ``incr``/``decr`` step: an int (not a bool) that fits in a signed 64-bit integer,
+    as the server's INCRBY takes it."""
+    if isinstance(delta, bool) or not isinstance(delta, int):
+        raise TypeError(f"delta must be an int, got {type(delta).__name__}")
+    if not -(2**63) <= delta < 2**63:
+        raise ValueError(f"delta must fit in a signed 64-bit integer, got {delta}")
+    return delta

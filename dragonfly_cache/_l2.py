@@ -10,7 +10,6 @@ failure means for a read or a write, L1 fills, singleflight) lives in
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,6 +22,7 @@ from redis.exceptions import NoScriptError
 from ._connections import Command, Connections
 from ._glob import escape_glob
 from ._router import Group, Result, Router, replies_of
+from ._scripts import DELETE_IF_EQUAL, INCR, MGET_PTTL, MGET_PTTL_SHA
 from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
 from .types import BreakerStats, L2Stats, LatencyObserver
@@ -33,18 +33,6 @@ logger = logging.getLogger(__name__)
 
 _SCAN_COUNT = 1000
 _SCRIPT_CHUNK = 500  # keys per EVALSHA (Lua's unpack() has a limit near 8000)
-# Every key is declared in KEYS: Dragonfly rejects scripts that touch undeclared keys.
-_MGET_PTTL = """
-local values = redis.call('MGET', unpack(KEYS))
-local ttls = {}
-for i = 1, #KEYS do ttls[i] = redis.call('PTTL', KEYS[i]) end
-return {values, ttls}
-"""
-_DELETE_IF_EQUAL = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_MGET_PTTL_SHA = hashlib.sha1(_MGET_PTTL.encode(), usedforsecurity=False).hexdigest()
 # The PTTL that get_many reports for a key whose cluster node failed (PTTL itself is >= -2).
 UNREACHABLE = -3
 
@@ -92,15 +80,16 @@ class L2:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def get(self, key: str) -> tuple[bytes | None, int]:
-        """GET and PTTL of one key in one round trip.
+    def get(self, key: str, *, count: bool = True) -> tuple[bytes | None, int]:
+        """GET and PTTL of one key in one round trip (``count``: as a hit or a miss).
 
         Returns:
             (value or None, remaining life in ms: -1 for no expiry, -2 if the key vanished).
         """
         name = self.prefix + key
         value, pttl = self.router.keyed("GET", name, [("GET", name), ("PTTL", name)])
-        self._count(value is not None, value is None)
+        if count:
+            self._count(value is not None, value is None)
         return value, pttl
 
     def get_many(self, keys: Sequence[str]) -> list[tuple[bytes | None, int]]:
@@ -132,11 +121,11 @@ class L2:
                           ) -> list[tuple[bytes | None, int]]:
         chunks = [names[i:i + _SCRIPT_CHUNK] for i in range(0, len(names), _SCRIPT_CHUNK)]
         if self._scripting:
-            commands = [("EVALSHA", _MGET_PTTL_SHA, len(chunk), *chunk) for chunk in chunks]
+            commands = [("EVALSHA", MGET_PTTL_SHA, len(chunk), *chunk) for chunk in chunks]
             try:
                 replies = connections.roundtrip(commands)
             except NoScriptError:  # first use on this server (or after SCRIPT FLUSH)
-                replies = connections.roundtrip([("SCRIPT", "LOAD", _MGET_PTTL), *commands])[1:]
+                replies = connections.roundtrip([("SCRIPT", "LOAD", MGET_PTTL), *commands])[1:]
             except redis.ResponseError as exc:
                 # Scripting disabled or not permitted here: plain commands from now on.
                 logger.info("EVALSHA refused (%s); get_many falls back to MGET + PTTL", exc)
@@ -226,7 +215,40 @@ class L2:
         declares its key), then PUBLISH ``announce``. Releases fleet locks, and takes back
         a load stored just as the key was invalidated."""
         name = self.prefix + key
-        self._write("DELETE", [(name, [("EVAL", _DELETE_IF_EQUAL, 1, name, value)])], announce)
+        self._write("DELETE", [(name, [("EVAL", DELETE_IF_EQUAL, 1, name, value)])], announce)
+
+    def incr(self, key: str, delta: int, ttl: float, announce: str | None = None
+             ) -> tuple[int, int]:
+        """Add ``delta`` to the integer stored at ``key`` (a missing key starts from 0 and
+        expires in ``ttl``; an existing one keeps its expiry), then PUBLISH ``announce``:
+        one round trip, atomic (a script that declares its key).
+
+        Returns:
+            The new value, and the key's remaining life in ms (-1: no expiry).
+
+        Raises:
+            ValueError: the stored value is not an integer, or the sum would overflow;
+                nothing was changed.
+        """
+        name = self.prefix + key
+        ttl_ms = max(1, round(ttl * 1000))
+        reply = self._write("INCR", [(name, [("EVAL", INCR, 1, name, delta, ttl_ms)])],
+                            announce)[0][0]
+        if not reply[0]:
+            reason = reply[1].decode(errors="replace") if isinstance(reply[1], bytes) \
+                else str(reply[1])
+            raise ValueError(f"cannot add {delta} to the value of key {key!r}: {reason}")
+        return int(reply[1]), int(reply[2])
+
+    def touch(self, key: str, ttl: float, announce: str | None = None) -> bool:
+        """PEXPIRE the key (then PUBLISH ``announce``): one round trip.
+
+        Returns:
+            Whether the key existed (and now expires in ``ttl``).
+        """
+        name = self.prefix + key
+        ttl_ms = max(1, round(ttl * 1000))
+        return bool(self._write("TOUCH", [(name, [("PEXPIRE", name, ttl_ms)])], announce)[0][0])
 
     def delete(self, keys: Sequence[str], announce: str | None = None) -> int:
         """UNLINK the keys, then PUBLISH ``announce`` (one round trip on one server; in a

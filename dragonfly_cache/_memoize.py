@@ -58,6 +58,9 @@ def memoize(cache: MemoCache, seconds: float, *, key: Callable[..., str] | None,
         on_decode_failure: counts a stored value that did not decode.
     """
 
+    if key is not None and not callable(key):
+        raise TypeError(f"key must be callable, got {type(key).__name__}")
+
     def decorate(function: Callable[P, R]) -> Memoized[P, R]:
         prefix = f"memoize:{function.__module__}.{function.__qualname__}:"
         signature = inspect.signature(function)

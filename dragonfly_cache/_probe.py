@@ -1,4 +1,5 @@
-"""The health probe: PING + INFO of every server, and what kind of server answered."""
+"""The health report: PING + INFO of every server, what kind of server answered, and the
+state of the breaker, the listener and the counters."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._router import Router
+from ._tiers import Tiers
 from ._topology import parse_info
 from .exceptions import CacheUnavailableError
-from .types import DragonflyHealth
+from .types import DragonflyHealth, Health
 
-__all__ = ["detect_server", "probe"]
+__all__ = ["detect_server", "health", "probe"]
 
 _COMMANDS = (("PING",), ("INFO", "server"), ("INFO", "cluster"))
 
@@ -69,3 +71,24 @@ def probe(router: Router) -> DragonflyHealth:
             info["error"] = (f"{len(failures)} of {len(addresses)} cluster primaries "
                              f"unreachable: " + "; ".join(str(f) for f in failures))
     return info
+
+
+def health(tiers: Tiers) -> Health:
+    """``TieredCache.health()``: the probe of :func:`probe` (an unreachable server is a
+    report, not an error), the breaker's and the listener's states, and the counters."""
+    dragonfly: DragonflyHealth
+    tiers.listen()
+    try:
+        dragonfly = probe(tiers.l2.router)
+    except CacheUnavailableError as exc:
+        dragonfly = {"connected": False, "version": None, "error": str(exc)}
+    return {
+        # A cluster with some primary unreachable is connected but not healthy.
+        "status": "healthy" if dragonfly["connected"] and "error" not in dragonfly
+        else "unhealthy",
+        "dragonfly": dragonfly,
+        "breaker": tiers.l2.breaker_stats()["state"],
+        "coherence": tiers.coherence_stats()["state"],
+        "l1_stats": tiers.l1.stats(),
+        "l2_stats": tiers.l2.stats(),
+    }

@@ -13,6 +13,7 @@ listener); the L2 it wraps survives the fork and drops its own per-process state
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 
 from ._coherence import Coherence
@@ -27,6 +28,8 @@ __all__ = ["NEGATIVE", "YIELD_INTERVAL", "Tiers"]
 # The stored form of "no such record". get() answers None for it. Chosen so that no value
 # produced by this package's codecs can equal it (JSON and msgpack never start with NUL).
 NEGATIVE = b"\x00dragonfly_cache:not-found\x00"
+
+_INTEGER = re.compile(rb"-?[0-9]+")  # what INCRBY accepts as a stored integer
 
 # How often a thread that keeps hitting L1 offers the GIL to the invalidation listener.
 YIELD_INTERVAL = 0.001
@@ -96,6 +99,10 @@ class Tiers:
         """The message that invalidates the keys matching ``pattern`` elsewhere."""
         return None if self.coherence is None else self.coherence.pattern_message(pattern)
 
+    def announce_clear(self) -> str | None:
+        """The message that empties the other caches' L1."""
+        return None if self.coherence is None else self.coherence.clear_message()
+
     # -- reads -----------------------------------------------------------------------------
 
     def fetch(self, keys: Sequence[str]) -> tuple[dict[str, bytes], dict[str, Entry]]:
@@ -162,6 +169,87 @@ class Tiers:
                 raise
             ticket.write(values, deadline)
 
+    def add(self, key: str, value: bytes, seconds: float) -> bool:
+        """SET NX in L2 (announced); L1 gets the value only if L2 took it.
+
+        Raises:
+            CacheUnavailableError: L2 could not be reached. The value is applied to L1 all
+                the same if L1 had none, for ``l1.degraded_ttl`` at most.
+        """
+        self.listen()
+        with self.l1.ticket([key]) as ticket:
+            start = self.l1.timer()
+            deadline = self.deadline(start, seconds)
+            try:
+                stored = self.l2.set_if_absent(key, value, seconds, self.announce([key]))
+            except CacheUnavailableError:
+                if self.l1.peek(key) is None:
+                    ticket.write({key: value}, self.deadline(start, seconds, degraded=True))
+                raise
+            if stored:
+                ticket.write({key: value}, deadline)
+            return stored
+
+    def incr(self, key: str, delta: int, seconds: float) -> int:
+        """INCRBY in L2 (announced; a new key lives ``seconds``); L1 gets the new value.
+
+        Raises:
+            ValueError: the stored value is not an integer (nothing changed).
+            CacheUnavailableError: L2 could not be reached. An integer L1 holds is
+                incremented all the same, for ``l1.degraded_ttl`` at most.
+        """
+        self.listen()
+        with self.l1.ticket([key]) as ticket:
+            start = self.l1.timer()
+            untrusted = not self.trusted  # before the request, as fetch() does
+            try:
+                value, pttl = self.l2.incr(key, delta, seconds, self.announce([key]))
+            except CacheUnavailableError:
+                current = self.l1.peek(key)
+                if current is not None and _INTEGER.fullmatch(current):
+                    ticket.write({key: b"%d" % (int(current) + delta)},
+                                 self.deadline(start, seconds, degraded=True))
+                raise
+            life = pttl / 1000 if pttl >= 0 else math.inf
+            ticket.write({key: b"%d" % value}, self.deadline(start, life, degraded=untrusted))
+            return value
+
+    def touch(self, key: str, seconds: float) -> bool:
+        """PEXPIRE in L2 (announced, so no other L1 outlives the new expiry); L1 keeps its
+        value with the new deadline, or drops the key if L2 has none.
+
+        Raises:
+            CacheUnavailableError: L2 could not be reached (L1's value, if any, gets the
+                new deadline, at most ``l1.degraded_ttl``).
+        """
+        self.listen()
+        with self.l1.ticket([key]) as ticket:
+            start = self.l1.timer()
+            deadline = self.deadline(start, seconds)
+            current = self.l1.peek(key)
+            try:
+                touched = self.l2.touch(key, seconds, self.announce([key]))
+            except CacheUnavailableError:
+                if current is not None:
+                    ticket.write({key: current}, self.deadline(start, seconds, degraded=True))
+                raise
+            if not touched:
+                self.l1.invalidate([key])  # L2 has no such key: neither may L1
+            elif current is not None:
+                ticket.write({key: current}, deadline)
+            return touched
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds ``key`` has left in L2: None if there is none (or L2 is unreachable: a
+        read never raises), ``math.inf`` if it never expires."""
+        try:
+            value, pttl = self.l2.get(key, count=False)
+        except CacheUnavailableError:
+            return None
+        if value is None or value == NEGATIVE or pttl == -2:
+            return None
+        return math.inf if pttl == -1 else pttl / 1000
+
     def delete(self, keys: list[str]) -> int:
         """UNLINK ``keys`` in L2 (announced) and drop them from L1; how many L2 had.
 
@@ -180,6 +268,16 @@ class Tiers:
         """
         return self._remove(lambda: self.l1.invalidate_matching(matches),
                             lambda: self.l2.invalidate(pattern, self.announce_pattern(pattern)))
+
+    def clear(self) -> int:
+        """Remove every key under the prefix from L2 (announced: every other L1 empties)
+        and empty L1; how many keys L2 had.
+
+        Raises:
+            CacheUnavailableError: L2 could not be scanned (L1 is empty all the same).
+        """
+        return self._remove(self.l1.clear,
+                            lambda: self.l2.invalidate("*", self.announce_clear()))
 
     def _remove(self, drop_from_l1: Callable[[], object], remove_from_l2: Callable[[], int]
                 ) -> int:

@@ -14,45 +14,26 @@ ever held across network I/O or user code. See docs/architecture.md.
 
 from __future__ import annotations
 
-import os
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import ParamSpec, TypeVar
 
-from . import codecs
+from . import _fork, codecs
 from ._glob import compile_glob
-from ._keys import check_fraction, check_key, check_keys, check_ttl, check_value
+from ._keys import check_delta, check_fraction, check_key, check_keys, check_ttl, check_value
 from ._l2 import L2
 from ._loading import Loader, Loading, ManyLoader
 from ._memoize import memoize
-from ._probe import probe
+from ._probe import health
 from ._tiers import NEGATIVE, Tiers
 from .config import CacheConfig
-from .exceptions import CacheUnavailableError
-from .types import TTL, DragonflyHealth, Health, LatencyObserver, Memoized, Stats
+from .types import TTL, Health, LatencyObserver, Memoized, Stats
 
 __all__ = ["TTL", "TieredCache"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-# Every live cache, so the child of a fork can rebuild what it must not inherit.
-_caches: weakref.WeakSet[TieredCache] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for cache in list(_caches):
-        cache._after_fork_in_child()
-
-
-# Why at-fork hooks rather than pid checks on every call: a pid check costs the L1 hit path
-# a syscall-free but non-zero comparison on every get, and it runs too late to save a lock
-# that a parent thread held at the moment of fork (gunicorn --preload forks while the
-# master's threads may be mid-call). The hook runs in the child before any user code.
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
 
 class TieredCache:
     """A two-tier cache: in-process L1 in front of a shared Dragonfly/Redis L2.
@@ -75,7 +56,7 @@ class TieredCache:
         self._timer = timer
         self._closed = False
         self._start_process_state()
-        _caches.add(self)
+        _fork.register(self)
 
     def _start_process_state(self) -> None:
         """Create the per-process parts: the tiers (a new L1, and a coherence listener
@@ -111,12 +92,9 @@ class TieredCache:
         self.close()
 
     def close(self) -> None:
-        """Stop the invalidation listener and release the connection pool.
-
-        A later call still works, with coherence off (L1 entries then live at most
-        ``l1.degraded_ttl``) and a connection opened and closed per call: a closed cache
-        keeps no connection open.
-        """
+        """Stop the invalidation listener and close the connections. A later call still
+        works, with coherence off (L1 entries then live at most ``l1.degraded_ttl``) and a
+        connection opened and closed per call: a closed cache keeps no connection open."""
         self._closed = True
         self._tiers.stop()
         self._l2.close()
@@ -217,6 +195,80 @@ class TieredCache:
         self._loading.forget(matches)
         return self._tiers.invalidate(pattern, matches)
 
+    # -- conditional writes, counters, expiry, bulk removal -------------------------------
+
+    def add(self, key: str, value: bytes, ttl: TTL = None) -> bool:
+        """Store ``value`` only if ``key`` is absent in L2 (atomic SET NX); True if stored.
+
+        Raises:
+            TypeError / ValueError: bad key, value or ttl (nothing is changed).
+            CacheUnavailableError: L2 could not be reached (L1 took the value if it had none).
+        """
+        check_key(key)
+        check_value(key, value)
+        return self._tiers.add(key, value, self._ttl(ttl))
+
+    def incr(self, key: str, delta: int = 1, ttl: TTL = None) -> int:
+        """Add ``delta`` to the integer stored at ``key``, atomically in L2; the new value.
+
+        A missing key starts from 0 and expires after ``ttl`` (default ``l2.ttl``); an
+        existing key keeps its expiry. The stored value is the ASCII integer (``get``
+        returns ``b"5"``).
+
+        Raises:
+            TypeError / ValueError: bad key, delta or ttl; ValueError also when the stored
+                value is not an integer or the sum would overflow 64 bits (nothing changed).
+            CacheUnavailableError: L2 could not be reached (an integer in L1 was updated).
+        """
+        check_key(key)
+        return self._tiers.incr(key, check_delta(delta), self._ttl(ttl))
+
+    def decr(self, key: str, delta: int = 1, ttl: TTL = None) -> int:
+        """Subtract ``delta``: :meth:`incr` with ``-delta`` (same rules, same errors)."""
+        check_key(key)
+        return self._tiers.incr(key, check_delta(-check_delta(delta)), self._ttl(ttl))
+
+    def touch(self, key: str, ttl: TTL = None) -> bool:
+        """Give ``key`` a new ttl in L2 (default ``l2.ttl``); False if there is no such key.
+
+        Raises:
+            TypeError / ValueError: bad key or ttl (nothing is changed).
+            CacheUnavailableError: L2 could not be reached.
+        """
+        check_key(key)
+        return self._tiers.touch(key, self._ttl(ttl))
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds ``key`` has left in L2: None if there is no such key (or L2 cannot be
+        reached: this is a read, it never raises), ``math.inf`` if it never expires."""
+        check_key(key)
+        return self._tiers.ttl(key)
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove ``keys`` from L2 and L1, one round trip per node; how many L2 had.
+
+        Raises:
+            CacheUnavailableError: L2 did not take the delete (L1 no longer has the keys).
+        """
+        distinct = check_keys(keys)
+        if not distinct:
+            return 0
+        self._loading.forget(set(distinct).__contains__)
+        return self._tiers.delete(distinct)
+
+    def clear(self) -> int:
+        """Remove every key under ``key_prefix`` from L2 (SCAN + UNLINK, every primary) and
+        empty every cache's L1; how many L2 keys went.
+
+        **With an empty key_prefix this removes every key of the db**, other applications'
+        too, as Django's and cachelib's Redis backends do: give each app its own prefix.
+
+        Raises:
+            CacheUnavailableError: L2 could not be scanned (this L1 is empty all the same).
+        """
+        self._loading.forget(lambda _key: True)
+        return self._tiers.clear()
+
     # -- loading -------------------------------------------------------------------------
 
     def get_or_load(self, key: str, loader: Loader, ttl: TTL = None, *,
@@ -303,24 +355,18 @@ class TieredCache:
                 when that is "pickle").
             lock: use the fleet lock on misses (default ``l2.fleet_lock``).
         """
-        seconds = self._ttl(ttl)
-        if codec is None:
-            chosen = codecs.resolve(self.config.codec, pickle_secret=self.config.pickle_secret)
-        else:
-            chosen = codecs.resolve(codec)
-        if key is not None and not callable(key):
-            raise TypeError(f"key must be callable, got {type(key).__name__}")
+        chosen = (codecs.resolve(self.config.codec, pickle_secret=self.config.pickle_secret)
+                  if codec is None else codecs.resolve(codec))
         # Through a lambda: after a fork the cache has a new Loading to count in.
-        return memoize(self, seconds, key=key, codec=chosen, lock=lock,
+        return memoize(self, self._ttl(ttl), key=key, codec=chosen, lock=lock,
                        on_decode_failure=lambda: self._loading.count_decode_failure())
 
     # -- introspection -------------------------------------------------------------------
 
     def add_latency_observer(self, observer: LatencyObserver) -> None:
-        """Call ``observer(operation, seconds)`` after every L2 command batch (one per
-        round trip; ``operation`` is e.g. "GET", "MGET", "SET"). Adding the same observer
-        twice has no effect. Exceptions it raises are logged, never passed to the caller.
-        The metrics module uses this."""
+        """Call ``observer(operation, seconds)`` after every L2 round trip (``operation``:
+        "GET", "MGET", "SET", ...); once, however often it is added. Its exceptions are
+        logged, never passed to the caller. The metrics module uses this."""
         self._l2.add_latency_observer(observer)
 
     def remove_latency_observer(self, observer: LatencyObserver) -> None:
@@ -349,19 +395,4 @@ class TieredCache:
         the report is "unhealthy" at once, without touching the network; once the cooldown
         has passed, a health check is as good a recovery probe as any request.
         """
-        dragonfly: DragonflyHealth
-        self._tiers.listen()
-        try:
-            dragonfly = probe(self._l2.router)
-        except CacheUnavailableError as exc:
-            dragonfly = {"connected": False, "version": None, "error": str(exc)}
-        return {
-            # A cluster with some primary unreachable is connected but not healthy.
-            "status": "healthy" if dragonfly["connected"] and "error" not in dragonfly
-            else "unhealthy",
-            "dragonfly": dragonfly,
-            "breaker": self._l2.breaker_stats()["state"],
-            "coherence": self._tiers.coherence_stats()["state"],
-            "l1_stats": self._l1.stats(),
-            "l2_stats": self._l2.stats(),
-        }
+        return health(self._tiers)

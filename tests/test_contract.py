@@ -16,6 +16,7 @@ Topology-specific behaviour is tested in test_tiered.py, test_tls.py and test_cl
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -156,10 +157,109 @@ def test_bad_input_is_rejected_and_changes_nothing(make: Make, backend: Backend)
     cache.set("keep", b"v")
     for call in (lambda: cache.set("", b"v"), lambda: cache.set("k", "text"),  # type: ignore[arg-type]
                  lambda: cache.set("k", b"v", ttl=0), lambda: cache.get(1),  # type: ignore[arg-type]
-                 lambda: cache.set_many({"a": b"1", "": b"2"}), lambda: cache.invalidate("")):
+                 lambda: cache.set_many({"a": b"1", "": b"2"}), lambda: cache.invalidate(""),
+                 lambda: cache.add("", b"v"), lambda: cache.add("a", "text"),  # type: ignore[arg-type]
+                 lambda: cache.incr("a", "1"), lambda: cache.incr("a", True),  # type: ignore[arg-type]
+                 lambda: cache.incr("a", 1.5), lambda: cache.decr("a", 2**63 + 1),  # type: ignore[arg-type]
+                 lambda: cache.incr("a", ttl=-1), lambda: cache.touch("keep", ttl=0),
+                 lambda: cache.touch(""), lambda: cache.ttl(""),
+                 lambda: cache.delete_many("keep"), lambda: cache.delete_many(["keep", ""])):
         with pytest.raises((TypeError, ValueError)):
             call()
     assert backend.dbsize() == 1 and cache.get("a") is None
+    assert cache.get("keep") == b"v" and backend.raw().pttl("app:keep") > 3_000_000
+
+
+def test_add_stores_only_an_absent_key(make: Make, backend: Backend) -> None:
+    cache, other = make(), make()
+    assert cache.add("k", b"first", ttl=60) is True
+    assert cache.add("k", b"second") is False
+    assert other.add("k", b"third") is False
+    assert backend.raw().get("app:k") == b"first"
+    assert 59_000 < backend.raw().pttl("app:k") <= 60_000
+    assert cache.get("k") == b"first" and other.get("k") == b"first"
+    cache.delete("k")
+    assert other.add("k", b"again") is True
+    wait_until(lambda: cache.get("k") == b"again", timeout=0.1)
+
+
+def test_incr_and_decr_count_atomically_in_l2(make: Make, backend: Backend) -> None:
+    cache, other = make(), make()
+    assert cache.incr("hits", ttl=60) == 1  # a missing key starts from 0 and gets the ttl
+    assert 59_000 < backend.raw().pttl("app:hits") <= 60_000
+    assert other.get("hits") == b"1"  # stored as the ASCII integer
+    assert other.incr("hits", 10, ttl=3600) == 11
+    assert backend.raw().pttl("app:hits") <= 60_000  # an existing key keeps its ttl
+    wait_until(lambda: cache.get("hits") == b"11", timeout=0.1)  # the others drop it from L1
+    assert cache.decr("hits", 5) == 6 and cache.decr("hits") == 5
+    assert cache.get("hits") == b"5" and other.decr("fresh", 3) == -3
+
+    def count(worker: int) -> None:
+        for n in range(50):
+            (cache if (worker + n) % 2 else other).incr("together")
+
+    run_threads(8, count)
+    assert backend.raw().get("app:together") == b"400"
+    wait_until(lambda: cache.get("together") == b"400" and other.get("together") == b"400",
+               timeout=0.1)
+
+
+def test_incr_of_a_value_that_is_not_an_integer_changes_nothing(make: Make,
+                                                                 backend: Backend) -> None:
+    cache = make()
+    cache.set("name", b"ada", ttl=60)
+    with pytest.raises(ValueError, match="'name'"):
+        cache.incr("name")
+    with pytest.raises(ValueError, match="'name'"):
+        cache.decr("name")
+    assert backend.raw().get("app:name") == b"ada" and cache.get("name") == b"ada"
+    assert 59_000 < backend.raw().pttl("app:name") <= 60_000
+    backend.raw().set("app:big", str(2**63 - 1))
+    with pytest.raises(ValueError, match="'big'"):
+        cache.incr("big")  # would overflow 64 bits
+    assert backend.raw().get("app:big") == str(2**63 - 1).encode()
+    assert backend.raw().pttl("app:big") == -1
+
+
+def test_touch_and_ttl(make: Make, backend: Backend) -> None:
+    cache, other = make(), make()
+    assert cache.ttl("k") is None
+    assert cache.touch("k", ttl=10) is False and backend.dbsize() == 0
+    cache.set("k", b"v", ttl=60)
+    remaining = cache.ttl("k")
+    assert remaining is not None and 59 < remaining <= 60
+    assert other.get("k") == b"v"  # in other's L1, for up to 60 s
+    assert cache.touch("k", ttl=0.3) is True
+    assert 0 < backend.raw().pttl("app:k") <= 300
+    remaining = cache.ttl("k")
+    assert remaining is not None and 0 < remaining <= 0.3
+    time.sleep(0.4)
+    assert cache.get("k") is None and other.get("k") is None  # no L1 outlives the new ttl
+    assert cache.touch("gone") is False
+    backend.raw().set("app:forever", b"1")
+    assert cache.ttl("forever") == math.inf
+    assert cache.touch("forever") is True  # default: l2.ttl
+    assert 3_590_000 < backend.raw().pttl("app:forever") <= 3_600_000
+
+
+def test_delete_many_and_clear(make: Make, backend: Backend) -> None:
+    cache, other = make(), make()
+    foreign = make(key_prefix="other:")
+    values = {f"k{n}": b"v" for n in range(100)}
+    cache.set_many(values)
+    foreign.set("x", b"1")
+    assert other.get("k1") == b"v" and other.get("k70") == b"v"
+    assert cache.delete_many([*list(values)[:60], "missing", "k1"]) == 60
+    assert backend.dbsize() == 41
+    assert cache.get("k1") is None
+    wait_until(lambda: other.get("k1") is None, timeout=0.1)
+    assert cache.delete_many([]) == 0
+    assert cache.clear() == 40  # only this prefix's keys
+    assert backend.dbsize() == 1 and backend.raw().get("other:x") == b"1"
+    assert cache.get("k70") is None
+    wait_until(lambda: other.get("k70") is None, timeout=0.1)
+    assert foreign.get("x") == b"1"
+    assert cache.clear() == 0
 
 
 def test_stats_and_health_shapes(make: Make) -> None:
@@ -208,6 +308,32 @@ def test_losing_the_server_of_a_key_degrades_reads_and_reports_writes(
 
     wait_until(recovered, timeout=10.0)
     wait_until(lambda: fresh.get("held") == b"back", timeout=5.0)
+
+
+def test_the_other_operations_when_the_server_of_a_key_is_lost(make: Make,
+                                                               backend: Backend) -> None:
+    cache = make()
+    cache.set_many({"{g}n": b"5", "{g}t": b"v"})  # one hash tag: one cluster node
+    assert cache.ttl("{g}t") is not None
+    backend.kill_holder("app:{g}n")
+    assert cache.ttl("{g}t") is None  # a read: never an error
+    with pytest.raises(CacheUnavailableError):
+        cache.add("{g}a", b"1")
+    assert cache.get("{g}a") == b"1"  # applied locally, briefly
+    with pytest.raises(CacheUnavailableError):
+        cache.set("{g}n", b"5")
+    with pytest.raises(CacheUnavailableError):
+        cache.incr("{g}n", 2)
+    assert cache.get("{g}n") == b"7"  # applied to the integer L1 holds
+    with pytest.raises(CacheUnavailableError):
+        cache.touch("{g}n")
+    with pytest.raises(CacheUnavailableError):
+        cache.delete_many(["{g}n", "{g}a"])
+    assert cache.get("{g}n") is None and cache.get("{g}a") is None  # never undone locally
+    with pytest.raises(CacheUnavailableError):
+        cache.clear()
+    assert cache.stats()["l1_stats"]["size"] == 0
+    backend.restore()
 
 
 def test_loading_batch_loads_negative_caching_fleet_lock_and_memoize(

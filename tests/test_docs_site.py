@@ -32,7 +32,7 @@ from flask import Flask
 
 import dragonfly_cache
 from dragonfly_cache import CacheConfig, DragonflyConfig, L1Config, L2Config, TieredCache
-from dragonfly_cache import tiered as tiered_module
+from dragonfly_cache import _fork as fork_module
 from dragonfly_cache.flask import _SETTINGS
 from dragonfly_cache.metrics import METRICS
 
@@ -198,7 +198,7 @@ def cache_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_server: Any
 @pytest.mark.parametrize("example", RUNNABLE, ids=str)
 def test_example_runs(example: Example, cache_env: str) -> None:
     code = example.code.replace(DEFAULT_ADDRESS, cache_env)
-    before = set(tiered_module._caches)
+    before = set(fork_module._members)
     namespace: dict[str, Any] = {"__name__": "docs_example"}
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -207,7 +207,7 @@ def test_example_runs(example: Example, cache_env: str) -> None:
             if isinstance(app, Flask):
                 _exercise(app)
     finally:
-        for cache in set(tiered_module._caches) - before:
+        for cache in set(fork_module._members) - before:
             cache.close()
         _close_foreign_clients(namespace)
 
@@ -360,14 +360,14 @@ def _cache_variables() -> set[str]:
 
 
 def _project_sources() -> str:
-    files = [*(ROOT / "dragonfly_cache").glob("*.py"), *(ROOT / "tests").glob("*.py"),
+    files = [*(ROOT / "dragonfly_cache").glob("*.py"), *(ROOT / "tests").rglob("*.py"),
              *(ROOT / "scripts").glob("*.sh"), ROOT / "gunicorn.conf.py"]
     return "\n".join(path.read_text(encoding="utf-8") for path in files
                      if path.name != Path(__file__).name)
 
 
 def _python_constants() -> set[str]:
-    modules = [dragonfly_cache, tiered_module]
+    modules = [dragonfly_cache, sys.modules["dragonfly_cache.tiered"]]
     # codecs and _loading: the loading page names their constants (FLEET_LOCK_TTL, ...).
     modules += [sys.modules[f"dragonfly_cache.{name}"]
                 for name in ("flask", "metrics", "config", "codecs", "_loading")]

@@ -1,0 +1,42 @@
+"""The Lua scripts the shared tier runs, and their SHA1s.
+
+Dragonfly runs Lua 5.4 and, by default, refuses a script that touches a key it did not
+declare in KEYS: every key a script reads or writes is passed as KEYS, never built inside
+the script. Each script is small and atomic on its node; in a cluster its keys share one
+slot (one key per call).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["DELETE_IF_EQUAL", "INCR", "MGET_PTTL", "MGET_PTTL_SHA"]
+
+#: Values and remaining lives of many keys in one reply: ``{values, pttls}``.
+MGET_PTTL = """
+local values = redis.call('MGET', unpack(KEYS))
+local ttls = {}
+for i = 1, #KEYS do ttls[i] = redis.call('PTTL', KEYS[i]) end
+return {values, ttls}
+"""
+MGET_PTTL_SHA = hashlib.sha1(MGET_PTTL.encode(), usedforsecurity=False).hexdigest()
+
+#: Delete KEYS[1] only if it still holds ARGV[1] (releases fleet locks, takes back a load
+#: stored just as its key was invalidated).
+DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+#: Add ARGV[1] to the integer in KEYS[1]; a missing key starts from 0 and expires in
+#: ARGV[2] ms, an existing one keeps its expiry. Returns ``{1, value, pttl}``, or
+#: ``{0, reason}`` when the stored value is not an integer or the sum overflows: then
+#: nothing was changed (INCRBY checks before it writes), and no error reply reaches the
+#: client, since the server is fine and the caller made the mistake.
+INCR = """
+local created = redis.call('EXISTS', KEYS[1]) == 0
+local value = redis.pcall('INCRBY', KEYS[1], ARGV[1])
+if type(value) == 'table' and value['err'] then return {0, value['err']} end
+if created then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {1, value, redis.call('PTTL', KEYS[1])}
+"""
