@@ -3,8 +3,8 @@
 A memoized function is keyed by its qualified name and its arguments, bound to the
 signature (defaults applied) and hashed from a canonical JSON form, so the key is the same
 in every process. It calls only the cache's public surface (:class:`MemoCache`):
-``get_or_load`` to read or load, ``set`` to repair an undecodable value, ``delete`` and
-``invalidate`` for ``.invalidate()`` and ``.invalidate_all()``.
+``get_or_load`` to read or load, ``decode`` (which counts an undecodable value) and ``set``
+to repair one, ``delete`` and ``invalidate`` for ``.invalidate()`` and ``.invalidate_all()``.
 """
 
 from __future__ import annotations
@@ -43,10 +43,12 @@ class MemoCache(Protocol):
 
     def invalidate(self, pattern: str) -> int: ...
 
+    def decode(self, data: bytes, codec: codecs.Codec) -> Any: ...
+
 
 def memoize(cache: MemoCache, seconds: float, *, key: Callable[..., str] | None,
-            codec: codecs.Codec, lock: bool | None,
-            on_decode_failure: Callable[[], None]) -> Callable[[Callable[P, R]], Memoized[P, R]]:
+            codec: codecs.Codec, lock: bool | None
+            ) -> Callable[[Callable[P, R]], Memoized[P, R]]:
     """The decorator behind :meth:`TieredCache.memoize` (arguments already checked).
 
     Args:
@@ -55,7 +57,6 @@ def memoize(cache: MemoCache, seconds: float, *, key: Callable[..., str] | None,
         key: ``key(*args, **kwargs) -> str`` replaces the argument hash.
         codec: how results become bytes.
         lock: use the fleet lock on misses (None: the configured default).
-        on_decode_failure: counts a stored value that did not decode.
     """
 
     if key is not None and not callable(key):
@@ -82,10 +83,9 @@ def memoize(cache: MemoCache, seconds: float, *, key: Callable[..., str] | None,
             data = cache.get_or_load(name, lambda: codec.encode(function(*args, **kwargs)),
                                      seconds, lock=lock)
             try:
-                return codec.decode(data)
+                return cache.decode(data, codec)
             except codecs.DecodeError:
-                # Unreadable (tampered, or written by another codec): a miss, counted.
-                on_decode_failure()
+                # Unreadable (tampered, or written by another codec): a miss (counted).
                 logger.warning("memoized value for %r did not decode; recomputing", name)
                 result = function(*args, **kwargs)
                 with contextlib.suppress(CacheUnavailableError):

@@ -31,6 +31,7 @@ __all__ = [
     "L2Config",
     "Option",
     "parse_duration",
+    "variable_names",
 ]
 
 
@@ -263,6 +264,24 @@ class CacheConfig:
         )
 
     @classmethod
+    def from_settings(cls, settings: Mapping[str, Any],
+                      environ: Mapping[str, str] | None = None) -> CacheConfig:
+        """Build a config from a framework's settings (a Flask ``app.config``, a Django
+        ``OPTIONS`` dict...) that use the environment's names, over the environment.
+
+        Only the names of :func:`variable_names` are read from ``settings`` (values native
+        or text); a name absent there comes from ``environ``, else keeps its default.
+
+        Raises:
+            ConfigError: a value is invalid (the message names it).
+        """
+        env = os.environ if environ is None else environ
+        names = variable_names()
+        values: dict[str, Any] = {name: env[name] for name in names if name in env}
+        values.update({name: settings[name] for name in names if name in settings})
+        return cls.from_env(values)
+
+    @classmethod
     def from_yaml(
         cls, path_or_text: str | os.PathLike[str], environ: Mapping[str, str] | None = None
     ) -> CacheConfig:
@@ -291,3 +310,9 @@ class CacheConfig:
         kwargs.update(yaml_values(cls, {k: v for k, v in root.items() if k not in sections},
                                    "cache", env))
         return cls(**kwargs)
+
+
+def variable_names() -> list[str]:
+    """Every environment variable the configuration reads (``DRAGONFLY_*``, ``CACHE_*``)."""
+    return [option.env for section in (DragonflyConfig, L1Config, L2Config, CacheConfig)
+            for option in section.OPTIONS if option.env is not None]

@@ -40,7 +40,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from . import _validators as v
 from . import metrics as cache_metrics
-from .config import CacheConfig, DragonflyConfig, L1Config, L2Config
+from .config import CacheConfig
 from .tiered import TieredCache
 from .types import Health
 
@@ -58,11 +58,6 @@ _SETTINGS: dict[str, tuple[v.Validator, object]] = {
 }
 
 
-def _cache_variable_names() -> list[str]:
-    return [option.env for section in (DragonflyConfig, L1Config, L2Config, CacheConfig)
-            for option in section.OPTIONS if option.env is not None]
-
-
 def _setting(app: Flask, name: str) -> Any:
     validate, default = _SETTINGS[name]
     raw = app.config.get(name, os.environ.get(name, default))
@@ -75,10 +70,7 @@ def config_from_app(app: Flask) -> CacheConfig:
     Raises:
         ConfigError: naming the key whose value is invalid.
     """
-    names = _cache_variable_names()
-    values: dict[str, Any] = {name: os.environ[name] for name in names if name in os.environ}
-    values.update({name: app.config[name] for name in names if name in app.config})
-    return CacheConfig.from_env(values)
+    return CacheConfig.from_settings(app.config)
 
 
 def _process_started() -> float:

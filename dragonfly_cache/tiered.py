@@ -6,10 +6,9 @@ from L1 or as a miss and never raise; writes still apply to L1 and then raise
 :class:`CacheUnavailableError`, because the shared tier did not get the change.
 
 The cache validates every argument (a rejected call changes nothing) and composes the
-parts that do the work: :class:`~dragonfly_cache._tiers.Tiers` (L1, L2 and coherence
-moving together), :class:`~dragonfly_cache._loading.Loading` (get_or_load, batch loads,
-early refresh, the fleet lock) and :func:`~dragonfly_cache._memoize.memoize`. No lock is
-ever held across network I/O or user code. See docs/architecture.md.
+parts that do the work: ``Tiers`` (L1, L2 and coherence moving together), ``Loading``
+(get_or_load, batch loads, early refresh, the fleet lock) and ``memoize``. No lock is ever
+held across network I/O or user code. See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from . import _fork, codecs
 from ._glob import compile_glob
@@ -90,6 +89,11 @@ class TieredCache:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def close(self) -> None:
         """Stop the invalidation listener and close the connections. A later call still
@@ -275,12 +279,11 @@ class TieredCache:
                     lock: bool | None = None, refresh_ahead: float | None = None) -> bytes:
         """Return the cached value, or call ``loader()`` once to produce and cache it.
 
-        Concurrent misses on one key in this process share a single ``loader()`` call. If
-        the loader raises, every waiting caller gets the exception, nothing is cached and
-        the next call tries again. If it raises :class:`NotFound`, that answer is cached
-        for ``l2.negative_ttl`` and later calls raise ``NotFound`` without calling it. When
-        L2 is unreachable the loader is called and its value returned (kept in L1 at most
-        ``l1.degraded_ttl``); this method never raises ``CacheUnavailableError``.
+        Concurrent misses on one key in this process share one ``loader()`` call; its
+        exception reaches every waiter and nothing is cached. A :class:`NotFound` from it
+        is cached for ``l2.negative_ttl`` (later calls raise it without loading). With L2
+        unreachable the loader's value is returned, kept in L1 at most ``l1.degraded_ttl``:
+        this never raises ``CacheUnavailableError``.
 
         Args:
             key: the cache key.
@@ -329,37 +332,36 @@ class TieredCache:
                 ) -> Callable[[Callable[P, R]], Memoized[P, R]]:
         """Cache a function's results, keyed by its qualified name and its arguments.
 
-        ```python
-        @cache.memoize(ttl=60)
-        def user(user_id: int) -> dict: ...
-
-        user(1)                 # loads once per fleet-wide key, then from the cache
-        user.invalidate(1)      # drop one result
-        user.invalidate_all()   # drop them all
-        ```
-
-        Arguments are bound to the signature (defaults applied), so ``f(1, b=2)`` and
-        ``f(b=2, a=1)`` share a key; they are hashed from a canonical JSON form, so the key
-        is the same in every process. Objects that JSON cannot express are keyed by their
-        ``__cache_key__`` attribute if they have one, else their ``repr`` (for methods,
-        give the class a ``__cache_key__`` or pass ``key=``). Concurrent calls coalesce;
-        a function that raises :class:`NotFound` gets a negative entry. One cache lookup
-        per call, no extra round trip.
+        ``@cache.memoize(ttl=60)`` on ``def user(user_id)``: ``user(1)`` loads once, then
+        comes from the cache; ``user.invalidate(1)`` drops one result and
+        ``user.invalidate_all()`` all of them. Arguments are bound to the signature
+        (defaults applied) and hashed from a canonical JSON form, so a key is the same in
+        every process; objects JSON cannot express are keyed by their ``__cache_key__``
+        if they have one, else their ``repr``. Calls coalesce, and ``NotFound`` gets a
+        negative entry (docs/loading.md has the details).
 
         Args:
             ttl: seconds or timedelta (default ``l2.ttl``).
             key: ``key(*args, **kwargs) -> str`` replaces the argument hash.
-            codec: how results become bytes: "json" (default), "bytes", "msgpack", a
-                :mod:`dragonfly_cache.codecs` codec such as ``codecs.SignedPickle(secret)``,
-                or None for the configured ``CACHE_CODEC`` (with ``CACHE_PICKLE_SECRET``
-                when that is "pickle").
+            codec: "json" (default), "bytes", "msgpack", a :mod:`dragonfly_cache.codecs`
+                codec such as ``codecs.SignedPickle(secret)``, or None for the configured
+                ``CACHE_CODEC`` (with ``CACHE_PICKLE_SECRET`` when that is "pickle").
             lock: use the fleet lock on misses (default ``l2.fleet_lock``).
         """
         chosen = (codecs.resolve(self.config.codec, pickle_secret=self.config.pickle_secret)
                   if codec is None else codecs.resolve(codec))
-        # Through a lambda: after a fork the cache has a new Loading to count in.
-        return memoize(self, self._ttl(ttl), key=key, codec=chosen, lock=lock,
-                       on_decode_failure=lambda: self._loading.count_decode_failure())
+        return memoize(self, self._ttl(ttl), key=key, codec=chosen, lock=lock)
+
+    def decode(self, data: bytes, codec: codecs.Codec) -> Any:
+        """``codec.decode(data)`` of a value read from this cache. One that does not decode
+        (tampered, unsigned, another codec's) is counted in ``stats()["loading"]
+        ["decode_failures"]`` and :class:`codecs.DecodeError` propagates: read it as a miss.
+        """
+        try:
+            return codec.decode(data)
+        except codecs.DecodeError:
+            self._loading.count_decode_failure()
+            raise
 
     # -- introspection -------------------------------------------------------------------
 

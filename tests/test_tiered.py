@@ -846,3 +846,16 @@ def test_latency_observers_see_each_round_trip_and_never_fail_a_call(
     cache.remove_latency_observer(broken)  # not an error
     cache.set("k", b"w")
     assert len(seen) == 2
+
+
+def test_decode_counts_a_value_that_does_not_decode(cache_factory: CacheFactory) -> None:
+    from dragonfly_cache import codecs
+
+    cache = cache_factory()
+    signed = codecs.SignedPickle(b"k" * 32)
+    cache.set("good", signed.encode({"a": 1}))
+    cache.set("tampered", b"\x01" + b"0" * 40 + b"payload")
+    assert cache.decode(cache.get("good") or b"", signed) == {"a": 1}
+    with pytest.raises(codecs.DecodeError):
+        cache.decode(cache.get("tampered") or b"", signed)
+    assert cache.stats()["loading"]["decode_failures"] == 1
