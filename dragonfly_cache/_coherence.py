@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 PING_INTERVAL = 1.0  # idle seconds before the listener PINGs the server
 PONG_TIMEOUT = 1.0  # a PING unanswered this long means the connection is dead
 _POLL = 0.1  # how often the listener checks for stop/ping while idle
+WATCH_INTERVAL = 1.0  # seconds between two runs of the listener's watch (see __init__)
 _BACKOFF_FIRST, _BACKOFF_CAP = 0.05, 2.0
 
 STOPPED, CONNECTING, SUBSCRIBED, DOWN = "stopped", "connecting", "subscribed", "down"
@@ -82,13 +83,18 @@ class Coherence:
             says whether to subscribe with SSUBSCRIBE (sharded pub/sub, in a cluster that
             has it) rather than SUBSCRIBE.
         channel: the channel name.
+        watch: run by the listener once on subscribing and then every
+            ``WATCH_INTERVAL`` while subscribed; when it returns True (something changed
+            behind the channel's back, e.g. a FLUSHDB by another client), L1 is flushed.
     """
 
     def __init__(self, target: InvalidationTarget,
-                 connect: Callable[[], tuple[redis.Redis, bool]], channel: str) -> None:
+                 connect: Callable[[], tuple[redis.Redis, bool]], channel: str,
+                 watch: Callable[[], bool] | None = None) -> None:
         self._target = weakref.ref(target)
         self._connect = connect
         self.channel = channel
+        self._watch = watch
         self._lock = threading.Lock()
         self._start_process_state()
 
@@ -179,42 +185,55 @@ class Coherence:
         self._client, sharded = self._connect()
         # redis-py leaves Redis.pubsub unannotated.
         pubsub = self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
-        if sharded:
-            pubsub.ssubscribe(self.channel)
-        else:
-            pubsub.subscribe(self.channel)
-        self.sharded = sharded
-        deadline = time.monotonic() + PONG_TIMEOUT
-        while True:  # wait for the server to confirm the subscription
-            message = pubsub.get_message(timeout=_POLL)
-            if message is not None and message["type"] in ("subscribe", "ssubscribe"):
-                break
-            if time.monotonic() > deadline or self._stop.is_set():
-                raise _ListenerDead("no subscribe confirmation")
+        self._subscribe(pubsub, sharded)
+        if self._watch is not None:
+            self._watch()  # takes note of the server's state before L1 is trusted
         # Entries stored before this moment may have missed messages; they were stored
         # with a deadline at most l1.degraded_ttl away, which bounds that.
         self.state = SUBSCRIBED
-        last_heard = time.monotonic()
+        last_heard = watched = time.monotonic()
         ping_sent: float | None = None
         while not self._stop.is_set():
             message = pubsub.get_message(timeout=_POLL)
             now = time.monotonic()
             if message is not None:
                 last_heard, ping_sent = now, None
-                if message["type"] in ("message", "smessage"):
-                    self._apply(message["data"])
-                elif message["type"] in ("unsubscribe", "sunsubscribe"):
-                    # A cluster unsubscribes shard channels whose slot moved elsewhere.
-                    raise _ListenerDead(f"the server ended the subscription "
-                                        f"({message['type']})")
+                self._on_message(message)
             elif ping_sent is not None:
                 if now - ping_sent > PONG_TIMEOUT:
                     raise _ListenerDead(f"no answer to PING within {PONG_TIMEOUT:g}s")
             elif now - last_heard > PING_INTERVAL:
                 pubsub.ping()
                 ping_sent = now
+            if self._watch is not None and now - watched >= WATCH_INTERVAL:
+                watched = now
+                if self._watch():
+                    logger.info("the server was flushed by another client; L1 flushed")
+                    self._flush()
             if self._target() is None:
                 return
+
+    def _subscribe(self, pubsub: Any, sharded: bool) -> None:
+        """Subscribe and wait for the server's confirmation."""
+        if sharded:
+            pubsub.ssubscribe(self.channel)
+        else:
+            pubsub.subscribe(self.channel)
+        self.sharded = sharded
+        deadline = time.monotonic() + PONG_TIMEOUT
+        while True:
+            message = pubsub.get_message(timeout=_POLL)
+            if message is not None and message["type"] in ("subscribe", "ssubscribe"):
+                return
+            if time.monotonic() > deadline or self._stop.is_set():
+                raise _ListenerDead("no subscribe confirmation")
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if message["type"] in ("message", "smessage"):
+            self._apply(message["data"])
+        elif message["type"] in ("unsubscribe", "sunsubscribe"):
+            # A cluster unsubscribes shard channels whose slot moved elsewhere.
+            raise _ListenerDead(f"the server ended the subscription ({message['type']})")
 
     def _apply(self, data: bytes) -> None:
         if data.startswith(self._own_prefix):

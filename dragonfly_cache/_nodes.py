@@ -16,10 +16,13 @@ exponential backoff and full jitter between attempts (``BACKOFF_BASE * 2**n`` ca
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import redis
@@ -33,7 +36,8 @@ from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
 from .types import LatencyObserver
 
-__all__ = ["BACKOFF_CAP", "Node", "Nodes", "format_address", "split_address"]
+__all__ = ["BACKOFF_CAP", "Node", "Nodes", "Transport", "current_transport", "format_address",
+           "split_address", "using_transport"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,39 @@ BACKOFF_CAP = 0.1
 _LOG_EVERY = 10.0  # seconds between repeated warnings about the same failing operation
 T = TypeVar("T")
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Transport:
+    """What carries commands to a server instead of a TCP (or TLS) connection: the
+    connection class, how our connection options (host and port included) become its
+    options, and, for servers
+    that cannot describe themselves (no INFO), what they are: a standalone server of kind
+    ``server[0]``, version ``server[1]``. ``dragonfly_cache.testing`` uses it for
+    in-process fake servers."""
+
+    connection_class: type[redis.Connection]
+    adapt: Callable[[dict[str, Any]], dict[str, Any]]
+    server: tuple[str, str] | None = None
+
+
+_transport: contextvars.ContextVar[Transport | None] = contextvars.ContextVar(
+    "dragonfly_cache_transport", default=None)
+
+
+@contextlib.contextmanager
+def using_transport(transport: Transport) -> Iterator[None]:
+    """Every cache made inside the block talks through ``transport`` (for its lifetime)."""
+    token = _transport.set(transport)
+    try:
+        yield
+    finally:
+        _transport.reset(token)
+
+
+def current_transport() -> Transport | None:
+    """The transport caches made now would use (None: real connections)."""
+    return _transport.get()
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -106,6 +143,9 @@ class Nodes:
         # Ours for TLS: it closes the socket of a failed TLS setup (see SSLConnection).
         self.connection_class: type[redis.Connection] = (
             SSLConnection if config.tls else redis.Connection)
+        self.transport = transport = _transport.get()  # chosen once, when the cache is made
+        if transport is not None:
+            self.connection_class = transport.connection_class
         # Kept across forks: observers are not per-process state.
         self._observers: tuple[LatencyObserver, ...] = ()
         self.start_process_state()
@@ -133,21 +173,24 @@ class Nodes:
             with self._lock:
                 node = self._nodes.get(address)
                 if node is None:
-                    host, port = split_address(address)
-                    options = {**self._options, "host": host, "port": port}
-                    connections = Connections(self.connection_class, options, self._retry)
+                    connections = Connections(self.connection_class,
+                                              self._options_for(address), self._retry)
                     node = self._nodes[address] = Node(address, connections, self.config)
         return node
 
     def client(self, address: str) -> redis.Redis:
         """A new redis-py client on its own connection to ``address`` that never retries
         (the invalidation listener must see every drop: messages may be lost in it)."""
-        host, port = split_address(address)
         # A pool of our connection class: redis.Redis(ssl=True) would use redis-py's.
         pool = redis.ConnectionPool(connection_class=self.connection_class,
-                                    **{**self._options, "host": host, "port": port,
+                                    **{**self._options_for(address),
                                        "retry": Retry(NoBackoff(), 0)})
         return redis.Redis.from_pool(pool)  # closing the client disconnects its pool
+
+    def _options_for(self, address: str) -> dict[str, Any]:
+        host, port = split_address(address)
+        options = {**self._options, "host": host, "port": port}
+        return options if self.transport is None else self.transport.adapt(options)
 
     def rejected(self) -> int:
         """Calls refused by open breakers, over every node."""

@@ -45,6 +45,11 @@ def probe(router: Router) -> DragonflyHealth:
     Raises:
         CacheUnavailableError: no server answered.
     """
+    transport = router.nodes.transport
+    if transport is not None and transport.server is not None:  # a server without INFO
+        router.call("PING", lambda c: c.roundtrip((("PING",),)))
+        kind, version = transport.server
+        return {"connected": True, "server": kind, "version": version, "mode": "standalone"}
     addresses = router.primaries()
     info: DragonflyHealth | None = None
     states: dict[str, str] = {}

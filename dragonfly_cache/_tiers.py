@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from ._coherence import Coherence
+from ._flushwatch import FlushWatch
 from ._l1 import L1, Entry
 from ._l2 import L2
 from .config import L1Config
@@ -49,7 +50,8 @@ class Tiers:
         self.l2 = l2
         self._ttl = config.ttl
         self._degraded_ttl = config.degraded_ttl
-        self.coherence = (Coherence(self.l1, l2.subscription, l2.channel)
+        self.coherence = (Coherence(self.l1, l2.subscription, l2.channel,
+                                    watch=FlushWatch(l2.router).flushed)
                           if config.invalidation else None)
         if self.coherence is not None:
             self.l1.yield_interval = YIELD_INTERVAL

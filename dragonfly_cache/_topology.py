@@ -118,7 +118,9 @@ class Topology:
         self._config = config
         self._nodes = nodes
         # True: cluster; False: standalone; None: not known until the server is asked.
-        self.clustered: bool | None = config.clustered
+        # A transport that describes its server (a fake one) is a standalone server.
+        described = nodes.transport is not None and nodes.transport.server is not None
+        self.clustered: bool | None = False if described else config.clustered
         self.slot_map: SlotMap | None = None
         self._stale = False  # a MOVED or a lost node: refresh the map before routing
         self._refreshed_at = -math.inf

@@ -252,3 +252,19 @@ def test_fork_parent_and_child_both_keep_coherence(cache_factory: CacheFactory) 
     assert os.waitstatus_to_exitcode(status) == 0
     wait_until(lambda: shared.get("parent-key") == b"new", timeout=1.0)
     assert shared.stats()["coherence"]["state"] == "subscribed"
+
+
+@pytest.mark.parametrize("flush", ["FLUSHDB", "FLUSHALL"])
+def test_a_flush_by_another_client_empties_every_l1_within_about_a_second(
+        cache_factory: CacheFactory, redis_server: Any, flush: str) -> None:
+    a, b = cache_factory(), cache_factory()
+    a.set("k", b"v")
+    assert b.get("k") == b"v" and a.get("k") == b"v"  # in both L1s now
+    time.sleep(1.2)  # past a watch run: no false alarm while nothing was flushed
+    assert a.stats()["coherence"]["flushes"] == 0 and b.get("k") == b"v"
+    redis_server.client().execute_command(flush)  # announced to nobody
+    started = time.monotonic()
+    # The bound: one watch interval (1 s) plus a listener poll and a round trip.
+    wait_until(lambda: a.get("k") is None and b.get("k") is None, timeout=2.0)
+    assert time.monotonic() - started < 2.0
+    assert a.stats()["coherence"]["flushes"] == 1 and b.stats()["coherence"]["flushes"] == 1

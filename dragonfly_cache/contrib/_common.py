@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import codecs
+from .._nodes import Transport, current_transport
 from ..codecs import MIN_SECRET_BYTES
 from ..config import CacheConfig, variable_names
 from ..exceptions import ConfigError
@@ -149,7 +150,7 @@ def pickle_codec(secret: str | bytes | None, *, setting: str) -> codecs.SignedPi
     return codecs.SignedPickle(hmac.new(raw, _DERIVATION, hashlib.sha256).digest())
 
 
-_shared: dict[CacheConfig, TieredCache] = {}
+_shared: dict[tuple[CacheConfig, Transport | None], TieredCache] = {}
 _shared_lock = threading.Lock()
 
 
@@ -161,8 +162,9 @@ def shared_cache(config: CacheConfig) -> TieredCache:
     all. It lives as long as the process (forks included: the at-fork hook rebuilds its
     per-process parts); a cache closed by someone is replaced by a new one.
     """
+    key = (config, current_transport())  # a fake cache (dragonfly_cache.testing) is another
     with _shared_lock:
-        cache = _shared.get(config)
+        cache = _shared.get(key)
         if cache is None or cache.closed:
-            cache = _shared[config] = TieredCache(config)
+            cache = _shared[key] = TieredCache(config)
         return cache
