@@ -531,3 +531,13 @@ def test_config_codec_fields_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.pickle_secret = TEXT_SECRET  # type: ignore[misc]
 
+
+
+@pytest.mark.parametrize("size", [16, 32, 63, 64, 65, 200])
+def test_signed_pickle_macs_are_rfc_2104_hmac_sha256(size: int) -> None:
+    """The precomputed keyed states give exactly hmac.new's signature, for keys shorter
+    than, equal to and longer than SHA-256's 64-byte block (which are hashed first)."""
+    secret = (hashlib.sha512(str(size).encode()).digest() * 4)[:size]
+    data = codecs.SignedPickle(secret).encode({"n": size})
+    mac, payload = data[1:33], data[33:]
+    assert mac == hmac.new(secret, b"\x01" + payload, hashlib.sha256).digest()
