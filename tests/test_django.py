@@ -199,8 +199,13 @@ def custom_key(key: str, key_prefix: str, version: int) -> str:
 
 def test_keys_memcached_would_refuse_warn_as_in_django(make: Make) -> None:
     cache = make()
-    with pytest.warns(CacheKeyWarning, match="memcached"):
+    with pytest.warns(CacheKeyWarning, match="memcached: ':1:has space'"):
         cache.set("has space", 1)
+    with pytest.warns(CacheKeyWarning, match=r"longer than 250"):
+        cache.get("k" * 248)  # 251 characters with Django's ":1:"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache.get("k" * 247)  # 250: no warning
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CacheKeyWarning)
         assert cache.get("has space") == 1

@@ -45,7 +45,7 @@ require("django", "django", __name__)
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, MEMCACHE_MAX_KEY_LENGTH, BaseCache
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
@@ -61,6 +61,9 @@ __all__ = ["DragonflyCache"]
 # What an integer looks like when we store it (b"%d"); anything else is a signed pickle,
 # whose first byte is its version (0x01), never a digit or "-".
 _INTEGER = re.compile(rb"-?[0-9]+")
+_SIGNED = SignedPickle.VERSION
+# What django.core.cache.backends.base.memcache_key_warnings looks for.
+_MEMCACHED_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 _INT64 = range(-(2**63), 2**63)
 
 
@@ -189,6 +192,13 @@ class DragonflyCache(BaseCache):
             cache = self._tiered = shared_cache(self._config)
         return cache
 
+    def validate_key(self, key: Any) -> None:
+        """Django's ``CacheKeyWarning`` for keys memcached would refuse (longer than 250
+        characters, or with spaces or control characters), as every built-in backend
+        warns; the usual key is let through without building the warnings."""
+        if len(key) > MEMCACHE_MAX_KEY_LENGTH or _MEMCACHED_UNSAFE.search(key):
+            super().validate_key(key)
+
     # -- values and timeouts ---------------------------------------------------------------
 
     def _encode(self, value: Any) -> bytes:
@@ -197,7 +207,9 @@ class DragonflyCache(BaseCache):
 
     def _decode(self, cache: TieredCache, data: bytes) -> Any:
         """The stored object; raises DecodeError (counted) for a bad signature."""
-        return int(data) if _INTEGER.fullmatch(data) else cache.decode(data, self._codec)
+        if data[:1] != _SIGNED and _INTEGER.fullmatch(data):
+            return int(data)
+        return cache.decode(data, self._codec)
 
     def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> int | None:
         """``timeout`` as the server takes it, as ``RedisCache`` computes it: None (for
