@@ -5,30 +5,28 @@ CACHES = {"default": {"BACKEND": "dragonfly_cache.contrib.django.DragonflyCache"
                       "LOCATION": "redis://127.0.0.1:6379/0"}}
 ```
 
-It behaves as Django's own ``django.core.cache.backends.redis.RedisCache`` does, call for
-call (the proof is Django's ``BaseCacheTests``, run against it by the tests), with the
-cache's L1 hits, cross-process invalidation, singleflight (``get_or_set``) and breaker:
+It behaves as Django's own ``RedisCache`` does, call for call (Django's own
+``BaseCacheTests`` prove it, see tests/test_upstream_django.py), with the cache's L1 hits,
+cross-process invalidation, singleflight (``get_or_set``) and breaker:
 
-- ``LOCATION``: a ``redis://`` / ``rediss://`` URL, ``host:port``, or several of them (a
-  list, or a string split at ``,`` / ``;``), which are the seeds of a cluster. Absent:
-  ``DRAGONFLY_ADDRESSES`` and the rest of our environment.
-- ``TIMEOUT`` (300 s by default), and the ``timeout`` of every call: ``None`` stores for
-  ever (our longest TTL, 100 years), ``0`` or less stores nothing (``set`` deletes the key,
-  ``touch`` deletes it, ``add`` reports whether it could have added), fractions of a second
-  are cut off, as ``RedisCache.get_backend_timeout`` does.
-- ``KEY_PREFIX``, ``VERSION``, ``KEY_FUNCTION``: Django's ``make_key``; keys that memcached
-  would refuse give Django's ``CacheKeyWarning``, as every built-in backend does.
-- ``OPTIONS``: our settings, by the names of docs/configuration.md (``CACHE_L1_TTL``,
-  ``DRAGONFLY_POOL_SIZE``, ``CACHE_KEY_PREFIX``, ...); an unknown name is an error.
+- ``LOCATION``: a ``redis://`` / ``rediss://`` URL or ``host:port``; several (a list, or a
+  string split at ``,`` / ``;``) are the seeds of a cluster. Absent: our environment.
+- ``TIMEOUT`` (300 s) and every call's ``timeout``, as ``RedisCache.get_backend_timeout``:
+  ``None`` for ever (our longest TTL, 100 years), whole seconds, ``0`` or less stores
+  nothing (``set`` and ``touch`` delete the key).
+- ``KEY_PREFIX``, ``VERSION``, ``KEY_FUNCTION``: Django's ``make_key``, and Django's
+  ``CacheKeyWarning`` for keys memcached would refuse.
+- ``OPTIONS``: our settings by their environment names (``CACHE_L1_TTL``, ...); an unknown
+  name is an error.
 
-Values: integers are stored as their ASCII digits (so ``incr``/``decr`` are one atomic
-``INCRBY`` on the server, and ``get`` after ``incr`` reads an ``int``, as Django's
-``RedisSerializer`` does); everything else as a pickle signed with a key derived from
-``CACHE_PICKLE_SECRET`` (in ``OPTIONS`` or the environment) or else Django's
-``SECRET_KEY``. A value whose signature fails is a miss, counted, and never unpickled.
+Integers are stored as ASCII digits, so ``incr`` is one atomic ``INCRBY`` and ``get``
+after it reads an ``int`` (as Django's ``RedisSerializer`` does); everything else is a
+pickle signed with a key derived from ``CACHE_PICKLE_SECRET`` or else ``SECRET_KEY``. A
+value whose signature fails is a counted miss and is never unpickled.
 
-Errors follow Django's Redis backend: reads answer from L1 or as a miss when the server
-is down (they never raise); writes raise :class:`~dragonfly_cache.CacheUnavailableError`.
+With the server down, reads answer from L1 or as a miss and writes raise
+:class:`~dragonfly_cache.CacheUnavailableError` (``RedisCache`` raises redis-py's errors
+for both).
 """
 
 from __future__ import annotations
@@ -254,13 +252,9 @@ class DragonflyCache(BaseCache):
     def get_many(self, keys: Iterable[Any], version: Any = None) -> dict[Any, Any]:
         made = {self.make_and_validate_key(key, version=version): key for key in keys}
         cache = self.tiered
-        found = {}
-        for key, data in cache.get_many(made).items():
-            try:
-                found[made[key]] = self._decode(cache, data)
-            except DecodeError:
-                continue
-        return found
+        found = {made[key]: self._value(cache, data, self._missing_key)
+                 for key, data in cache.get_many(made).items()}
+        return {key: value for key, value in found.items() if value is not self._missing_key}
 
     def has_key(self, key: Any, version: Any = None) -> bool:
         return self.tiered.exists(self.make_and_validate_key(key, version=version))
@@ -331,9 +325,9 @@ class DragonflyCache(BaseCache):
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
         key = self.make_and_validate_key(key, version=version)
         seconds = self._seconds(timeout)
-        if seconds:
-            return self.tiered.touch(key, ttl=seconds)
-        return self.tiered.delete_many([key]) > 0  # expire at once, as EXPIRE 0 does
+        # 0: expire at once, as EXPIRE 0 does (True if the key existed)
+        return (self.tiered.touch(key, ttl=seconds) if seconds
+                else self.tiered.delete_many([key]) > 0)
 
     def delete(self, key: Any, version: Any = None) -> bool:
         return self.tiered.delete_many([self.make_and_validate_key(key, version=version)]) > 0
