@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,11 @@ def cache_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_server: Any
 def test_example_runs(example: Example, cache_env: str) -> None:
     code = example.code.replace(DEFAULT_ADDRESS, cache_env)
     before = set(fork_module._members)
-    namespace: dict[str, Any] = {"__name__": "docs_example"}
+    # A real module, as a script is: a single-file Django project names itself
+    # (ROOT_URLCONF=__name__), so the name must import.
+    module = types.ModuleType("docs_example")
+    sys.modules[module.__name__] = module
+    namespace: dict[str, Any] = vars(module)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             exec(compile(code, str(example), "exec"), namespace)  # noqa: S102 - the docs' own code
@@ -207,6 +212,7 @@ def test_example_runs(example: Example, cache_env: str) -> None:
             if isinstance(app, Flask):
                 _exercise(app)
     finally:
+        del sys.modules[module.__name__]
         for cache in set(fork_module._members) - before:
             cache.close()
         _close_foreign_clients(namespace)
@@ -375,11 +381,17 @@ def _python_constants() -> set[str]:
 
 
 def _foreign_sources() -> str:
+    import django
     import dogpile
     import flask_caching
 
-    return "\n".join(path.read_text(encoding="utf-8") for package in (flask_caching, dogpile)
-                     for path in Path(package.__file__).parent.rglob("*.py"))
+    files = [path for package in (flask_caching, dogpile)
+             for path in Path(package.__file__).parent.rglob("*.py")]
+    # Django: its settings, URLs and cache framework, which the guide's Django section names.
+    django_root = Path(django.__file__).parent
+    files += [path for part in ("conf", "urls", "core/cache")
+              for path in (django_root / part).rglob("*.py")]
+    return "\n".join(path.read_text(encoding="utf-8") for path in files)
 
 
 def test_other_variables_are_read_by_the_project() -> None:

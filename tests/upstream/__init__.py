@@ -22,7 +22,7 @@ import tarfile
 from pathlib import Path
 
 __all__ = ["CACHE", "EXCLUDED", "ROOT", "SUITES", "Outcome", "excluded", "fetch",
-           "run_pytest"]
+           "run_pytest", "run_unittest"]
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "upstream"
@@ -123,6 +123,44 @@ def run_pytest(suite: str, cwd: Path, args: list[str], env: dict[str, str],
         setattr(outcome, field, int(count))
     if result.returncode not in (0, 1) and not (outcome.failed or outcome.errors):
         outcome.errors += 1  # pytest itself failed (usage, collection, a crash)
+    return outcome
+
+
+_RAN = re.compile(r"^Ran (\d+) tests? in ", re.MULTILINE)
+_VERDICT = re.compile(r"^(OK|FAILED)(?: \((.*)\))?\s*$", re.MULTILINE)
+
+
+def run_unittest(command: list[str], cwd: Path, env: dict[str, str], *, deselected: int = 0,
+                 timeout: float = 600) -> Outcome:
+    """Run a unittest-based runner (e.g. Django's ``runtests.py``) and count the outcome
+    from unittest's summary (``Ran N tests`` and ``OK (skipped=K)`` / ``FAILED (...)``).
+
+    Args:
+        command: the whole command line.
+        cwd: where to run it.
+        env: the whole environment of the subprocess.
+        deselected: how many tests the caller left out (for the report).
+        timeout: seconds before the run is killed.
+    """
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout, check=False)
+    output = result.stdout + result.stderr
+    outcome = Outcome(output=output, deselected=deselected)
+    ran, verdicts = _RAN.findall(output), _VERDICT.findall(output)
+    if not ran or not verdicts:
+        outcome.errors = 1  # the runner did not get as far as a summary
+        return outcome
+    counts = dict.fromkeys(("failures", "errors", "skipped", "expected failures",
+                            "unexpected successes"), 0)
+    for part in filter(None, (item.strip() for item in verdicts[-1][1].split(","))):
+        name, _, count = part.partition("=")
+        counts[name] = int(count)
+    outcome.failed = counts["failures"] + counts["unexpected successes"]
+    outcome.errors = counts["errors"]
+    outcome.skipped = counts["skipped"] + counts["expected failures"]
+    outcome.passed = int(ran[-1]) - outcome.failed - outcome.errors - outcome.skipped
+    if result.returncode != 0 and not (outcome.failed or outcome.errors):
+        outcome.errors += 1  # the runner failed after its tests (teardown, a crash)
     return outcome
 
 
