@@ -375,10 +375,13 @@ def _python_constants() -> set[str]:
 
 
 def _foreign_sources() -> str:
+    import cachelib
     import dogpile
+    import flask
     import flask_caching
 
-    return "\n".join(path.read_text(encoding="utf-8") for package in (flask_caching, dogpile)
+    packages = (flask_caching, dogpile, cachelib, flask)  # flask: SECRET_KEY
+    return "\n".join(path.read_text(encoding="utf-8") for package in packages
                      for path in Path(package.__file__).parent.rglob("*.py"))
 
 
