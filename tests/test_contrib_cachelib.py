@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from dragonfly_cache import ConfigError, codecs
+from dragonfly_cache.contrib import _common
 from dragonfly_cache.contrib._common import pickle_codec
 from dragonfly_cache.contrib.cachelib import DragonflyCache
 from tests.helpers.servers import RedisServer, free_port
@@ -284,14 +285,17 @@ def test_settings_come_from_arguments_options_then_the_environment(
 ])
 def test_bad_configuration_is_a_config_error_naming_the_argument(
         make: Make, kwargs: dict[str, Any], message: str) -> None:
+    shared = dict(_common._shared)
     with pytest.raises(ConfigError, match=message) as caught:
         make(**kwargs)
     assert "hunter2" not in str(caught.value)
+    assert _common._shared == shared  # refused before any cache was made
 
 
 def test_a_given_cache_is_used_as_is_and_excludes_server_settings(make: Make) -> None:
     first = make()
     assert make(cache=first.tiered).tiered is first.tiered
+    assert make(cache=first.tiered.config).tiered is first.tiered  # its shared cache
     with pytest.raises(ConfigError, match="not both"):
         make(cache=first.tiered, host="h")
     with pytest.raises(TypeError, match="got bool"):

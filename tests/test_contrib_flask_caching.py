@@ -17,6 +17,7 @@ from flask import Flask, request
 from flask_caching import Cache
 
 from dragonfly_cache import ConfigError, TieredCache, codecs
+from dragonfly_cache.contrib import _common
 from dragonfly_cache.contrib._common import pickle_codec
 from dragonfly_cache.contrib.flask_caching import BACKEND, DragonflyCache, cache_config
 from dragonfly_cache.flask import DragonflyCache as Extension
@@ -152,9 +153,11 @@ def test_the_pickle_secret_is_derived_from_secret_key_or_cache_pickle_secret(
 def test_bad_settings_raise_config_error_naming_them(make_app: MakeApp,
                                                      config: dict[str, Any],
                                                      message: str) -> None:
+    shared = dict(_common._shared)
     with pytest.raises(ConfigError, match=message) as caught:
         make_app(**config)
     assert "hunter2" not in str(caught.value)
+    assert _common._shared == shared  # refused before any cache was made
 
 
 @pytest.mark.parametrize("extension_first", [True, False], ids=["extension_first",

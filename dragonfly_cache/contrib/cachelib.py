@@ -58,6 +58,7 @@ from cachelib import BaseCache
 from .. import codecs
 from .._glob import escape_glob
 from .._keys import MAX_TTL
+from ..config import CacheConfig
 from ..exceptions import CacheUnavailableError, ConfigError
 from ..tiered import TieredCache
 from ._common import build_config, pickle_codec, settings_from_url, shared_cache
@@ -137,7 +138,8 @@ class DragonflyCache(BaseCache):
         options: our settings by their environment names (``CACHE_L1_TTL``,
             ``DRAGONFLY_POOL_SIZE``, ``CACHE_KEY_PREFIX`` for the cache's own prefix, ...;
             docs/configuration.md). Absent ones come from the environment.
-        cache: an existing ``TieredCache`` to use (then give no server settings).
+        cache: an existing ``TieredCache`` to use, or the ``CacheConfig`` of the process's
+            shared one (then give no server settings or options).
         check_connection: as in cachelib: probe the server now and raise
             ``RuntimeError`` if it does not answer (default: connect on first use).
         **kwargs: ``username``, ``ssl``, ``socket_timeout`` and ``socket_connect_timeout``,
@@ -154,7 +156,8 @@ class DragonflyCache(BaseCache):
                  default_timeout: int | dt.timedelta = 300, key_prefix: Prefix = None,
                  ignore_delete_many_errors: bool = True, *, url: str | None = None,
                  pickle_secret: str | bytes | None = None,
-                 options: Mapping[str, Any] | None = None, cache: TieredCache | None = None,
+                 options: Mapping[str, Any] | None = None,
+                 cache: TieredCache | CacheConfig | None = None,
                  check_connection: bool = False, **kwargs: Any) -> None:
         if isinstance(default_timeout, bool):
             raise TypeError("default_timeout must be seconds or a timedelta, got bool")
@@ -168,16 +171,18 @@ class DragonflyCache(BaseCache):
         self.key_prefix: str | Callable[[], str] = key_prefix or ""
         if cache is None:
             settings = _server_settings(host, port, password, db, url, kwargs)
-            cache = shared_cache(build_config(settings, options,
-                                              where="DragonflyCache(options=...)"))
+            config = build_config(settings, options, where="DragonflyCache(options=...)")
         elif (host, port, password, db, url, options) != (None,) * 6 or kwargs:
             raise ConfigError("DragonflyCache: give cache= or the server's settings, "
                               "not both")
-        self._cache = cache
-        secret = pickle_secret if pickle_secret is not None else cache.config.pickle_secret
+        else:
+            config = cache if isinstance(cache, CacheConfig) else cache.config
+        secret = pickle_secret if pickle_secret is not None else config.pickle_secret
         self._codec = pickle_codec(secret, setting="pickle_secret (or CACHE_PICKLE_SECRET)")
+        # Only once every argument checked out: a refused call leaves no cache behind.
+        self._cache = cache if isinstance(cache, TieredCache) else shared_cache(config)
         if check_connection:
-            report = cache.health()
+            report = self._cache.health()
             if report["status"] != "healthy":
                 raise RuntimeError(f"could not connect to the cache server: "
                                    f"{report['dragonfly'].get('error', 'unhealthy')}")

@@ -66,7 +66,7 @@ from flask_caching.backends.base import BaseCache
 from ..config import CacheConfig, variable_names
 from ..exceptions import ConfigError
 from . import cachelib
-from ._common import build_config, pickle_codec, settings_from_url, shared_cache
+from ._common import build_config, pickle_codec, settings_from_url
 
 __all__ = ["BACKEND", "DragonflyCache", "cache_config"]
 
@@ -178,10 +178,10 @@ class DragonflyCache(BaseCache, cachelib.DragonflyCache):
             raise ConfigError("CACHE_ARGS: not used by this backend; configure the server "
                               "with CACHE_REDIS_URL (or CACHE_REDIS_HOST/PORT) and our "
                               "settings with CACHE_OPTIONS")
-        tiered = shared_cache(cache_config(config))
+        settings = cache_config(config)
+        secret = settings.pickle_secret or config.get("SECRET_KEY")
+        pickle_codec(secret, setting=_SECRET_SETTING)  # fail naming both, before any cache
         for name in config.get("CACHE_OPTIONS") or ():
             kwargs.pop(name, None)
-        secret = tiered.config.pickle_secret or config.get("SECRET_KEY")
-        pickle_codec(secret, setting=_SECRET_SETTING)  # fail naming both
         return cls(key_prefix=config.get("CACHE_KEY_PREFIX"), pickle_secret=secret,
-                   cache=tiered, **kwargs)
+                   cache=settings, **kwargs)
