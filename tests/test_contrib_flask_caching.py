@@ -116,6 +116,15 @@ def test_url_db_wins_over_cache_redis_db_as_in_redis_py() -> None:
     assert cache_config({"CACHE_KEY_PREFIX": "fc:"}, {}).key_prefix == ""
     with pytest.raises(ConfigError, match=r"^CACHE_OPTIONS: expected a dict"):
         cache_config({"CACHE_OPTIONS": ["CACHE_L1_TTL"]}, {})  # as the extension reads it
+    # A bad value is named by where it came from.
+    with pytest.raises(ConfigError, match=r"^CACHE_L1_TTL='soon'"):
+        cache_config({"CACHE_L1_TTL": "soon"}, {})
+    with pytest.raises(ConfigError, match=r"^DRAGONFLY_POOL_SIZE='0'"):
+        cache_config({}, {"DRAGONFLY_POOL_SIZE": "0"})
+    with pytest.raises(ConfigError, match=r"^CACHE_OPTIONS: DRAGONFLY_POOL_SIZE=0"):
+        cache_config({"CACHE_OPTIONS": {"DRAGONFLY_POOL_SIZE": 0}}, {})
+    with pytest.raises(ConfigError, match=r"^CACHE_REDIS_URL/CACHE_REDIS_\*: DRAGONFLY_PASS"):
+        cache_config({"CACHE_REDIS_HOST": "h", "CACHE_REDIS_PASSWORD": 12345}, {})
 
 
 def test_the_pickle_secret_is_derived_from_secret_key_or_cache_pickle_secret(

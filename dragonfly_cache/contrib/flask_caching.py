@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -139,8 +140,25 @@ def cache_config(settings: Mapping[str, Any],
     layered: dict[str, Any] = {name: env[name] for name in names if name in env}
     layered.update({name: settings[name] for name in names
                     if name in settings and name != "CACHE_KEY_PREFIX"})
-    return build_config(_server(settings), options, where="CACHE_OPTIONS",
-                        environ=layered)
+    server = _server(settings)
+    try:
+        return build_config(server, options, where="CACHE_OPTIONS", environ=layered)
+    except ConfigError as exc:
+        raise ConfigError(_named_by_its_source(str(exc), options or {}, server)) from None
+
+
+def _named_by_its_source(message: str, options: Mapping[str, Any],
+                         server: Mapping[str, Any]) -> str:
+    """``build_config``'s message, prefixed ``CACHE_OPTIONS:`` only when the bad value
+    came from there (it may come from app.config or the environment, whose names the
+    message already gives, or from the server settings)."""
+    text = message.removeprefix("CACHE_OPTIONS: ")
+    name = re.match(r"[A-Z][A-Z0-9_]*", text)
+    if text.startswith("unknown option") or (name and name[0] in options):
+        return message
+    if name and name[0] in server:
+        return f"CACHE_REDIS_URL/CACHE_REDIS_*: {text}"
+    return text
 
 
 class DragonflyCache(BaseCache, cachelib.DragonflyCache):
