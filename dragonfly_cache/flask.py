@@ -17,12 +17,13 @@ names (``DRAGONFLY_*``, ``CACHE_*``; see docs/configuration.md), plus the extens
 raise ``ConfigError`` from ``init_app``, naming the key.
 
 State lives in ``app.extensions`` (never on the extension object), so one extension
-object may serve several apps, each with its own cache unless one was passed in.
+object may serve several apps. Each app gets the process's cache for its configuration
+(apps, and framework adapters such as the Flask-Caching backend, configured alike share
+one), unless a cache was passed in.
 """
 
 from __future__ import annotations
 
-import atexit
 import hmac
 import os
 import threading
@@ -41,6 +42,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from . import _validators as v
 from . import metrics as cache_metrics
 from .config import CacheConfig
+from .contrib._common import shared_cache
 from .tiered import TieredCache
 from .types import Health
 
@@ -48,6 +50,7 @@ __all__ = ["EXTENSION_KEY", "DragonflyCache", "config_from_app"]
 
 EXTENSION_KEY = "dragonfly_cache"
 _STATE_KEY = "dragonfly_cache.state"
+_FLASK_CACHING_BACKEND = "dragonfly_cache.contrib.flask_caching.DragonflyCache"
 
 # The extension's own settings: name -> (validator, default).
 _SETTINGS: dict[str, tuple[v.Validator, object]] = {
@@ -67,10 +70,29 @@ def _setting(app: Flask, name: str) -> Any:
 def config_from_app(app: Flask) -> CacheConfig:
     """The cache configuration from ``app.config``, falling back to the environment.
 
+    When Flask-Caching uses our backend (``CACHE_TYPE`` is
+    ``"dragonfly_cache.contrib.flask_caching.DragonflyCache"``), the settings are read as
+    that backend reads them (``CACHE_REDIS_URL``, ``CACHE_OPTIONS``...; ``CACHE_KEY_PREFIX``
+    is then Flask-Caching's key prefix), so the two share one cache.
+
     Raises:
         ConfigError: naming the key whose value is invalid.
     """
+    if app.config.get("CACHE_TYPE") == _FLASK_CACHING_BACKEND:
+        from .contrib.flask_caching import cache_config
+
+        return cache_config(app.config)
     return CacheConfig.from_settings(app.config)
+
+
+def _flask_caching_cache(app: Flask) -> TieredCache | None:
+    """The cache of a Flask-Caching backend of ours already set up on ``app``, if any
+    (it may have been configured with ``Cache(config=...)``, which ``app.config`` lacks)."""
+    for backend in app.extensions.get("cache", {}).values():
+        tiered = getattr(backend, "tiered", None)
+        if isinstance(tiered, TieredCache):
+            return tiered
+    return None
 
 
 def _process_started() -> float:
@@ -174,8 +196,10 @@ class DragonflyCache:
 
     Args:
         app: the app to initialise now (or call :meth:`init_app` later, once per app).
-        cache: a ready ``TieredCache`` to use for every app; by default each app gets one
-            built from its config, closed when the process exits.
+        cache: a ready ``TieredCache`` to use for every app. By default each app gets the
+            process's cache for its config (:func:`config_from_app`), shared with every
+            app and adapter configured alike (a Flask-Caching backend of ours included,
+            whichever is initialised first) and closed when the process exits.
     """
 
     def __init__(self, app: Flask | None = None, cache: TieredCache | None = None) -> None:
@@ -193,9 +217,11 @@ class DragonflyCache:
         cache = self._cache
         admin_token = app.config.get("CACHE_ADMIN_TOKEN")
         if cache is None:
-            config = config_from_app(app)
-            cache = TieredCache(config)
-            atexit.register(cache.close)
+            # One cache per process for every user configured alike (a Flask-Caching
+            # backend of ours included), closed at exit by shared_cache's hook.
+            cache = _flask_caching_cache(app)
+            if cache is None:
+                cache = shared_cache(config_from_app(app))
         token = v.secret("CACHE_ADMIN_TOKEN", admin_token) if admin_token is not None \
             else cache.config.admin_token
         app.extensions[EXTENSION_KEY] = cache

@@ -381,11 +381,14 @@ def _python_constants() -> set[str]:
 
 
 def _foreign_sources() -> str:
+    import cachelib
     import django
     import dogpile
+    import flask
     import flask_caching
 
-    files = [path for package in (flask_caching, dogpile)
+    packages = (flask_caching, dogpile, cachelib, flask)  # flask: SECRET_KEY
+    files = [path for package in packages
              for path in Path(package.__file__).parent.rglob("*.py")]
     # Django: its settings, URLs and cache framework, which the guide's Django section names.
     django_root = Path(django.__file__).parent

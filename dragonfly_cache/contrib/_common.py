@@ -22,6 +22,7 @@ set of counters serve them all.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import hmac
 import threading
@@ -160,11 +161,16 @@ def shared_cache(config: CacheConfig) -> TieredCache:
     Adapters and the Flask extension configured alike share it, so one L1, one pool, one
     invalidation listener and one set of counters (``stats()``, ``/metrics``) serve them
     all. It lives as long as the process (forks included: the at-fork hook rebuilds its
-    per-process parts); a cache closed by someone is replaced by a new one.
+    per-process parts) and is closed at exit, once, by the ``atexit`` hook registered
+    when it was made: its users never close it themselves, since the others still use
+    it. A cache closed by someone anyway is replaced by a new one on the next call.
     """
     key = (config, current_transport())  # a fake cache (dragonfly_cache.testing) is another
     with _shared_lock:
         cache = _shared.get(key)
         if cache is None or cache.closed:
+            if cache is not None:
+                atexit.unregister(cache.close)  # closed already; let it be collected
             cache = _shared[key] = TieredCache(config)
+            atexit.register(cache.close)
         return cache
