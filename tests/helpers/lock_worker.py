@@ -1,4 +1,4 @@
-"""Processes for the fleet-mutex tests (spawned: they share only the server)."""
+"""Processes for the fleet-mutex and dogpile tests (spawned: they share only the server)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,23 @@ def lock_member(address: str, barrier: Barrier, rounds: int) -> None:
     cache.close()
     raw.close()
 
+
+def region_member(address: str, secret: str, barrier: Barrier, distributed: bool) -> None:
+    """A dogpile region on our backend asks for one missing key; its creator counts its
+    calls in ``creations`` on the server and takes 0.3 s."""
+    from dogpile.cache import make_region
+
+    raw = redis.Redis.from_url(f"redis://{address}")
+    region = make_region().configure("dragonfly_cache", expiration_time=60, arguments={
+        "url": f"redis://{address}/0", "pickle_secret": secret,
+        "distributed_lock": distributed, "thread_local_lock": False})
+
+    def create() -> dict[str, int]:
+        raw.incr("creations")
+        time.sleep(0.3)
+        return {"answer": 42}
+
+    barrier.wait()
+    assert region.get_or_create("report", create) == {"answer": 42}
+    region.backend.cache.close()
+    raw.close()
