@@ -46,7 +46,7 @@ def check_keys(keys: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def check_ttl(ttl: TTL, default: float) -> float:
+def check_ttl(ttl: TTL, default: float, what: str = "ttl") -> float:
     """``ttl`` in seconds (``default`` for None): positive, at most :data:`MAX_TTL`."""
     if ttl is None:
         return default
@@ -55,10 +55,10 @@ def check_ttl(ttl: TTL, default: float) -> float:
     elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
         seconds = float(ttl)
     else:
-        raise TypeError(f"ttl must be seconds (int/float), a timedelta or None, "
+        raise TypeError(f"{what} must be seconds (int/float), a timedelta or None, "
                         f"got {type(ttl).__name__}")
     if not 0 < seconds <= MAX_TTL:
-        raise ValueError(f"ttl must be positive and at most {MAX_TTL:.0f}s (100 years), "
+        raise ValueError(f"{what} must be positive and at most {MAX_TTL:.0f}s (100 years), "
                          f"got {ttl!r}")
     return seconds
 

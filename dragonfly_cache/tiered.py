@@ -6,9 +6,7 @@ from L1 or as a miss and never raise; writes still apply to L1 and then raise
 :class:`CacheUnavailableError`, because the shared tier did not get the change.
 
 The cache validates every argument (a rejected call changes nothing) and composes the
-parts that do the work: ``Tiers`` (L1, L2 and coherence moving together), ``Loading``
-(get_or_load, batch loads, early refresh, the fleet lock) and ``memoize``. No lock is ever
-held across network I/O or user code. See docs/architecture.md.
+parts that do the work (``Tiers``, ``Loading``, ``memoize``): see docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from . import _fork, codecs
+from ._fleet import FleetMutex
 from ._glob import compile_glob
 from ._keys import check_delta, check_fraction, check_key, check_keys, check_ttl, check_value
 from ._l2 import L2
@@ -27,7 +26,7 @@ from ._memoize import memoize
 from ._probe import health
 from ._tiers import NEGATIVE, Tiers
 from .config import CacheConfig
-from .types import TTL, Health, LatencyObserver, Memoized, Stats
+from .types import TTL, Health, LatencyObserver, Memoized, Mutex, Stats
 
 __all__ = ["TTL", "TieredCache"]
 
@@ -334,11 +333,9 @@ class TieredCache:
 
         ``@cache.memoize(ttl=60)`` on ``def user(user_id)``: ``user(1)`` loads once, then
         comes from the cache; ``user.invalidate(1)`` drops one result and
-        ``user.invalidate_all()`` all of them. Arguments are bound to the signature
-        (defaults applied) and hashed from a canonical JSON form, so a key is the same in
-        every process; objects JSON cannot express are keyed by their ``__cache_key__``
-        if they have one, else their ``repr``. Calls coalesce, and ``NotFound`` gets a
-        negative entry (docs/loading.md has the details).
+        ``user.invalidate_all()`` all of them. Calls coalesce, and ``NotFound`` gets a
+        negative entry. How arguments become keys (the same in every process): see
+        docs/loading.md, "Memoize".
 
         Args:
             ttl: seconds or timedelta (default ``l2.ttl``).
@@ -352,11 +349,19 @@ class TieredCache:
                   if codec is None else codecs.resolve(codec))
         return memoize(self, self._ttl(ttl), key=key, codec=chosen, lock=lock)
 
+    def lock(self, name: str, ttl: TTL = None, *, poll: float = 0.1) -> Mutex:
+        """The fleet-wide lock on ``name`` (the one ``get_or_load(name, lock=True)`` takes)
+        as a mutex: ``acquire(wait=True)``, ``release()``, ``locked()``, or ``with``. It
+        lives ``ttl`` (default ``l2.fleet_lock_ttl``) if never released; a waiter pauses at
+        most ``poll`` seconds between tries. The rules: docs/loading.md, "Fleet lock"."""
+        check_key(name, "name")
+        lock_ttl = check_ttl(ttl, self.config.l2.fleet_lock_ttl)
+        return FleetMutex(self._tiers, name, lock_ttl, check_ttl(poll, 0.1, "poll"))
+
     def decode(self, data: bytes, codec: codecs.Codec) -> Any:
         """``codec.decode(data)`` of a value read from this cache. One that does not decode
         (tampered, unsigned, another codec's) is counted in ``stats()["loading"]
-        ["decode_failures"]`` and :class:`codecs.DecodeError` propagates: read it as a miss.
-        """
+        ["decode_failures"]`` and :class:`codecs.DecodeError` propagates: read it as a miss."""
         try:
             return codec.decode(data)
         except codecs.DecodeError:
@@ -388,13 +393,8 @@ class TieredCache:
         }
 
     def health(self) -> Health:
-        """Probe the server (PING + INFO) and report status, server, version and counters.
-
-        In a cluster every primary is probed: ``dragonfly["nodes"]`` maps each to "ok" or
-        its failure, and the status is "healthy" only when all of them answered.
-
-        The probe goes through the circuit breaker like any call: while the breaker is open
-        the report is "unhealthy" at once, without touching the network; once the cooldown
-        has passed, a health check is as good a recovery probe as any request.
-        """
+        """Probe the server (PING + INFO; in a cluster every primary, each in
+        ``dragonfly["nodes"]``, see docs/scaling-out.md) and report status, server, version
+        and counters. It goes through the circuit breaker like any call: while the breaker
+        is open the report is "unhealthy" at once (docs/failure-behaviour.md)."""
         return health(self._tiers)

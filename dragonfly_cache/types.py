@@ -1,5 +1,5 @@
 """Public types: the ``ttl`` argument, the shapes of ``stats()`` and ``health()``, what
-``memoize`` returns, and the latency hook.
+``memoize`` and ``lock`` return, and the latency hook.
 
 ``stats()`` and ``health()`` return plain dicts (JSON-ready, as the HTTP endpoints serve
 them); these ``TypedDict`` s describe them for type checkers and readers. Keys marked
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from types import TracebackType
 from typing import Any, Literal, ParamSpec, Protocol, TypedDict, TypeVar
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "LatencyObserver",
     "LoadingStats",
     "Memoized",
+    "Mutex",
     "SingleflightStats",
     "Stats",
 ]
@@ -60,6 +62,30 @@ class Memoized(Protocol[P, R_co]):
     # A method memoized in a class body binds its instance like a function does; the
     # bound form is typed loosely (Any), since it loses the first parameter.
     def __get__(self, instance: object, owner: type | None = None) -> Any: ...
+
+
+class Mutex(Protocol):
+    """What ``TieredCache.lock`` returns: a fleet-wide lock on one name, shaped like
+    dogpile.cache's ``CacheMutex`` and usable as ``with cache.lock(name):``."""
+
+    def acquire(self, wait: bool = True) -> bool:
+        """Take the lock, waiting until it is free (or, ``wait=False``, try once); True
+        once taken."""
+        ...
+
+    def release(self) -> None:
+        """Release the lock (from any thread); RuntimeError if this object does not hold
+        it."""
+        ...
+
+    def locked(self) -> bool:
+        """Whether anyone in the fleet holds it."""
+        ...
+
+    def __enter__(self) -> Mutex: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
 
 
 
