@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -216,6 +217,8 @@ class MsgpackCodec:
 
 
 _BLOCK = hashlib.sha256().block_size
+_REMEMBERED, _REMEMBERED_SIZE = 1024, 4096
+_HEADER_SIZE = 1 + hashlib.sha256().digest_size  # SignedPickle: version byte, then the MAC
 _IPAD = bytes(byte ^ 0x36 for byte in range(256))
 _OPAD = bytes(byte ^ 0x5C for byte in range(256))
 
@@ -229,6 +232,9 @@ class SignedPickle:
     that is unsigned, truncated, tampered with or signed with another secret raises
     :class:`DecodeError` and is never unpickled.
 
+    A small value (up to 4 KiB) whose signature was checked is remembered (the last 1024 of
+    them, by content), so an L1 hit of it is not checked again: its bytes cannot change.
+
     Every process that shares the cache must use the same secret; changing it turns the
     existing values into misses. Keep it out of source control (``CACHE_PICKLE_SECRET``).
 
@@ -240,11 +246,10 @@ class SignedPickle:
         ValueError: ``secret`` is shorter than 16 bytes.
     """
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("_inner", "_outer", "_remembered")
     name = "pickle"
     VERSION: Final = b"\x01"
-    _MAC_SIZE: Final = hashlib.sha256().digest_size
-    _HEADER_SIZE: Final = 1 + _MAC_SIZE
+    _HEADER_SIZE: Final = _HEADER_SIZE
 
     def __init__(self, secret: bytes) -> None:
         if not isinstance(secret, bytes):
@@ -264,8 +269,13 @@ class SignedPickle:
         key = key.ljust(_BLOCK, b"\0")
         self._inner = hashlib.sha256(key.translate(_IPAD))
         self._outer = hashlib.sha256(key.translate(_OPAD))
+        # The small values verified lately, by content: an L1 hit hands out the same bytes
+        # object again and again, and its signature cannot change. Only successes are
+        # remembered (an exception is never cached), and at most _REMEMBERED values of at
+        # most _REMEMBERED_SIZE bytes, so the memo holds at most 4 MiB.
+        self._remembered = functools.lru_cache(maxsize=_REMEMBERED)(self._verify)
 
-    def _mac(self, payload: bytes) -> bytes:
+    def _mac(self, payload: bytes | memoryview) -> bytes:
         inner = self._inner.copy()
         inner.update(self.VERSION)
         inner.update(payload)
@@ -291,21 +301,33 @@ class SignedPickle:
                 or a valid signature over a payload that no longer unpickles (e.g. its class
                 was renamed). In the first three cases nothing is unpickled.
         """
-        data = _as_bytes(data, self.name)
-        if len(data) <= self._HEADER_SIZE:
-            raise DecodeError("pickle codec: value too short to be signed")
-        if data[:1] != self.VERSION:
-            raise DecodeError("pickle codec: unknown format version (not a signed value?)")
-        mac, payload = data[1:self._HEADER_SIZE], data[self._HEADER_SIZE:]
+        if type(data) is not bytes:  # the hot path (an adapter's L1 hit) skips the call
+            data = _as_bytes(data, self.name)
         # The signature check must come first: unpickling unverified bytes runs their code.
-        if not hmac.compare_digest(mac, self._mac(payload)):
-            raise DecodeError("pickle codec: bad signature (tampered, or another secret)")
+        payload: bytes | memoryview
+        if len(data) <= _REMEMBERED_SIZE:
+            self._remembered(data)
+            payload = data[_HEADER_SIZE:]  # a copy is cheaper than a view when small
+        else:
+            self._verify(data)
+            payload = memoryview(data)[_HEADER_SIZE:]  # read in place, not copied
         try:
             return pickle.loads(payload)  # noqa: S301 - signed by a holder of the secret
         except Exception as exc:
             raise DecodeError(
                 f"pickle codec: signed value does not unpickle ({_reason(exc)})"
             ) from exc
+
+    def _verify(self, data: bytes) -> bool:
+        """True if ``data`` is a value this codec signed, else :class:`DecodeError`."""
+        if len(data) <= self._HEADER_SIZE:
+            raise DecodeError("pickle codec: value too short to be signed")
+        if data[:1] != self.VERSION:
+            raise DecodeError("pickle codec: unknown format version (not a signed value?)")
+        mac, payload = data[1:self._HEADER_SIZE], memoryview(data)[self._HEADER_SIZE:]
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            raise DecodeError("pickle codec: bad signature (tampered, or another secret)")
+        return True
 
     def __repr__(self) -> str:
         return "codecs.SignedPickle(secret=<hidden>)"

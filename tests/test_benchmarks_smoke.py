@@ -28,6 +28,7 @@ WORKLOADS = {
     "cross_process_staleness",
     "metrics_overhead",
     "l1_memory",
+    "adapter_hits",
 }
 
 

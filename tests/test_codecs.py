@@ -541,3 +541,22 @@ def test_signed_pickle_macs_are_rfc_2104_hmac_sha256(size: int) -> None:
     data = codecs.SignedPickle(secret).encode({"n": size})
     mac, payload = data[1:33], data[33:]
     assert mac == hmac.new(secret, b"\x01" + payload, hashlib.sha256).digest()
+
+
+def test_signed_pickle_remembers_small_verified_values_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = codecs.SignedPickle(b"s" * 32)
+    small, large = codec.encode({"a": 1}), codec.encode(b"x" * 10_000)
+    macs: list[int] = []
+    real_mac = codecs.SignedPickle._mac
+    monkeypatch.setattr(codecs.SignedPickle, "_mac",
+                        lambda self, payload: macs.append(1) or real_mac(self, payload))
+    assert codec.decode(small) == codec.decode(small) == {"a": 1}
+    assert len(macs) == 1  # the second decode of the same bytes is not checked again
+    assert codec.decode(large) == codec.decode(large)
+    assert len(macs) == 3  # a large value is checked every time (nothing kept of it)
+    tampered = small[:-2] + bytes([small[-2] ^ 1]) + small[-1:]
+    for _ in range(2):  # a failure is never remembered: refused every time
+        with pytest.raises(codecs.DecodeError, match="bad signature"):
+            codec.decode(tampered)
+    assert len(macs) == 5

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .adapters import adapter_hits
 from .coherence import cross_process_staleness
 from .common import VALUE_SIZE, Context, Result, Settings
 from .hot_path import hot_reads_1t, hot_reads_8t, metrics_overhead, mixed_90_10
@@ -32,4 +33,5 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "cross_process_staleness": cross_process_staleness,
     "metrics_overhead": metrics_overhead,
     "l1_memory": l1_memory,
+    "adapter_hits": adapter_hits,
 }
