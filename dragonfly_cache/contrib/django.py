@@ -25,8 +25,7 @@ pickle signed with a key derived from ``CACHE_PICKLE_SECRET`` or else ``SECRET_K
 value whose signature fails is a counted miss and is never unpickled.
 
 With the server down, reads answer from L1 or as a miss and writes raise
-:class:`~dragonfly_cache.CacheUnavailableError` (``RedisCache`` raises redis-py's errors
-for both).
+:class:`~dragonfly_cache.CacheUnavailableError` (``RedisCache`` raises for both).
 """
 
 from __future__ import annotations

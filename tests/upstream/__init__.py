@@ -2,13 +2,15 @@
 
 Each suite is downloaded as a pinned sdist with ``pip download --no-binary :all:`` into
 ``.cache/upstream/`` (git-ignored; reused by later runs), unpacked, and run in a subprocess
-against a private redis-server: see ``tests/test_upstream.py``. What each suite needs to
-aim its backend-generic tests at our adapter is in its own module here
-(``suite_<name>.py``, a ``run(source, env) -> Outcome`` function).
+against a private redis-server by its test module, ``tests/test_upstream_<suite>.py``
+(marker ``upstream``). What aims a suite's backend-generic tests at our adapter lives here,
+in our files only: subclasses of the suite's generic test classes, settings, a pytest
+plugin (``pythonpath/``), a suite's runner helper (``suite_<name>.py``); no upstream file
+is edited. :func:`run_pytest` and :func:`run_unittest` count the outcome.
 
 Excluded tests are listed, each with its reason, in ``tests/upstream/excluded.txt``
 (``<suite> | <test id> | <reason>``); the README shows the counts per suite, and
-``tests/test_upstream.py`` checks that they are the ones measured.
+:func:`check` asserts that they are the ones measured.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-__all__ = ["CACHE", "EXCLUDED", "ROOT", "SUITES", "Outcome", "excluded", "fetch",
-           "run_pytest", "run_unittest"]
+__all__ = ["CACHE", "EXCLUDED", "ROOT", "SUITES", "Outcome", "check", "clean_environ",
+           "excluded", "fetch", "readme_counts", "run_pytest", "run_unittest"]
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "upstream"
@@ -113,7 +115,7 @@ def run_pytest(suite: str, cwd: Path, args: list[str], env: dict[str, str],
     deselect = [option for test_id in excluded(suite) for option in ("--deselect", test_id)]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                "-o", "addopts=", *deselect, *args]
-    result = subprocess.run(command, cwd=cwd, env={**os.environ, **env},
+    result = subprocess.run(command, cwd=cwd, env={**clean_environ(), **env},
                             capture_output=True, text=True, timeout=timeout, check=False)
     output = result.stdout + result.stderr
     summary = output.strip().splitlines()[-1] if output.strip() else ""
@@ -124,6 +126,13 @@ def run_pytest(suite: str, cwd: Path, args: list[str], env: dict[str, str],
     if result.returncode not in (0, 1) and not (outcome.failed or outcome.errors):
         outcome.errors += 1  # pytest itself failed (usage, collection, a crash)
     return outcome
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without our settings (``DRAGONFLY_*``, ``CACHE_*``): a
+    developer's own must not aim an upstream run at another server or change its config."""
+    return {name: value for name, value in os.environ.items()
+            if not name.startswith(("DRAGONFLY_", "CACHE_"))}
 
 
 _RAN = re.compile(r"^Ran (\d+) tests? in ", re.MULTILINE)

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.upstream import Outcome, excluded, run_unittest
+from tests.upstream import Outcome, clean_environ, excluded, run_unittest
 
 __all__ = ["LABELS", "run"]
 
@@ -28,10 +28,8 @@ def run(source: Path, env: dict[str, str], timeout: float = 600) -> Outcome:
     the private server) over a clean environment (no ``DRAGONFLY_*``/``CACHE_*`` of ours)."""
     source = source.resolve()
     skipped = excluded("django")
-    base = {name: value for name, value in os.environ.items()
-            if not name.startswith(("DRAGONFLY_", "CACHE_"))}
     full_env = {
-        **base, **env,
+        **clean_environ(), **env,
         "PYTHONPATH": os.pathsep.join([str(source), str(HERE)]),
         "UPSTREAM_EXCLUDED": ",".join(skipped),
     }
