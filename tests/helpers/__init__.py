@@ -17,8 +17,9 @@ The harness is imported from its own submodule:
 * ``backends``: where the contract suite runs (one server, TLS, a cluster).
 * ``proxy``: a fault-injecting TCP proxy in front of a server.
 * ``pki``: a throw-away PKI for the TLS tests.
-* ``coherence_worker``, ``loading_worker``, ``lock_worker``, ``memo``, ``django_worker``:
-  code run in spawned processes.
+* ``spawned``: a function run in a spawned process, driven over a pipe (the workers' base).
+* ``coherence_worker``, ``loading_worker``, ``lock_worker``, ``memo``, ``django_worker``,
+  ``flask_caching_worker``: code run in spawned processes.
 
 The fixtures that use them live in tests/conftest.py.
 """

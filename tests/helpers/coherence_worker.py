@@ -6,7 +6,6 @@ server. Commands are tuples; every command gets exactly one reply.
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from dragonfly_cache import CacheConfig, DragonflyConfig, L1Config, TieredCache
+from tests.helpers.spawned import Spawned
 
 
 def _l2_lookups(cache: TieredCache) -> int:
@@ -78,8 +78,8 @@ class _Stress:
         return self.wrong, self.reads
 
 
-def worker_main(address: str | list[str], prefix: str, conn: Connection,
-                invalidation: bool = True) -> None:
+def worker_main(address: str | list[str], prefix: str, invalidation: bool,
+                conn: Connection) -> None:
     """Entry point of the spawned process (``address``: one, or a cluster's list)."""
     addresses = address if isinstance(address, list) else [address]
     config = CacheConfig(dragonfly=DragonflyConfig(addresses=addresses),
@@ -123,38 +123,17 @@ def worker_main(address: str | list[str], prefix: str, conn: Connection,
 # -- the test process's side -------------------------------------------------------------
 
 
-class Worker:
+class Worker(Spawned):
     """Process B: a TieredCache in a spawned process, driven over a pipe."""
 
     def __init__(self, address: str | list[str], prefix: str, invalidation: bool = True
                  ) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=worker_main,
-                                       args=(address, prefix, child, invalidation))
-        self.process.start()
-        child.close()
-        started = self.call()
-        assert started[0] == "started", started
-        self.coherence = started[1]
-
-    def call(self, *command: Any, timeout: float = 10.0) -> Any:
-        if command:
-            self.conn.send(command)
-        assert self.conn.poll(timeout), f"worker did not answer {command!r}"
-        return self.conn.recv()
+        super().__init__(worker_main, address, prefix, invalidation)
+        assert self.started[0] == "started", self.started
+        self.coherence = self.started[1]
 
     def stats(self) -> dict[str, Any]:
         return self.call("stats")[1]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        if self.process.is_alive():
-            try:
-                self.call("stop", timeout=5)
-            except (AssertionError, OSError, EOFError):
-                self.process.kill()
-        self.process.join(5)
-        self.conn.close()
 
 
 def measure(writer: TieredCache, b: Worker, key: str, old: bytes,

@@ -5,10 +5,11 @@ shares nothing with the others but the server. Every command gets exactly one re
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from multiprocessing.connection import Connection
 from typing import Any
+
+from tests.helpers.spawned import Spawned
 
 BACKEND = "dragonfly_cache.contrib.django.DragonflyCache"
 
@@ -77,30 +78,10 @@ def worker_main(location: str, secret: str, conn: Connection) -> None:
         conn.close()
 
 
-class DjangoWorker:
+class DjangoWorker(Spawned):
     """A spawned process with Django's ``cache`` on our backend, driven over a pipe."""
 
     def __init__(self, location: str, secret: str) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=worker_main, args=(location, secret, child))
-        self.process.start()
-        child.close()
-        started = self.call(timeout=30)
-        assert started[0] == "started", started
-        self.coherence = started[1]
-
-    def call(self, *command: Any, timeout: float = 10.0) -> Any:
-        if command:
-            self.conn.send(command)
-        assert self.conn.poll(timeout), f"worker did not answer {command!r}"
-        return self.conn.recv()
-
-    def close(self) -> None:
-        if self.process.is_alive():
-            try:
-                self.call("stop", timeout=5)
-            except (AssertionError, OSError, EOFError):
-                self.process.kill()
-        self.process.join(5)
-        self.conn.close()
+        super().__init__(worker_main, location, secret)
+        assert self.started[0] == "started", self.started
+        self.coherence = self.started[1]

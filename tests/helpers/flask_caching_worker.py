@@ -8,10 +8,11 @@ once it has seen the change, "seen".
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from multiprocessing.connection import Connection
 from typing import Any
+
+from tests.helpers.spawned import Spawned
 
 BACKEND = "dragonfly_cache.contrib.flask_caching.DragonflyCache"
 
@@ -79,30 +80,9 @@ def worker_main(address: str, secret_key: str, conn: Connection) -> None:
             conn.close()
 
 
-class FlaskCachingWorker:
+class FlaskCachingWorker(Spawned):
     """The test process's handle on one worker process."""
 
     def __init__(self, address: str, secret_key: str) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=worker_main, args=(address, secret_key, child))
-        self.process.start()
-        child.close()
-        started = self.call()
-        assert started == ("started", "subscribed"), started
-
-    def call(self, *command: Any, timeout: float = 20.0) -> Any:
-        """Send ``command`` (if any) and return the next reply."""
-        if command:
-            self.conn.send(command)
-        assert self.conn.poll(timeout), f"worker did not answer {command!r}"
-        return self.conn.recv()
-
-    def close(self) -> None:
-        if self.process.is_alive():
-            try:
-                self.call("stop", timeout=5)
-            except (AssertionError, OSError, EOFError):
-                self.process.kill()
-        self.process.join(5)
-        self.conn.close()
+        super().__init__(worker_main, address, secret_key, call_timeout=20.0)
+        assert self.started == ("started", "subscribed"), self.started
