@@ -17,6 +17,7 @@ import time
 import uuid
 from types import TracebackType
 
+from . import _fork
 from ._tiers import Tiers
 from .exceptions import CacheUnavailableError
 
@@ -109,6 +110,12 @@ class FleetMutex:
         self._fleet = FleetLock(tiers, ttl)
         self._name = name
         self._poll = poll
+        self._after_fork_in_child()
+        # A lock held by a parent thread at fork time would stay held in the child forever;
+        # the fork hook gives the child a free one (the parent keeps its fleet lock).
+        _fork.register(self)
+
+    def _after_fork_in_child(self) -> None:
         self._local = threading.Lock()
         self._token: str | None = None  # set and cleared only by the local lock's holder
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import threading
 from typing import Any
 
 import pytest
 
 from dragonfly_cache import L2Config
-from tests.helpers import CacheFactory, command_calls, wait_until
+from tests.helpers import CacheFactory, command_calls, fork, wait_until
 from tests.helpers.lock_worker import lock_member
 
 LOCK = "\x1flock:"  # where the fleet lock on a key lives (dragonfly_cache._fleet)
@@ -154,3 +156,31 @@ def test_two_processes_never_hold_it_at_once(redis_server: Any) -> None:
     assert int(raw.get("contended") or 0) > 0  # and they did compete for it
     assert raw.get("inside") == b"0"
     assert raw.exists(f"{LOCK}critical") == 0  # released, nothing left behind
+
+
+def test_a_mutex_held_at_fork_time_is_free_in_the_child(cache_factory: CacheFactory) -> None:
+    """The parent's holder thread does not exist in the child: its local lock must not stay
+    held there, while the fleet lock stays the parent's until the parent releases it."""
+    cache = cache_factory()
+    mutex = cache.lock("forked", ttl=5)
+    assert mutex.acquire()
+    tried, told = os.pipe()
+    pid = fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(10)  # a local lock left held would block here: the alarm ends it
+            taken = mutex.acquire(wait=False) is False  # the fleet lock is still the parent's
+            os.write(told, b".")
+            taken = taken and mutex.acquire()  # waits until the parent releases it
+            mutex.release()
+            code = 0 if taken else 2
+        finally:
+            os._exit(code)
+    os.close(told)  # the child's end only: a child that dies gives the read an EOF
+    assert os.read(tried, 1) == b"."  # the child tried once while the parent held it
+    os.close(tried)
+    mutex.release()  # now the child may take it
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not mutex.locked()
