@@ -8,6 +8,7 @@ the ``server`` marker, so ``pytest -m "not server"`` runs only the fast unit tes
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -132,6 +133,15 @@ def redis_server_factory(redis_binary: str) -> Iterator[ServerFactory]:
     finally:
         for server in servers:
             server.close()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No ``DRAGONFLY_*``/``CACHE_*`` variable of the developer's reaches the test."""
+    for name in list(os.environ):
+        if name.startswith(("DRAGONFLY_", "CACHE_")):
+            monkeypatch.delenv(name)
+    return monkeypatch
 
 
 @pytest.fixture(scope="session")

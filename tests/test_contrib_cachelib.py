@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import pickle
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,13 +26,6 @@ SECRET = "cachelib-adapter-test-secret"
 YEAR = 365 * 86400
 
 Make = Callable[..., DragonflyCache]
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("DRAGONFLY_", "CACHE_")):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

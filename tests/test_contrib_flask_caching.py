@@ -7,7 +7,6 @@ Flask-Caching's own suite runs in tests/test_upstream_flask_caching.py.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,13 +26,6 @@ from tests.helpers.servers import RedisServer, free_port
 SECRET_KEY = "flask-caching-test-secret-key"
 
 MakeApp = Callable[..., tuple[Flask, Cache]]
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("DRAGONFLY_", "CACHE_")):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
