@@ -213,8 +213,9 @@ def test_example_runs(example: Example, cache_env: str) -> None:
                 _exercise(app)
     finally:
         del sys.modules[module.__name__]
-        for cache in set(fork_module._members) - before:
-            cache.close()
+        for member in set(fork_module._members) - before:  # caches (and fleet mutexes)
+            if isinstance(member, TieredCache):
+                member.close()
         _close_foreign_clients(namespace)
 
 
