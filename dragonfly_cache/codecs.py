@@ -269,11 +269,11 @@ class SignedPickle:
         key = key.ljust(_BLOCK, b"\0")
         self._inner = hashlib.sha256(key.translate(_IPAD))
         self._outer = hashlib.sha256(key.translate(_OPAD))
-        # The small values verified lately, by content: an L1 hit hands out the same bytes
-        # object again and again, and its signature cannot change. Only successes are
-        # remembered (an exception is never cached), and at most _REMEMBERED values of at
-        # most _REMEMBERED_SIZE bytes, so the memo holds at most 4 MiB.
-        self._remembered = functools.lru_cache(maxsize=_REMEMBERED)(self._verify)
+        # The small values verified lately, by content, with their payload: an L1 hit hands
+        # out the same bytes object again and again, and its signature cannot change. Only
+        # successes are remembered (an exception is never cached), and at most _REMEMBERED
+        # values of at most _REMEMBERED_SIZE bytes, so the memo holds at most 8 MiB.
+        self._remembered = functools.lru_cache(maxsize=_REMEMBERED)(self._payload)
 
     def _mac(self, payload: bytes | memoryview) -> bytes:
         inner = self._inner.copy()
@@ -306,8 +306,7 @@ class SignedPickle:
         # The signature check must come first: unpickling unverified bytes runs their code.
         payload: bytes | memoryview
         if len(data) <= _REMEMBERED_SIZE:
-            self._remembered(data)
-            payload = data[_HEADER_SIZE:]  # a copy is cheaper than a view when small
+            payload = self._remembered(data)
         else:
             self._verify(data)
             payload = memoryview(data)[_HEADER_SIZE:]  # read in place, not copied
@@ -317,6 +316,12 @@ class SignedPickle:
             raise DecodeError(
                 f"pickle codec: signed value does not unpickle ({_reason(exc)})"
             ) from exc
+
+    def _payload(self, data: bytes) -> bytes:
+        """The pickle in a small ``data`` this codec signed (a copy is cheaper than a view
+        when small), else :class:`DecodeError`."""
+        self._verify(data)
+        return data[_HEADER_SIZE:]
 
     def _verify(self, data: bytes) -> bool:
         """True if ``data`` is a value this codec signed, else :class:`DecodeError`."""

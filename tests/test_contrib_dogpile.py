@@ -111,6 +111,23 @@ def test_values_are_cached_values_stored_as_signed_pickles(configure: Configure,
     assert raw[:1] == b"\x01" and raw[33:34] == b"\x80"  # version, HMAC, then the pickle
     with pytest.raises(pickle.UnpicklingError):
         pickle.loads(raw)  # noqa: S301 - our own bytes: proof they are no bare pickle
+    # The CachedValue is pickled as a plain tuple: no class to look up on every L1 hit.
+    assert b"CachedValue" not in raw
+    assert pickle.loads(raw[33:]) == ({"a": 1}, stored.metadata)  # noqa: S301 - ours
+
+
+def test_a_value_signed_alike_but_not_stored_by_this_backend_is_a_miss(
+        configure: Configure, redis_server: Any) -> None:
+    """What another adapter with the same secret stored (a bare object, a 3-tuple) is not a
+    CachedValue: the region gets NO_VALUE and makes the value anew."""
+    region = configure()
+    codec = pickle_codec(SECRET, setting="test")
+    redis_server.client().mset({"bare": codec.encode({"a": 1}),
+                                "triple": codec.encode((1, 2, 3))})
+    assert region.get_multi(["bare", "triple"]) == [NO_VALUE, NO_VALUE]
+    assert region.get_or_create("bare", lambda: "made") == "made"
+    region.backend.set("plain", b"bytes")  # what a region with a serializer hands over
+    assert region.backend.get("plain") == b"bytes"
 
 
 def test_a_miss_is_no_value_and_get_multi_keeps_the_order(configure: Configure) -> None:

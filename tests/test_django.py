@@ -209,6 +209,25 @@ def test_keys_memcached_would_refuse_warn_as_in_django(make: Make) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CacheKeyWarning)
         assert cache.get("has space") == 1
+    for bad in ("tab\there", "nul\x00", "del\x7f", "\x1f"):  # what Django warns about
+        with pytest.warns(CacheKeyWarning, match="characters that will cause errors"):
+            cache.get(bad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache.get("clé-ünïcödé-\u00a0-\u2028")  # not printable, but memcached-safe: quiet
+
+
+class PrefixedKeys(DragonflyCache):
+    def make_key(self, key: Any, version: Any = None) -> str:
+        return f"sub/{super().make_key(key, version)}"
+
+
+def test_a_subclass_with_its_own_make_key_is_honoured(make: Make,
+                                                       redis_server: RedisServer) -> None:
+    make()  # the settings
+    sub = PrefixedKeys(f"redis://{redis_server.address}/0", {})
+    sub.set("k", 1)
+    assert redis_server.client().get("sub/:1:k") == b"1" and sub.get("k") == 1
 
 
 # -- signed pickles ------------------------------------------------------------------------

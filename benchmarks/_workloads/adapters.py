@@ -63,13 +63,16 @@ def _adapters(address: str) -> dict[str, tuple[Callable[[str], Any], Callable[[s
         "Flask-Caching backend .get": (backend.get, lambda key: backend.set(key, VALUE)),
         "Django caches['default'].get": (django_cache.get,
                                          lambda key: django_cache.set(key, VALUE)),
-        "dogpile backend .get": (lambda key: region.backend.get(region.key_mangler(key)
-                                                                 if region.key_mangler
-                                                                 else key),
-                                 lambda key: region.set(key, VALUE)),
+        "dogpile backend .get": (_backend_get(region), lambda key: region.set(key, VALUE)),
         FACADE_FLASK: (flask_cache.get, lambda key: flask_cache.set(key, VALUE)),
         FACADE_DOGPILE: (region.get, lambda key: region.set(key, VALUE)),
     }
+
+
+def _backend_get(region: Any) -> Callable[[str], Any]:
+    """The region's backend ``get`` of what the region calls a key (as the region does)."""
+    get, mangle = region.backend.get, region.key_mangler
+    return get if mangle is None else lambda key: get(mangle(key))
 
 
 def adapter_hits(ctx: Context) -> Result:

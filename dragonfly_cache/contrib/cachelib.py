@@ -205,11 +205,13 @@ class DragonflyCache(BaseCache):
         return prefix
 
     def _key(self, key: object) -> str:
-        if not isinstance(key, str):
-            raise TypeError(f"key must be a str, got {type(key).__name__}")
-        if not key:
-            raise ValueError("key must be a non-empty string")
-        return self._get_prefix() + key
+        if type(key) is not str or not key:
+            if not isinstance(key, str):
+                raise TypeError(f"key must be a str, got {type(key).__name__}")
+            if not key:
+                raise ValueError("key must be a non-empty string")
+        prefix = self.key_prefix  # a str, or a callable: the hit skips the call for a str
+        return (prefix if type(prefix) is str else self._get_prefix()) + key
 
     def _seconds(self, timeout: int | dt.timedelta | None) -> float:
         """cachelib's timeout as our ttl: None -> default, 0 -> forever (100 years)."""
@@ -244,7 +246,14 @@ class DragonflyCache(BaseCache):
     def get(self, key: str) -> Any:
         """The value of ``key``, or None (a miss, an unreadable value, no server)."""
         data = self._cache.get(self._key(key))
-        return None if data is None else self._decode(data)
+        if data is None:
+            return None
+        if data[:1] == _SIGNED:  # the hit of an object, in as few calls as it takes
+            try:
+                return self._cache.decode(data, self._codec)  # counts a failure
+            except codecs.DecodeError:
+                return None
+        return self._decode(data)
 
     def get_many(self, *keys: str) -> list[Any]:
         """The values of ``keys`` in order, None for each miss; one round trip."""

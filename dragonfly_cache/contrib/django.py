@@ -41,17 +41,18 @@ from .._extras import require
 require("django", "django", __name__)
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, MEMCACHE_MAX_KEY_LENGTH, BaseCache
-from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
+from django.core.cache.backends.base import (
+    DEFAULT_TIMEOUT,
+    MEMCACHE_MAX_KEY_LENGTH,
+    BaseCache,
+    default_key_func,
+)
 
 from .._keys import MAX_TTL
 from ..codecs import DecodeError, SignedPickle
-from ..config import CacheConfig
-from ..exceptions import ConfigError
 from ..tiered import TieredCache
-from ._common import build_config, pickle_codec, settings_from_url, shared_cache
+from ._common import build_config, shared_cache
+from ._django_settings import alias, check_params, codec, location_settings
 
 __all__ = ["DragonflyCache"]
 
@@ -59,90 +60,7 @@ __all__ = ["DragonflyCache"]
 # whose first byte is its version (0x01), never a digit or "-".
 _INTEGER = re.compile(rb"-?[0-9]+")
 _SIGNED = SignedPickle.VERSION
-# What django.core.cache.backends.base.memcache_key_warnings looks for.
-_MEMCACHED_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 _INT64 = range(-(2**63), 2**63)
-
-
-def _alias(location: object, params: Mapping[str, Any]) -> str:
-    """``CACHES['<alias>']`` for messages: Django passes the backend its settings, not
-    the alias, so find the entry they came from."""
-    try:
-        entries = dict(settings.CACHES) if settings.configured else {}
-    except ImproperlyConfigured:
-        entries = {}
-    for alias, entry in entries.items():
-        if (isinstance(entry, Mapping) and entry.get("LOCATION", "") == location
-                and {k: v for k, v in entry.items() if k not in ("BACKEND", "LOCATION")}
-                == dict(params)):
-            return f"CACHES[{alias!r}]"
-    return "CACHES[...]"
-
-
-def _location_settings(location: object, setting: str) -> dict[str, Any]:
-    """Our ``DRAGONFLY_*`` settings from ``LOCATION`` (empty: the environment decides)."""
-    if location is None or location == "":
-        return {}
-    if isinstance(location, str):
-        entries: list[object] = [entry.strip() for entry in re.split("[;,]", location)]
-    elif isinstance(location, list | tuple):
-        entries = list(location)
-    else:
-        raise ConfigError(f"{setting}: expected a redis:// URL, host:port or a list of "
-                          f"them, got {type(location).__name__}")
-    if not entries:
-        raise ConfigError(f"{setting}: an empty list names no server")
-    parsed = [settings_from_url(entry, setting) for entry in entries]
-    addresses = [each.pop("DRAGONFLY_ADDRESSES") for each in parsed]
-    if any(each != parsed[0] for each in parsed[1:]):
-        raise ConfigError(f"{setting}: the servers of a list are one cluster: give them "
-                          "all the same scheme, db and credentials")
-    return {**parsed[0], "DRAGONFLY_ADDRESSES": ",".join(addresses)}
-
-
-def _check_params(params: Mapping[str, Any], where: str) -> None:
-    """Refuse what Django would silently replace by a default or fail on later."""
-    name = "timeout" if "timeout" in params else "TIMEOUT"
-    timeout = params.get(name, 300)
-    if timeout is not None:
-        try:
-            if isinstance(timeout, bool) or int(timeout) < 0:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}[{name!r}]: expected seconds (0 or more) or None, "
-                              f"got {timeout!r}") from None
-    version = params.get("VERSION", 1)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ConfigError(f"{where}['VERSION']: expected an int, got {version!r}")
-    if not isinstance(params.get("KEY_PREFIX", ""), str):
-        raise ConfigError(f"{where}['KEY_PREFIX']: expected a str, got "
-                          f"{type(params['KEY_PREFIX']).__name__}")
-    key_function = params.get("KEY_FUNCTION")
-    if isinstance(key_function, str):
-        try:
-            key_function = import_string(key_function)
-        except ImportError as exc:
-            raise ConfigError(f"{where}['KEY_FUNCTION']: {exc}") from None
-    if key_function is not None and not callable(key_function):
-        raise ConfigError(f"{where}['KEY_FUNCTION']: expected a function or its dotted "
-                          f"path, got {type(key_function).__name__}")
-    if not isinstance(params.get("OPTIONS") or {}, Mapping):
-        raise ConfigError(f"{where}['OPTIONS']: expected a dict of DRAGONFLY_* / CACHE_* "
-                          f"settings, got {type(params['OPTIONS']).__name__}")
-
-
-def _codec(config: CacheConfig, where: str) -> SignedPickle:
-    """The signed pickle of the values: ``CACHE_PICKLE_SECRET`` if set, else SECRET_KEY."""
-    if config.pickle_secret is not None:
-        return pickle_codec(config.pickle_secret, setting="CACHE_PICKLE_SECRET")
-    try:
-        secret: object = settings.SECRET_KEY
-    except ImproperlyConfigured:  # settings not configured, or SECRET_KEY empty
-        secret = None
-    setting = f"SECRET_KEY (or {where}['OPTIONS']['CACHE_PICKLE_SECRET'])"
-    if secret is not None and not isinstance(secret, str | bytes):
-        raise ConfigError(f"{setting}: expected a str, got {type(secret).__name__}")
-    return pickle_codec(secret, setting=setting)
 
 
 def _delta(delta: object) -> int:
@@ -171,11 +89,11 @@ class DragonflyCache(BaseCache):
     """
 
     def __init__(self, location: Any, params: Mapping[str, Any]) -> None:
-        where = _alias(location, params)
-        _check_params(params, where)
-        config = build_config(_location_settings(location, f"{where}['LOCATION']"),
+        where = alias(location, params)
+        check_params(params, where)
+        config = build_config(location_settings(location, f"{where}['LOCATION']"),
                               params.get("OPTIONS") or {}, where=f"{where}['OPTIONS']")
-        self._codec = _codec(config, where)
+        self._codec = codec(config, where)
         super().__init__({**params, "OPTIONS": {}})  # OPTIONS are ours, not BaseCache's
         self._config = config
         self._tiered = shared_cache(config)
@@ -193,8 +111,18 @@ class DragonflyCache(BaseCache):
         """Django's ``CacheKeyWarning`` for keys memcached would refuse (longer than 250
         characters, or with spaces or control characters), as every built-in backend
         warns; the usual key is let through without building the warnings."""
-        if len(key) > MEMCACHE_MAX_KEY_LENGTH or _MEMCACHED_UNSAFE.search(key):
+        # No control character is printable: a printable key without a space is safe.
+        if len(key) > MEMCACHE_MAX_KEY_LENGTH or not key.isprintable() or " " in key:
             super().validate_key(key)
+
+    def make_and_validate_key(self, key: Any, version: Any = None) -> Any:
+        """Django's, in one call when nothing customises it (a third of a hit's key work)."""
+        if self.key_func is not default_key_func or type(self) is not DragonflyCache:
+            return super().make_and_validate_key(key, version=version)
+        version = self.version if version is None else version
+        made = "%s:%s:%s" % (self.key_prefix, version, key)  # noqa: UP031 - Django's, exactly
+        self.validate_key(made)
+        return made
 
     # -- values and timeouts ---------------------------------------------------------------
 
@@ -246,7 +174,13 @@ class DragonflyCache(BaseCache):
     def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
         key = self.make_and_validate_key(key, version=version)
         cache = self.tiered
-        return self._value(cache, cache.get(key), default)
+        data = cache.get(key)
+        if data is not None and data[:1] == _SIGNED:  # the hit of an object, in few calls
+            try:
+                return cache.decode(data, self._codec)  # counts a failure
+            except DecodeError:
+                return default
+        return self._value(cache, data, default)
 
     def get_many(self, keys: Iterable[Any], version: Any = None) -> dict[Any, Any]:
         made = {self.make_and_validate_key(key, version=version): key for key in keys}
