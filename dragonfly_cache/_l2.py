@@ -37,8 +37,9 @@ _SCRIPT_CHUNK = 500  # keys per EVALSHA (Lua's unpack() has a limit near 8000)
 UNREACHABLE = -3
 
 def channel_name(db: int, key_prefix: str) -> str:
-    """The invalidation channel shared by every cache on one db and key prefix."""
-    return f"dragonfly_cache:invalidate:{db}:{key_prefix}"
+    """The invalidation channel shared by every cache on one db and key prefix. It begins
+    with the prefix, so an ACL user limited to ``~<prefix>* &<prefix>*`` may use it."""
+    return f"{key_prefix}dragonfly_cache:invalidate:{db}"
 
 
 class L2:

@@ -32,11 +32,18 @@ return 0
 #: ARGV[2] ms, an existing one keeps its expiry. Returns ``{1, value, pttl}``, or
 #: ``{0, reason}`` when the stored value is not an integer or the sum overflows: then
 #: nothing was changed (INCRBY checks before it writes), and no error reply reaches the
-#: client, since the server is fine and the caller made the mistake.
+#: client, since the server is fine and the caller made the mistake. Any other error (an
+#: ACL without INCRBY, say) is the server's answer, passed on as an error reply.
 INCR = """
 local created = redis.call('EXISTS', KEYS[1]) == 0
 local value = redis.pcall('INCRBY', KEYS[1], ARGV[1])
-if type(value) == 'table' and value['err'] then return {0, value['err']} end
+if type(value) == 'table' and value['err'] then
+  local err = value['err']
+  if string.find(err, 'not an integer', 1, true) or string.find(err, 'overflow', 1, true) then
+    return {0, err}
+  end
+  return redis.error_reply(err)
+end
 if created then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return {1, value, redis.call('PTTL', KEYS[1])}
 """

@@ -243,8 +243,15 @@ def exercise_acl_user(config: CacheConfig) -> None:
                 writer.stats()["coherence"]["state"] == "subscribed"
                 and reader.stats()["coherence"]["state"] == "subscribed"):
             time.sleep(0.01)
+        assert writer.add("n", b"1") and not reader.add("n", b"2")
+        assert writer.incr("n", 4) == 5 and reader.decr("n") == 4 and reader.get("n") == b"4"
+        assert writer.touch("n", 30) and 0 < (writer.ttl("n") or 0) <= 30
+        assert writer.get_or_load("locked", lambda: b"l", lock=True) == b"l"  # fleet lock
+        assert writer.delete_many(["n", "locked", "never"]) == 2
         writer.delete("a")
         assert writer.invalidate("*") == 3  # loaded, b, c
+        writer.set("d", b"4")
+        assert writer.clear() == 1
         assert writer.health()["status"] == "healthy"
         for cache in (writer, reader):
             stats = cache.stats()

@@ -860,3 +860,17 @@ def test_decode_counts_a_value_that_does_not_decode(cache_factory: CacheFactory)
     with pytest.raises(codecs.DecodeError):
         cache.decode(cache.get("tampered") or b"", signed)
     assert cache.stats()["loading"]["decode_failures"] == 1
+
+
+def test_a_server_refusal_inside_incr_is_unavailable_not_a_bad_value(
+        cache_factory: CacheFactory, redis_server_factory: Any) -> None:
+    """Only "not an integer" and "overflow" are the caller's mistake (ValueError); an ACL
+    that lets EVAL run but not the INCRBY inside it is the server's refusal."""
+    server = redis_server_factory()
+    server.client().execute_command(
+        "ACL", "SETUSER", "counter", "on", ">pw-0123456789", "~*", "&*", "+@all", "-incrby")
+    cache = cache_factory(server, username="counter", password="pw-0123456789")
+    cache.set("n", b"1")
+    with pytest.raises(CacheUnavailableError, match="INCR"):
+        cache.incr("n")
+    assert server.client().get("n") == b"1"
