@@ -9,9 +9,9 @@ carries the writer's sender id, so a cache ignores its own messages.
 Design: one daemon listener thread per :class:`~dragonfly_cache.TieredCache`, on a
 dedicated connection outside the pool. One per cache (not one shared per process) keeps
 each cache's lifetime, credentials and fork handling self-contained; a process normally
-has one cache, so the cost is one thread and one socket per process. The thread is
-started lazily by the first operation that reaches L2, in each process: after a fork the
-child starts its own on first use, with a new sender id.
+has one cache, so the cost is one thread and one socket per process. The thread starts
+when the cache is made, and again in a forked child (with a new sender id), so a process
+is coherent from its first read and an idle worker reports itself subscribed.
 
 Why pub/sub and not CLIENT TRACKING: Dragonfly supports tracking only in RESP3 without
 BCAST, PREFIX or REDIRECT; pub/sub works on Redis 6+, Valkey and Dragonfly alike. In
@@ -25,7 +25,8 @@ Trust. L1 is trusted only while the listener is subscribed. If its connection fa
 stops answering the periodic PING, L1 is flushed at once (messages may be lost from then
 on) and the listener reconnects with backoff. Entries stored while it is not subscribed
 (before the first subscription, or while reconnecting) live at most ``l1.degraded_ttl``,
-which bounds how long a missed message can leave one stale.
+and are dropped the moment the subscription is confirmed (with any fill in flight then):
+a message sent before it may have been missed, none sent after it can be.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class InvalidationTarget(Protocol):
     def invalidate_matching(self, matches: Callable[[str], bool]) -> int: ...
 
     def clear(self) -> None: ...
+
+    def drop_untrusted(self) -> None: ...
 
 
 class _ListenerDead(Exception):
@@ -188,8 +191,11 @@ class Coherence:
         self._subscribe(pubsub, sharded)
         if self._watch is not None:
             self._watch()  # takes note of the server's state before L1 is trusted
-        # Entries stored before this moment may have missed messages; they were stored
-        # with a deadline at most l1.degraded_ttl away, which bounds that.
+        # Entries stored before this moment (and fills in flight now) may have missed
+        # messages: none of them stays past it. From here on every message is heard.
+        target = self._target()
+        if target is not None:
+            target.drop_untrusted()
         self.state = SUBSCRIBED
         last_heard = watched = time.monotonic()
         ping_sent: float | None = None

@@ -70,6 +70,7 @@ class L1:
         self._tickets: dict[str, int] = {}  # key -> number of tickets out
         self._stamps: dict[str, int] = {}  # key -> generation of its last invalidation
         self._flushed_at = 0  # generation of the last clear()
+        self._fills_from = 0  # tickets older than this may not fill (drop_untrusted())
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -171,6 +172,15 @@ class L1:
             self._flushed_at = self._generation
             self._entries.clear()
 
+    def drop_untrusted(self) -> None:
+        """Drop everything and every fill in flight: they may have missed an invalidation
+        (the listener's subscription is confirmed only now). Unlike :meth:`clear` it says
+        nothing was invalidated: a load in flight still stores its value in L2."""
+        with self._lock:
+            self._generation += 1
+            self._fills_from = self._generation
+            self._entries.clear()
+
     # -- introspection -------------------------------------------------------------------
 
     def stats(self) -> L1Stats:
@@ -235,10 +245,11 @@ class Ticket:
         """
         l1 = self._l1
         with l1._lock:
+            trusted = self.generation >= l1._fills_from
             for key, entry in values.items():
                 if key in self._held:
                     del self._held[key]
-                    if not l1._stale(key, self.generation):
+                    if trusted and not l1._stale(key, self.generation):
                         l1._entries[key] = entry
                     l1._release(key)
 

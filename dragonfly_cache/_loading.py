@@ -76,13 +76,14 @@ class Loading:
             Exception: whatever ``loader`` raised.
         """
         value = self._tiers.l1.get(key)
-        if value is not None and fraction is not None:
-            value = self._maybe_refresh(key, value, loader, seconds, fleet, fraction)
         while value is None:
             # A flight we joined may end with None: a batch load (get_or_load_many) whose
             # loader omitted this key. That flight is over, so go round and load it here.
             value = self.flights.do(key, lambda: self._load(key, loader, seconds, fleet,
                                                             fraction))
+        if fraction is not None:
+            # Also after an L1 miss: L1 may have lost an entry (a flush) that stays due.
+            value = self._maybe_refresh(key, value, loader, seconds, fleet, fraction)
         if value is NEGATIVE:
             raise NotFound(f"no record for key {key!r} (cached negative answer)")
         return value
@@ -165,7 +166,7 @@ class Loading:
 
     def _maybe_refresh(self, key: str, value: bytes, loader: Loader, seconds: float,
                        fleet: bool, fraction: float) -> bytes:
-        """On an L1 hit: start a background refresh when due; refresh synchronously (and
+        """On a hit: start a background refresh when due; refresh synchronously (and
         return the new value) when the entry is closer to expiry than ``refresh_sync``."""
         decision = self.refresh.claim(key, seconds, fraction)
         if decision is Refresh.SYNC:

@@ -22,6 +22,8 @@ from cachetools import LRUCache
 __all__ = ["BACKOFF_FIRST", "Refresh", "RefreshSchedule"]
 
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 30.0
+# Expiries this close are one entry's (read at different times, a round trip apart).
+_SAME_EXPIRY = 0.05
 
 
 class Refresh(enum.Enum):
@@ -58,11 +60,15 @@ class RefreshSchedule:
         self.sync_refreshes = 0
 
     def schedule(self, key: str, now: float, life: float, ttl: float, fraction: float) -> None:
-        """Note when ``key`` (``life`` seconds left of a full ``ttl``) becomes due."""
+        """Note when ``key`` (``life`` seconds left of a full ``ttl``) becomes due. An entry
+        read again with the same expiry (L1 lost it, L2 still has it) keeps its point."""
         window = min(life, ttl * fraction)
         spread = 1 - self._jitter * random.random()
+        expires = now + life
         with self._lock:
-            self._times[key] = (now + life - window * spread, now + life)
+            times = self._times.get(key)
+            if times is None or abs(times[1] - expires) > _SAME_EXPIRY:
+                self._times[key] = (expires - window * spread, expires)
 
     def due_in(self, key: str) -> float | None:
         """Seconds until ``key`` is due (None: not scheduled)."""

@@ -43,8 +43,7 @@ class TieredCache:
         timer: the monotonic clock used for L1 deadlines; tests pass a fake one.
 
     Raises:
-        ConfigError: the configuration cannot be used (no network I/O happens here; the
-            first connection is made by the first command).
+        ConfigError: the configuration cannot be used (then nothing starts).
     """
 
     def __init__(self, config: CacheConfig | None = None, *,
@@ -57,13 +56,14 @@ class TieredCache:
         _fork.register(self)
 
     def _start_process_state(self) -> None:
-        """Create the per-process parts: the tiers (a new L1, and a coherence listener
-        started by the first operation that reaches L2) and the loading state."""
+        """The per-process parts: the tiers (a new L1; its listener starts now) and loading."""
         self._tiers = Tiers(self.config.l1, self._l2, self._timer)
         self._l1 = self._tiers.l1  # one attribute hop on the L1 hit path, not two
         self._loading = Loading(self._tiers, self.config.l2, self.config.l1.max_size)
         if self._closed:
             self._tiers.stop()  # a cache closed before a fork stays closed in the child
+        else:
+            self._tiers.listen()
 
     def _after_fork_in_child(self) -> None:
         """Start the child afresh: a lock held by a parent thread at fork time would never

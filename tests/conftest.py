@@ -168,7 +168,8 @@ def fake_clock() -> FakeClock:
 
 @pytest.fixture
 def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
-    """``factory(server=None, *, key_prefix, timer, l1_ttl, l1_max_size, l2_ttl, l2, **dragonfly)``.
+    """``factory(server=None, *, key_prefix, timer, l1_ttl, l1_max_size, l2_ttl, l2, l1,
+    **dragonfly)`` (``l1``/``l2``: more L1Config/L2Config fields).
 
     Builds a TieredCache on ``server`` (default: the per-test ``redis_server``); extra keyword
     arguments are DragonflyConfig fields (``password`` defaults to the server's). Unless
@@ -189,6 +190,7 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
         l1_max_size: int = 10_000,
         l2_ttl: float = 3600.0,
         l2: dict[str, Any] | None = None,
+        l1: dict[str, Any] | None = None,
         invalidation: bool = True,
         subscribed: bool = True,
         **dragonfly: Any,
@@ -197,7 +199,8 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
         dragonfly.setdefault("password", target.password)
         config = CacheConfig(
             dragonfly=DragonflyConfig(addresses=[target.address], **dragonfly),
-            l1=L1Config(max_size=l1_max_size, ttl=l1_ttl, invalidation=invalidation),
+            l1=L1Config(max_size=l1_max_size, ttl=l1_ttl, invalidation=invalidation,
+                        **(l1 or {})),
             l2=L2Config(ttl=l2_ttl, **(l2 or {})),
             key_prefix=key_prefix,
         )

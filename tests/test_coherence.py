@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from dragonfly_cache._l2 import L2
 from tests.helpers import CacheFactory, fork, percentile, wait_until
 from tests.helpers.coherence_worker import Worker, measure
 
@@ -211,6 +213,66 @@ def test_race_stress_readers_end_on_the_final_version(cache_factory: CacheFactor
     assert wrong == []
 
 
+# -- coherent from the first read ------------------------------------------------------------
+
+
+def test_a_write_1_ms_after_another_process_first_read_is_seen_within_100_ms(
+        cache_factory: CacheFactory, worker: Callable[..., Worker]) -> None:
+    """The other process makes a new cache and reads at once, its listener barely started;
+    a write 1 ms later must reach it (it used to live out l1.degraded_ttl: 1 s)."""
+    writer = cache_factory(key_prefix="app:")
+    b = worker()
+    delays, states = [], []
+    for trial in range(10):
+        key = f"first:{trial}"
+        writer.set(key, b"old")
+        read = b.call("first_read", key, b"old", 2.0)
+        assert read[:2] == ("read", b"old"), read
+        states.append(read[2])
+        time.sleep(0.001)
+        written = time.monotonic()
+        writer.set(key, b"new")
+        outcome = b.call(timeout=5)
+        assert outcome[0] == "seen" and outcome[2] == b"new", outcome
+        delays.append(outcome[1] - written)
+    print(f"\nfirst read -> write 1 ms later: seen after {max(delays) * 1000:.1f} ms at "
+          f"most; listener states at the first read: {states}")
+    assert max(delays) < 0.1
+
+
+def test_an_idle_cache_is_subscribed_within_a_second_without_any_call(
+        cache_factory: CacheFactory) -> None:
+    cache = cache_factory(subscribed=False)
+    wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed", timeout=1.0)
+    lookups = cache.stats()["l2_stats"]
+    assert lookups["hits"] == lookups["misses"] == 0  # nothing but the cache being made
+
+
+def test_an_entry_filled_before_the_subscription_is_confirmed_is_dropped_then(
+        cache_factory: CacheFactory, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """While the listener cannot subscribe, a raw write is heard by nobody; the entry read
+    before it must not outlive the confirmation (l1.degraded_ttl is 60 s here)."""
+    gate = threading.Event()
+    subscription = L2.subscription
+
+    def held(self: L2) -> Any:
+        assert gate.wait(10)
+        return subscription(self)
+
+    monkeypatch.setattr(L2, "subscription", held)
+    cache = cache_factory(subscribed=False, l1={"degraded_ttl": 60.0})
+    redis_server.client().set("k", b"old")
+    assert cache.get("k") == b"old" and cache.get("k") == b"old"  # in L1
+    assert cache.stats()["coherence"]["state"] == "connecting"
+    redis_server.client().set("k", b"new")  # nobody announces it
+    assert cache.get("k") == b"old"
+    gate.set()
+    wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed")
+    assert cache.get("k") == b"new"
+    assert cache.stats()["coherence"]["flushes"] == 0  # not a lost connection
+
+
 def test_fork_parent_and_child_both_keep_coherence(cache_factory: CacheFactory) -> None:
     writer = cache_factory(key_prefix="app:")
     shared = cache_factory(key_prefix="app:")  # made before the fork
@@ -225,12 +287,13 @@ def test_fork_parent_and_child_both_keep_coherence(cache_factory: CacheFactory) 
             signal.alarm(20)
             os.close(ready_read)
             os.close(go_write)
-            assert shared.get("child-key") == b"old"  # starts the child's own listener
+            # The child's own listener started at the fork, without any call.
             deadline = time.monotonic() + 5
             while (shared.stats()["coherence"]["state"] != "subscribed"
                    and time.monotonic() < deadline):
                 time.sleep(0.005)
-            assert shared.get("child-key") == b"old"
+            assert shared.stats()["l2_stats"]["hits"] == 0
+            assert shared.get("child-key") == b"old" and shared.get("child-key") == b"old"
             assert shared.stats()["l1_stats"]["hits"] >= 1
             os.write(ready_write, b"r")
             os.read(go_read, 1)  # the parent has written

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from dragonfly_cache import ConfigError, TieredCache
 from dragonfly_cache.flask import DragonflyCache
-from tests.helpers import ADMIN_TOKEN, command_calls, metric, wait_until
+from tests.helpers import ADMIN_TOKEN, command_calls, metric, wait_subscribed, wait_until
 
 
 @pytest.fixture
@@ -186,6 +186,7 @@ def test_metrics_export_the_cache_series(make_app: Callable[..., Flask]) -> None
     app = make_app()
     client = app.test_client()
     cache = app.extensions["dragonfly_cache"]
+    wait_subscribed(cache.cache)  # L1 entries kept from now on
 
     @app.get("/work")
     def work() -> str:

@@ -135,6 +135,25 @@ def test_pattern_invalidation_and_clear_make_racing_fills_lose() -> None:
     assert l1.get("a") is None
 
 
+def test_drop_untrusted_empties_l1_and_refuses_fills_in_flight_but_invalidates_nothing(
+        ) -> None:
+    l1, clock = make_l1()
+    with l1.ticket(["a", "w"]) as ticket:
+        ticket.fill({"a": (b"1", math.inf)})
+        assert l1.get("a") == b"1"
+        with l1.ticket(["b"]) as in_flight:
+            l1.drop_untrusted()
+            assert l1.get("a") is None and len(l1) == 0
+            assert not in_flight.stale("b")  # a load in flight may still store in L2
+            in_flight.fill({"b": (b"2", math.inf)})  # ...but it read before: not into L1
+        assert l1.get("b") is None
+        ticket.write({"w": b"mine"}, clock.now + 60.0)  # our own write still applies
+    assert l1.get("w") == b"mine"
+    with l1.ticket(["c"]) as after:
+        after.fill({"c": (b"3", math.inf)})
+    assert l1.get("c") == b"3"
+
+
 def test_concurrent_writes_of_one_key_drop_it_instead_of_guessing_the_order() -> None:
     l1, clock = make_l1()
     with l1.ticket(["k"]) as first, l1.ticket(["k"]) as second:

@@ -378,12 +378,13 @@ def test_refresh_jitter_spreads_the_refresh_point_within_the_window(
     exact = cache_factory(timer=fake_clock, subscribed=False, l2={"refresh_jitter": 0.0})
     spread_out = cache_factory(timer=fake_clock, subscribed=False, l2={"refresh_jitter": 0.5})
 
-    def due_after(cache: Any) -> float:
-        cache._loading.refresh.schedule("k", fake_clock.now, 10.0, 10.0, 0.4)
-        return cache._loading.refresh.due_in("k")  # type: ignore[no-any-return]
+    def due_after(cache: Any, key: str = "k") -> float:
+        cache._loading.refresh.schedule(key, fake_clock.now, 10.0, 10.0, 0.4)
+        return cache._loading.refresh.due_in(key)  # type: ignore[no-any-return]
 
     assert due_after(exact) == pytest.approx(6.0)  # exactly the start of the last 40 %
-    spread = [due_after(spread_out) for _ in range(50)]
+    spread = [due_after(spread_out, f"k{n}") for n in range(50)]
+    assert due_after(spread_out, "k0") == spread[0]  # the same entry keeps its point
     assert all(6.0 <= due <= 8.0 for due in spread)  # moved up to half the window later
     assert max(spread) - min(spread) > 0.5
 

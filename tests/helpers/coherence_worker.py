@@ -39,6 +39,19 @@ def _watch(cache: TieredCache, conn: Connection, key: str, old: bytes, timeout: 
     conn.send(("seen", time.monotonic(), value, _l2_lookups(cache) - before))
 
 
+def _first_read(config: CacheConfig, conn: Connection, key: str, old: bytes,
+                timeout: float) -> None:
+    """Make a new cache and read ``key`` at once (its first operation, the listener just
+    started), say "read", then spin until the value is no longer ``old``."""
+    with TieredCache(config) as fresh:
+        value = fresh.get(key)
+        conn.send(("read", value, fresh.stats()["coherence"]["state"]))
+        deadline = time.monotonic() + timeout
+        while value == old and time.monotonic() < deadline:
+            value = fresh.get(key)
+        conn.send(("seen" if value != old else "timeout", time.monotonic(), value))
+
+
 class _Stress:
     """Reader threads that hammer ``keys`` and remember any value other than the final."""
 
@@ -87,7 +100,6 @@ def worker_main(address: str | list[str], prefix: str, invalidation: bool,
     cache = TieredCache(config)
     stress: _Stress | None = None
     try:
-        cache.exists("warm-up")  # starts the listener
         deadline = time.monotonic() + 5
         while (invalidation and cache.stats()["coherence"]["state"] != "subscribed"
                and time.monotonic() < deadline):
@@ -98,6 +110,8 @@ def worker_main(address: str | list[str], prefix: str, invalidation: bool,
             name = command[0]
             if name == "watch":
                 _watch(cache, conn, command[1], command[2], command[3])
+            elif name == "first_read":
+                _first_read(config, conn, command[1], command[2], command[3])
             elif name == "get":
                 conn.send(("value", cache.get(command[1])))
             elif name == "get_many":

@@ -26,16 +26,15 @@ def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
 
 
 def wait_subscribed(cache: TieredCache, timeout: float = 5.0) -> None:
-    """Start ``cache``'s invalidation listener and wait until it is subscribed.
+    """Wait until ``cache``'s invalidation listener (started with the cache) is subscribed.
 
     Like a warmed-up process: L1 entries are trusted for their full life only once the
-    listener is subscribed. This is the one place the tests start the listener without an
-    operation that reaches L2 (a private call, so that no test's counters move).
+    listener is subscribed, and what L1 stored before that is dropped at that moment, so
+    tests that count L1 hits wait for it first.
 
     Raises:
         AssertionError: the cache has coherence off, or the listener was not subscribed
             within ``timeout`` seconds.
     """
     assert cache.stats()["coherence"]["state"] != "disabled", "the cache has coherence off"
-    cache._tiers.listen()
     wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed", timeout)
