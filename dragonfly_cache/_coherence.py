@@ -89,15 +89,19 @@ class Coherence:
         watch: run by the listener once on subscribing and then every
             ``WATCH_INTERVAL`` while subscribed; when it returns True (something changed
             behind the channel's back, e.g. a FLUSHDB by another client), L1 is flushed.
+        on_subscribed: called each time a subscription is confirmed (the server answers
+            again: the journal of failed invalidations replays at once).
     """
 
     def __init__(self, target: InvalidationTarget,
                  connect: Callable[[], tuple[redis.Redis, bool]], channel: str,
-                 watch: Callable[[], bool] | None = None) -> None:
+                 watch: Callable[[], bool] | None = None,
+                 on_subscribed: Callable[[], None] | None = None) -> None:
         self._target = weakref.ref(target)
         self._connect = connect
         self.channel = channel
         self._watch = watch
+        self._on_subscribed = on_subscribed
         self._lock = threading.Lock()
         self._start_process_state()
 
@@ -197,6 +201,8 @@ class Coherence:
         if target is not None:
             target.drop_untrusted()
         self.state = SUBSCRIBED
+        if self._on_subscribed is not None:
+            self._on_subscribed()
         last_heard = watched = time.monotonic()
         ping_sent: float | None = None
         while not self._stop.is_set():

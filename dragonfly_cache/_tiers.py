@@ -18,11 +18,12 @@ from collections.abc import Callable, Sequence
 
 from ._coherence import Coherence
 from ._flushwatch import FlushWatch
+from ._journal import Journal, Pending
 from ._l1 import L1, Entry
 from ._l2 import L2
 from .config import L1Config
 from .exceptions import CacheUnavailableError
-from .types import CoherenceStats
+from .types import CoherenceStats, JournalStats
 
 __all__ = ["NEGATIVE", "YIELD_INTERVAL", "Tiers"]
 
@@ -50,8 +51,10 @@ class Tiers:
         self.l2 = l2
         self._ttl = config.ttl
         self._degraded_ttl = config.degraded_ttl
+        self.journal = Journal(self._replay)
         self.coherence = (Coherence(self.l1, l2.subscription, l2.channel,
-                                    watch=FlushWatch(l2.router).flushed)
+                                    watch=FlushWatch(l2.router).flushed,
+                                    on_subscribed=self.journal.wake)
                           if config.invalidation else None)
         if self.coherence is not None:
             self.l1.yield_interval = YIELD_INTERVAL
@@ -63,7 +66,9 @@ class Tiers:
             self.coherence.ensure_started()
 
     def stop(self) -> None:
-        """Stop the invalidation listener (L1 entries then live ``l1.degraded_ttl``)."""
+        """Stop the invalidation listener (L1 entries then live ``l1.degraded_ttl``) and
+        the journal's replays."""
+        self.journal.stop()
         if self.coherence is not None:
             self.coherence.stop()
 
@@ -119,6 +124,11 @@ class Tiers:
         latest = self.deadline(start)
         found: dict[str, bytes] = {}
         fills: dict[str, Entry] = {}
+        if self.journal:  # L2 may hold what a failed write should have removed: a miss
+            blocked = self.journal.blocked(keys)
+            keys = [key for key in keys if key not in blocked]
+            if not keys:
+                return found, fills
         try:
             replies = [self.l2.get(keys[0])] if len(keys) == 1 else self.l2.get_many(keys)
         except CacheUnavailableError:
@@ -166,10 +176,13 @@ class Tiers:
             deadline = self.deadline(start, seconds)
             try:
                 self.l2.set_many(values, seconds, self.announce(list(values)))
-            except BaseException:
+            except BaseException as exc:
                 ticket.write(values, self.deadline(start, seconds, degraded=True))
+                if isinstance(exc, CacheUnavailableError):
+                    self.journal.keys(values)
                 raise
             ticket.write(values, deadline)
+            self.journal.settled(values)
 
     def add(self, key: str, value: bytes, seconds: float) -> bool:
         """SET NX in L2 (announced); L1 gets the value only if L2 took it.
@@ -187,6 +200,7 @@ class Tiers:
             except CacheUnavailableError:
                 if self.l1.peek(key) is None:
                     ticket.write({key: value}, self.deadline(start, seconds, degraded=True))
+                self.journal.keys([key])
                 raise
             if stored:
                 ticket.write({key: value}, deadline)
@@ -211,6 +225,7 @@ class Tiers:
                 if current is not None and _INTEGER.fullmatch(current):
                     ticket.write({key: b"%d" % (int(current) + delta)},
                                  self.deadline(start, seconds, degraded=True))
+                self.journal.keys([key])
                 raise
             life = pttl / 1000 if pttl >= 0 else math.inf
             ticket.write({key: b"%d" % value}, self.deadline(start, life, degraded=untrusted))
@@ -234,6 +249,7 @@ class Tiers:
             except CacheUnavailableError:
                 if current is not None:
                     ticket.write({key: current}, self.deadline(start, seconds, degraded=True))
+                self.journal.keys([key])
                 raise
             if not touched:
                 self.l1.invalidate([key])  # L2 has no such key: neither may L1
@@ -244,6 +260,8 @@ class Tiers:
     def ttl(self, key: str) -> float | None:
         """Seconds ``key`` has left in L2: None if there is none (or L2 is unreachable: a
         read never raises), ``math.inf`` if it never expires."""
+        if self.journal and self.journal.blocked([key]):
+            return None
         try:
             value, pttl = self.l2.get(key, count=False)
         except CacheUnavailableError:
@@ -258,8 +276,11 @@ class Tiers:
         Raises:
             CacheUnavailableError: L2 did not take the delete (L1 no longer has the keys).
         """
-        return self._remove(lambda: self.l1.invalidate(keys),
-                            lambda: self.l2.delete(keys, self.announce(keys)))
+        removed = self._remove(lambda: self.l1.invalidate(keys),
+                               lambda: self.l2.delete(keys, self.announce(keys)),
+                               lambda: self.journal.keys(keys))
+        self.journal.settled(keys)
+        return removed
 
     def invalidate(self, pattern: str, matches: Callable[[str], bool]) -> int:
         """Remove the keys matching the glob ``pattern`` (``matches`` is its compiled form)
@@ -269,7 +290,8 @@ class Tiers:
             CacheUnavailableError: L2 could not be scanned (L1 matches were removed).
         """
         return self._remove(lambda: self.l1.invalidate_matching(matches),
-                            lambda: self.l2.invalidate(pattern, self.announce_pattern(pattern)))
+                            lambda: self.l2.invalidate(pattern, self.announce_pattern(pattern)),
+                            lambda: self.journal.pattern(pattern, matches))
 
     def clear(self) -> int:
         """Remove every key under the prefix from L2 (announced: every other L1 empties)
@@ -279,20 +301,44 @@ class Tiers:
             CacheUnavailableError: L2 could not be scanned (L1 is empty all the same).
         """
         return self._remove(self.l1.clear,
-                            lambda: self.l2.invalidate("*", self.announce_clear()))
+                            lambda: self.l2.invalidate("*", self.announce_clear()),
+                            self.journal.clear)
 
-    def _remove(self, drop_from_l1: Callable[[], object], remove_from_l2: Callable[[], int]
-                ) -> int:
+    def _remove(self, drop_from_l1: Callable[[], object], remove_from_l2: Callable[[], int],
+                remember: Callable[[], None]) -> int:
+        """Drop from L1, remove from L2; if L2 did not take it, ``remember`` it in the
+        journal (replayed once L2 is back)."""
         self.listen()
         # Before L2 too: a load about to store one of these keys must see the removal coming.
         drop_from_l1()
         try:
             return remove_from_l2()
+        except CacheUnavailableError:
+            remember()
+            raise
         finally:
             # After L2, so a fill that read the old value before the removal is stamped stale.
             drop_from_l1()
 
+    def _replay(self, pending: Pending) -> None:
+        """Remove from L2 (announced) and L1 what failed writes left there: the journal's
+        replay, run by its thread once L2 answers again."""
+        if pending.clear is not None:
+            self.l2.invalidate("*", self.announce_clear())
+            self.l1.clear()
+        for pattern, (_, matches) in pending.patterns.items():
+            self.l2.invalidate(pattern, self.announce_pattern(pattern))
+            self.l1.invalidate_matching(matches)
+        if pending.keys:
+            keys = list(pending.keys)
+            self.l2.delete(keys, self.announce(keys))
+            self.l1.invalidate(keys)
+
     # -- introspection ---------------------------------------------------------------------
+
+    def journal_stats(self) -> JournalStats:
+        """The failed invalidations: pending, replayed, dropped."""
+        return self.journal.stats()
 
     def coherence_stats(self) -> CoherenceStats:
         """The listener's state and counters (``{"state": "disabled"}`` when off)."""

@@ -96,6 +96,14 @@ class _Families:
         self.l1_flushes = Counter(
             "dragonfly_cache_l1_flushes", "Whole-L1 flushes after the listener lost its channel.",
             registry=None)
+        self.journal_pending = Gauge(
+            "dragonfly_cache_journal_pending",
+            "Failed invalidations waiting for L2 to come back (keys, patterns, clears).",
+            registry=None, multiprocess_mode="livesum")
+        self.journal = Counter(
+            "dragonfly_cache_journal",
+            "Failed invalidations replayed once L2 was back, or dropped (journal full).",
+            ["outcome"], registry=None)
         self.coherence_subscribed = Gauge(
             "dragonfly_cache_coherence_subscribed",
             "1 while the invalidation listener is subscribed (or coherence is off), else 0.",
@@ -134,6 +142,8 @@ _COUNTERS: list[tuple[str, Callable[[Stats], float], Any, dict[str, str]]] = [
     ("applied", lambda s: s["coherence"].get("applied", 0), METRICS.invalidations,
      {"stage": "applied"}),
     ("flushes", lambda s: s["coherence"].get("flushes", 0), METRICS.l1_flushes, {}),
+    ("replayed", lambda s: s["journal"]["replayed"], METRICS.journal, {"outcome": "replayed"}),
+    ("dropped", lambda s: s["journal"]["dropped"], METRICS.journal, {"outcome": "dropped"}),
 ]
 
 _registered: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
@@ -162,6 +172,7 @@ class CacheMetrics:
         self._pid = os.getpid()
         self._last: dict[str, float] = {}
         self._entries = 0.0
+        self._pending = 0.0
         self.breaker_state = 0
         self.subscribed = 1
         # One observer function for every cache: a cache exported by two apps' extensions
@@ -178,7 +189,8 @@ class CacheMetrics:
         with self._lock:
             if self._pid != os.getpid():
                 # A forked child: the cache's counters restarted from zero here.
-                self._pid, self._last, self._entries = os.getpid(), {}, 0.0
+                self._pid, self._last, self._entries, self._pending = (os.getpid(), {}, 0.0,
+                                                                       0.0)
             for name, read, counter, labels in _COUNTERS:
                 self._add(name, float(read(stats)), counter.labels(**labels) if labels
                           else counter)
@@ -188,6 +200,9 @@ class CacheMetrics:
             size = float(stats["l1_stats"]["size"])
             METRICS.l1_entries.inc(size - self._entries)  # inc: several caches add up
             self._entries = size
+            pending = float(stats["journal"]["pending"])
+            METRICS.journal_pending.inc(pending - self._pending)
+            self._pending = pending
             self.breaker_state = BreakerState(stats["breaker"]["state"]).severity
             self.subscribed = int(stats["coherence"]["state"] in ("subscribed", "disabled"))
         # The worst state among this process's caches, as of their last syncs.

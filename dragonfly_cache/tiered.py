@@ -68,8 +68,7 @@ class TieredCache:
     def _after_fork_in_child(self) -> None:
         """Start the child afresh: a lock held by a parent thread at fork time would never
         be released here, in-flight loads belong to threads that do not exist here, and
-        the parent's connections must not be shared. L1 starts empty; counters from zero.
-        """
+        the parent's connections must not be shared. L1 starts empty; counters from zero."""
         self._l2.after_fork_in_child()
         self._start_process_state()
 
@@ -382,7 +381,7 @@ class TieredCache:
 
     def stats(self) -> Stats:
         """Counters: ``l1_stats``, ``l2_stats``, ``singleflight``, ``breaker``, ``coherence``,
-        ``loading`` (background/synchronous refreshes, their failures, undecodable values)."""
+        ``loading`` (refreshes, their failures, undecodable values), ``journal``."""
         return {
             "l1_stats": self._l1.stats(),
             "l2_stats": self._l2.stats(),
@@ -390,6 +389,7 @@ class TieredCache:
             "breaker": self._l2.breaker_stats(),
             "coherence": self._tiers.coherence_stats(),
             "loading": self._loading.stats(),
+            "journal": self._tiers.journal_stats(),
         }
 
     def health(self) -> Health:

@@ -19,6 +19,7 @@ __all__ = [
     "CoherenceStats",
     "DragonflyHealth",
     "Health",
+    "JournalStats",
     "L1Stats",
     "L2Stats",
     "LatencyObserver",
@@ -158,6 +159,15 @@ class LoadingStats(TypedDict):
     decode_failures: int
 
 
+class JournalStats(TypedDict):
+    """``stats()["journal"]``: invalidations L2 did not take (failed writes), kept until
+    it does (docs/failure-behaviour.md)."""
+
+    pending: int  # keys, patterns and clears waiting to be replayed
+    replayed: int  # replayed since the start
+    dropped: int  # dropped because the journal was full
+
+
 class Stats(TypedDict):
     """What ``TieredCache.stats()`` returns."""
 
@@ -167,6 +177,7 @@ class Stats(TypedDict):
     breaker: BreakerStats
     coherence: CoherenceStats
     loading: LoadingStats
+    journal: JournalStats
 
 
 class _DragonflyHealth(TypedDict):

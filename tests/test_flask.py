@@ -186,7 +186,7 @@ def test_metrics_export_the_cache_series(make_app: Callable[..., Flask]) -> None
     app = make_app()
     client = app.test_client()
     cache = app.extensions["dragonfly_cache"]
-    wait_subscribed(cache.cache)  # L1 entries kept from now on
+    wait_subscribed(cache)  # L1 entries kept from now on
 
     @app.get("/work")
     def work() -> str:

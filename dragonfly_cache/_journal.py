@@ -1,0 +1,204 @@
+"""Invalidations L2 did not take, kept until it does: the journal of failed writes.
+
+A write whose L2 part fails raises :class:`~dragonfly_cache.CacheUnavailableError`, and L2
+may keep the old value: the caller may have written its database and then failed to
+delete the cached copy. Forgetting that would leave every process serving the old value
+from L2 until its TTL. So the keys of every failed write (or the pattern of a failed
+``invalidate``, or a failed ``clear``) are recorded here, and a replay thread deletes them
+from L2 (announced, like any delete) as soon as L2 takes it: it retries by itself, with
+backoff from ``RETRY_FIRST`` to ``RETRY_CAP`` seconds, and is woken at once when the
+invalidation listener subscribes again. Until then those keys are misses for this process:
+its L2 reads skip them.
+
+Bounded: at most ``SIZE`` entries (a key or a pattern each; a pending ``clear`` makes
+everything else moot). Past that the oldest entry is dropped, counted in ``dropped``
+and logged: its key may then be served stale from L2 until its TTL, as without a journal.
+A successful ``set`` or ``delete`` of a key settles its entry (L2 holds what it should).
+The journal is per process and in memory: a process that exits before L2 is back loses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .exceptions import CacheUnavailableError
+from .types import JournalStats
+
+__all__ = ["RETRY_CAP", "RETRY_FIRST", "SIZE", "Journal", "Pending"]
+
+logger = logging.getLogger(__name__)
+
+SIZE = 10_000
+RETRY_FIRST, RETRY_CAP = 0.05, 1.0
+
+
+@dataclass
+class Pending:
+    """What must go from L2: the keys, the patterns, or (``clear``) everything.
+
+    Each entry carries the number of the record that made it, so a replay settles only the
+    entries no failure recorded again while it ran."""
+
+    keys: dict[str, int] = field(default_factory=dict)
+    patterns: dict[str, tuple[int, Callable[[str], bool]]] = field(default_factory=dict)
+    clear: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys) + len(self.patterns) + (self.clear is not None)
+
+
+class Journal:
+    """The pending invalidations of one cache in one process, and the thread replaying them.
+
+    Args:
+        replay: removes what a :class:`Pending` names from L2 (announced) and L1; raises
+            :class:`CacheUnavailableError` if L2 did not take it all.
+        size: the most entries kept.
+    """
+
+    def __init__(self, replay: Callable[[Pending], None], size: int = SIZE) -> None:
+        self._replay = replay
+        self._size = size
+        self._lock = threading.Lock()
+        self._pending = Pending()
+        self._record = 0  # the number of the last record
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.replayed = 0
+        self.dropped = 0
+
+    def __bool__(self) -> bool:
+        """Whether anything is pending (read without the lock: a hint for hot paths)."""
+        return bool(self._pending.keys or self._pending.patterns
+                    or self._pending.clear is not None)
+
+    # -- recording ---------------------------------------------------------------------
+
+    def keys(self, keys: Iterable[str]) -> None:
+        """Remember that ``keys`` must go from L2."""
+        with self._lock:
+            self._record += 1
+            pending = self._pending.keys
+            for key in keys:
+                pending.pop(key, None)  # re-inserted: now the newest
+                pending[key] = self._record
+            self._bound()
+        self._start()
+
+    def pattern(self, pattern: str, matches: Callable[[str], bool]) -> None:
+        """Remember that the keys matching the glob ``pattern`` must go from L2."""
+        with self._lock:
+            self._record += 1
+            self._pending.patterns.pop(pattern, None)
+            self._pending.patterns[pattern] = (self._record, matches)
+            self._bound()
+        self._start()
+
+    def clear(self) -> None:
+        """Remember that every key under the prefix must go from L2."""
+        with self._lock:
+            self._record += 1
+            self._pending = Pending(clear=self._record)  # the rest is part of it
+        self._start()
+
+    def settled(self, keys: Iterable[str]) -> None:
+        """``keys`` were just written or deleted in L2: their entries are done with."""
+        if self._pending.keys:
+            with self._lock:
+                for key in keys:
+                    self._pending.keys.pop(key, None)
+
+    def _bound(self) -> None:
+        pending = self._pending
+        while len(pending.keys) + len(pending.patterns) > self._size:
+            oldest = pending.keys if pending.keys else pending.patterns
+            dropped = next(iter(oldest))
+            del oldest[dropped]
+            self.dropped += 1
+            logger.warning("invalidation journal full (%d entries): the oldest failed "
+                           "invalidation is dropped; that key may be served stale from L2 "
+                           "until its TTL", self._size)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def blocked(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` L2 may still hold a stale value of (to be read as misses)."""
+        with self._lock:
+            pending = self._pending
+            if pending.clear is not None:
+                return set(keys)
+            matchers = [matches for _, matches in pending.patterns.values()]
+            return {key for key in keys
+                    if key in pending.keys or any(matches(key) for matches in matchers)}
+
+    # -- replaying -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Try the replay now (L2 may be back: the listener just subscribed)."""
+        self._wake.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stopped:
+                return
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="dragonfly_cache-journal")
+            self._thread.start()
+
+    def _run(self) -> None:
+        delay = RETRY_FIRST
+        while True:
+            with self._lock:
+                snapshot = Pending(dict(self._pending.keys), dict(self._pending.patterns),
+                                   self._pending.clear)
+                if not snapshot or self._stopped:
+                    self._thread = None
+                    return
+            try:
+                self._replay(snapshot)
+            except CacheUnavailableError:
+                self._wake.wait(delay)
+                self._wake.clear()
+                delay = min(delay * 2, RETRY_CAP)
+                continue
+            except Exception:  # a bug: keep the entries, retry later, never die silently
+                logger.exception("replaying the invalidation journal failed")
+                self._wake.wait(RETRY_CAP)
+                continue
+            delay = RETRY_FIRST
+            self._settle(snapshot)
+
+    def _settle(self, done: Pending) -> None:
+        """Remove what ``done`` replayed, unless a failure recorded it again meanwhile."""
+        with self._lock:
+            pending = self._pending
+            settled = 0
+            if done.clear is not None and pending.clear == done.clear:
+                pending.clear = None
+                settled += 1
+            for key, record in done.keys.items():
+                if pending.keys.get(key) == record:
+                    del pending.keys[key]
+                    settled += 1
+            for pattern, (record, _) in done.patterns.items():
+                if pattern in pending.patterns and pending.patterns[pattern][0] == record:
+                    del pending.patterns[pattern]
+                    settled += 1
+            self.replayed += settled
+        logger.info("invalidation journal: %d failed invalidation(s) replayed", settled)
+
+    def stop(self) -> None:
+        """Stop replaying (the cache is closing); what is pending stays pending."""
+        with self._lock:
+            self._stopped = True
+        self._wake.set()
+
+    def stats(self) -> JournalStats:
+        """``pending`` entries (keys, patterns, a clear), ``replayed``, ``dropped``."""
+        with self._lock:
+            return {"pending": len(self._pending), "replayed": self.replayed,
+                    "dropped": self.dropped}
