@@ -92,11 +92,13 @@ def yaml_values(section: Any, data: Mapping[str, Any], key: str, env: Mapping[st
     }
 
 
-_REFERENCE = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\})")
+_REFERENCE = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+                        r"(?:(?P<op>:-|:\?)(?P<word>[^}]*))?\})")
 
 
 def _interpolate(value: object, key: str, env: Mapping[str, str]) -> object:
-    """Expand ``${VAR}`` / ``${VAR:-default}`` in string values (and in list items)."""
+    """Expand ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?message}`` in string values (and
+    in list items), as a shell and docker-compose do: an unset ``${VAR}`` is empty."""
     if isinstance(value, list):
         return [_interpolate(item, key, env) for item in value]
     if not isinstance(value, str):
@@ -106,14 +108,13 @@ def _interpolate(value: object, key: str, env: Mapping[str, str]) -> object:
         name = match["name"]
         if name is None:
             return "$"
-        if match["default"] is not None:
-            # Shell semantics of ':-': an empty variable also takes the default.
-            return env.get(name) or match["default"]
-        if name not in env:
-            raise ConfigError(
-                f"{key}: environment variable {name} is not set "
-                f"(write ${{{name}:-default}} to give a default)"
-            )
-        return env[name]
+        found = env.get(name, "")
+        if match["op"] == ":-":
+            return found or match["word"]  # ':-': an empty variable takes the default too
+        if match["op"] == ":?" and not found:
+            reason = match["word"] or "required"
+            raise ConfigError(f"{key}: environment variable {name} is not set or empty: "
+                              f"{reason}")
+        return found
 
     return _REFERENCE.sub(expand, value)

@@ -287,8 +287,9 @@ class CacheConfig:
     ) -> CacheConfig:
         """Build a config from a YAML document whose root key is ``cache:``.
 
-        String values may reference environment variables as ``${VAR}`` (an error if unset)
-        or ``${VAR:-default}``; ``$$`` is a literal ``$``. Unknown keys are errors, so a typo
+        String values may reference environment variables as a shell does: ``${VAR}``
+        (empty if unset), ``${VAR:-default}``, ``${VAR:?message}`` (a ``ConfigError`` if
+        unset or empty); ``$$`` is a literal ``$``. Unknown keys are errors, so a typo
         never silently falls back to a default.
 
         Args:

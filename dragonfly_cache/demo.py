@@ -3,13 +3,15 @@
 ``GET /demo/items/<id>`` reads an item through ``get_or_load``: the first read in the fleet
 pays the simulated 50 ms query, later reads come from L2 or L1. ``PUT /demo/items/<id>``
 (JSON ``{"name": ...}``) updates the database and deletes the cached copy; coherence then
-drops it from every worker's L1. The database is a SQLite file shared by all workers
+drops it from every worker's L1 (with the cache server away: 503, and the delete is
+replayed when it is back). The database is a SQLite file shared by all workers
 (``DEMO_DB_PATH``, default in the temp directory), so any worker may serve any request.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -22,9 +24,12 @@ require("flask", "server", __name__)
 
 from flask import Flask, Response, jsonify, request
 
+from .exceptions import CacheUnavailableError
 from .flask import DragonflyCache
 
 __all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
 
 QUERY_SECONDS = 0.05
 
@@ -91,9 +96,20 @@ def create_app() -> Flask:
                 (item_id, body["name"]))
             version = connection.execute("SELECT version FROM items WHERE id = ?",
                                          (item_id,)).fetchone()[0]
-        # The database changed: drop the cached copy everywhere. If the cache server is
-        # down this raises CacheUnavailableError, which the caller must hear about.
-        extension.cache.delete(f"item:{item_id}")
+        # The database changed: drop the cached copy everywhere. If the cache server does
+        # not take it, the cache keeps the delete in its journal and replays it when the
+        # server is back (this worker reads the item from the database meanwhile); the
+        # caller hears that with a 503 and may retry the PUT.
+        try:
+            extension.cache.delete(f"item:{item_id}")
+        except CacheUnavailableError as exc:
+            logger.warning("PUT /demo/items/%d: database updated; cache invalidation "
+                           "pending (%s)", item_id, exc)
+            response = jsonify(error="the item was saved; the cache server did not take the "
+                                     "invalidation, which is retried until it does",
+                               id=item_id, version=version, status=503)
+            response.status_code = 503
+            return response
         return jsonify(id=item_id, name=body["name"], version=version)
 
     return app

@@ -784,8 +784,10 @@ def test_from_yaml_full_text_os_environ(clean_env: pytest.MonkeyPatch) -> None:
 
 
 def test_from_yaml_os_environ_unset(clean_env: pytest.MonkeyPatch) -> None:
+    assert CacheConfig.from_yaml(FULL_YAML).dragonfly.password is None  # empty: no AUTH
     with pytest.raises(ConfigError, match=r"^cache\.dragonfly\.password: .*DRAGONFLY_PASSWORD"):
-        CacheConfig.from_yaml(FULL_YAML)
+        CacheConfig.from_yaml(FULL_YAML.replace("${DRAGONFLY_PASSWORD}",
+                                                "${DRAGONFLY_PASSWORD:?}"))
 
 
 @pytest.mark.parametrize("as_path", [str, Path])
@@ -947,6 +949,9 @@ def test_from_yaml_tls_forms(yaml_value: str, expected: bool) -> None:
         ("cost: $5", {}, "cost: $5"),
         ("$P", {"P": "v"}, "$P"),
         ("${P}", {"P": ""}, ""),
+        ("${P}", {}, ""),
+        ("a${P}b", {}, "ab"),
+        ("${P:?must be set}", {"P": "v"}, "v"),
         ("${_P1}", {"_P1": "u"}, "u"),
         ("${P:-a:b/c d}", {}, "a:b/c d"),
     ],
@@ -999,24 +1004,33 @@ def test_from_yaml_does_not_read_env_vars_directly() -> None:
     assert cfg.dragonfly.pool_size == 10
 
 
+def test_from_yaml_unset_variable_is_empty_as_in_a_shell() -> None:
+    """The seed's own file: ``password: ${DRAGONFLY_PASSWORD}`` with nothing set loads,
+    with no password (no AUTH)."""
+    cfg = CacheConfig.from_yaml(FULL_YAML, environ={"OTHER": "x"})
+    assert cfg.dragonfly.password is None
+    doc = 'cache:\n  key_prefix: pre-${NOPE}\n  dragonfly:\n    addresses: ["a:1${H}"]\n'
+    cfg = CacheConfig.from_yaml(doc, environ={})
+    assert cfg.key_prefix == "pre-" and cfg.dragonfly.addresses == ["a:1"]
+
+
 @pytest.mark.parametrize(
-    ("doc", "key", "var"),
+    ("doc", "env", "key", "var", "reason"),
     [
-        (FULL_YAML, "cache.dragonfly.password", "DRAGONFLY_PASSWORD"),
-        ("cache:\n  l1:\n    ttl: ${L1_TTL}\n", "cache.l1.ttl", "L1_TTL"),
-        ("cache:\n  key_prefix: pre-${NOPE}\n", "cache.key_prefix", "NOPE"),
-        (
-            'cache:\n  dragonfly:\n    addresses: ["a:1", "${H}"]\n',
-            "cache.dragonfly.addresses",
-            "H",
-        ),
+        ("cache:\n  dragonfly:\n    password: ${PW:?set the cache password}\n", {},
+         "cache.dragonfly.password", "PW", "set the cache password"),
+        ("cache:\n  l1:\n    ttl: ${L1_TTL:?}\n", {"L1_TTL": ""}, "cache.l1.ttl", "L1_TTL",
+         "required"),
+        ('cache:\n  dragonfly:\n    addresses: ["a:1", "${H:?no host}"]\n', {},
+         "cache.dragonfly.addresses", "H", "no host"),
     ],
 )
-def test_from_yaml_unset_variable(doc: str, key: str, var: str) -> None:
-    pattern = rf"^{re.escape(key)}: environment variable {var} is not set"
-    with pytest.raises(ConfigError, match=pattern) as exc:
-        CacheConfig.from_yaml(doc, environ={"OTHER": "x"})
-    assert f"${{{var}:-default}}" in str(exc.value)
+def test_from_yaml_demanded_variable(doc: str, env: dict[str, str], key: str, var: str,
+                                     reason: str) -> None:
+    pattern = rf"^{re.escape(key)}: environment variable {var} is not set or empty: "
+    with pytest.raises(ConfigError, match=pattern + re.escape(reason)):
+        CacheConfig.from_yaml(doc, environ=env)
+    assert CacheConfig.from_yaml(doc, environ={var: "7s" if "ttl" in key else "h:1"})
 
 
 # --- error paths

@@ -20,7 +20,7 @@ from dragonfly_cache.contrib import _common
 from dragonfly_cache.contrib._common import pickle_codec
 from dragonfly_cache.contrib.flask_caching import BACKEND, DragonflyCache, cache_config
 from dragonfly_cache.flask import DragonflyCache as Extension
-from tests.helpers import ADMIN_TOKEN, metric
+from tests.helpers import ADMIN_TOKEN, metric, wait_subscribed
 from tests.helpers.servers import RedisServer, free_port
 
 SECRET_KEY = "flask-caching-test-secret-key"
@@ -178,6 +178,7 @@ def test_the_extension_and_flask_caching_share_one_cache(redis_server: RedisServ
     try:
         assert backend(app, cache).tiered is tiered
         assert tiered.config.l1.max_size == 500  # CACHE_OPTIONS reached the extension too
+        wait_subscribed(tiered)  # L1 entries are kept from now on: count its hits
 
         @app.get("/page")
         @cache.cached(timeout=60)

@@ -180,3 +180,36 @@ def test_every_failed_write_is_replayed_once_the_server_answers(
     wait_until(lambda: cache.stats()["journal"]["pending"] == 0, timeout=1.0)
     assert (raw.get("app:other") is None) == (operation == "clear")
 
+
+
+def test_the_demo_serves_a_put_made_during_a_stall_within_a_second_of_the_return(
+        redis_server_factory: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Two demo workers; the server is stopped while one takes a PUT: the PUT reports the
+    cache failure, and within a second of SIGCONT both serve the new item."""
+    server = redis_server_factory()
+    monkeypatch.setenv("DRAGONFLY_ADDRESSES", server.address)
+    monkeypatch.setenv("DEMO_DB_PATH", str(tmp_path / "demo.sqlite3"))
+    monkeypatch.setenv("DRAGONFLY_BREAKER_COOLDOWN", "100ms")
+    monkeypatch.setenv("DRAGONFLY_BREAKER_MAX_COOLDOWN", "200ms")
+    from dragonfly_cache.demo import create_app
+
+    apps = [create_app(), create_app()]
+    clients = [app.test_client() for app in apps]
+    try:
+        for client in clients:
+            assert client.get("/demo/items/7").get_json()["name"] == "item 7"
+        server.pause()
+        try:
+            response = clients[0].put("/demo/items/7", json={"name": "renamed"})
+            assert response.status_code == 503, response.get_data(as_text=True)
+            assert clients[0].get("/demo/items/7").get_json()["name"] == "renamed"
+            time.sleep(0.5)
+        finally:
+            server.resume()
+        resumed = time.monotonic()
+        for client in clients:
+            wait_until(lambda c=client: c.get("/demo/items/7").get_json()["name"] == "renamed",
+                       timeout=1.0 - (time.monotonic() - resumed))
+    finally:
+        for app in apps:
+            app.extensions["dragonfly_cache"].close()
