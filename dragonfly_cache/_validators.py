@@ -192,8 +192,9 @@ def codec_name(name: str, value: object) -> str:
     return codec
 
 
-def pickle_secret(name: str, value: object) -> str | None:
-    """A secret (never echoed) of at least 16 characters, or None when unset or empty."""
+def strong_secret(name: str, value: object) -> str | None:
+    """A secret (never echoed) of at least 16 characters, or None when unset or empty: a
+    pickle-signing secret, the admin token."""
     checked = secret(name, value)
     if checked is not None and len(checked) < MIN_SECRET_BYTES:
         raise ConfigError(

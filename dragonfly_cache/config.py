@@ -217,12 +217,13 @@ class CacheConfig:
         Option("l2", None, v.section(L2Config), "L2 settings"),
         Option("key_prefix", "CACHE_KEY_PREFIX", v.text,
                "prepended to every L2 key; glob characters in it are literal"),
-        Option("admin_token", "CACHE_ADMIN_TOKEN", v.secret,
-               "bearer token for the admin stats endpoint; never logged"),
+        Option("admin_token", "CACHE_ADMIN_TOKEN", v.strong_secret,
+               "bearer token (>= 16 characters) for the admin endpoints and the health "
+               "details; never logged"),
         Option("codec", "CACHE_CODEC", v.codec_name,
                "default codec for cached objects: bytes, json, msgpack or pickle "
                "(pickle needs CACHE_PICKLE_SECRET)"),
-        Option("pickle_secret", "CACHE_PICKLE_SECRET", v.pickle_secret,
+        Option("pickle_secret", "CACHE_PICKLE_SECRET", v.strong_secret,
                "HMAC key (>= 16 characters) signing pickled values; never logged"),
     )
 

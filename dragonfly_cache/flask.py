@@ -28,6 +28,7 @@ import hmac
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,11 +163,30 @@ def _error(status: int, message: str, **headers: str) -> Response:
 blueprint = Blueprint("dragonfly_cache", __name__)
 
 
+def _authorized(state: _AppState) -> bool:
+    """Whether the request carries ``Authorization: Bearer <CACHE_ADMIN_TOKEN>``."""
+    if not state.admin_token:
+        return False
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    expected = state.admin_token.encode("utf-8")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8"),
+                                                              expected)
+
+
 @blueprint.get("/health/cache")
 def health() -> Response:
-    """200 with ``health()`` when healthy, 503 with the same shape when not."""
-    report = _state().health()
-    response = jsonify(report)
+    """200 when healthy, 503 when not. Anonymous callers (load balancers) get ``status``,
+    ``dragonfly.connected``/``version``, ``l1_stats`` and ``l2_stats``: no server address,
+    no error text. With the admin token, the whole ``health()`` report."""
+    state = _state()
+    report = state.health()
+    body: Mapping[str, Any] = report
+    if not _authorized(state):
+        body = {"status": report["status"],
+                "dragonfly": {"connected": report["dragonfly"]["connected"],
+                              "version": report["dragonfly"]["version"]},
+                "l1_stats": report["l1_stats"], "l2_stats": report["l2_stats"]}
+    response = jsonify(body)
     response.status_code = 200 if report["status"] == "healthy" else 503
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -178,10 +198,7 @@ def stats() -> Response:
     state = _state()
     if not state.admin_token:
         return _error(403, "the admin endpoints are disabled: set CACHE_ADMIN_TOKEN")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    expected = state.admin_token.encode("utf-8")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"),
-                                                             expected):
+    if not _authorized(state):
         return _error(401, "missing or wrong bearer token",
                       **{"WWW-Authenticate": 'Bearer realm="dragonfly_cache"'})
     body = {**state.cache.stats(), "pid": os.getpid(),

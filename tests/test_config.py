@@ -23,7 +23,7 @@ from dragonfly_cache.config import (
 from dragonfly_cache.exceptions import CacheError, ConfigError
 
 SECRET = "s3cr3t-Pa55word!"
-TOKEN = "adm1n-T0ken-xyz"
+TOKEN = "adm1n-T0ken-xyz-0123"
 PICKLE_SECRET = "p1ckle-S1gning-k3y-0123"
 
 ALL_ENV_VARS = sorted(
@@ -115,7 +115,7 @@ def test_option_env_names_are_unique() -> None:
         (CacheConfig(), "codec", "bytes"),
         (CacheConfig(), "pickle_secret", PICKLE_SECRET),
         (CacheConfig(), "l1", L1Config()),
-        (CacheConfig(), "admin_token", "t"),
+        (CacheConfig(), "admin_token", "t" * 16),
     ],
 )
 def test_configs_are_frozen(instance: object, attribute: str, value: object) -> None:
@@ -622,9 +622,17 @@ def test_from_env_password(value: str, expected: str | None) -> None:
     assert CacheConfig.from_env({"DRAGONFLY_PASSWORD": value}).dragonfly.password == expected
 
 
-@pytest.mark.parametrize(("value", "expected"), [("", None), ("t", "t")])
+@pytest.mark.parametrize(("value", "expected"), [("", None), ("t" * 16, "t" * 16)])
 def test_from_env_admin_token(value: str, expected: str | None) -> None:
     assert CacheConfig.from_env({"CACHE_ADMIN_TOKEN": value}).admin_token == expected
+
+
+@pytest.mark.parametrize("value", ["short-tok3n", "fifteen-chars-x"])
+def test_a_short_admin_token_is_refused_without_echoing_it(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^CACHE_ADMIN_TOKEN: must be at least 16 "
+                                          r"characters \(value not shown\)") as exc:
+        CacheConfig.from_env({"CACHE_ADMIN_TOKEN": value})
+    assert value not in str(exc.value)
 
 
 @pytest.mark.parametrize(("value", "expected"), [("", None), ("bob", "bob")])
@@ -887,7 +895,7 @@ cache:
   l2:
     ttl: 1.5h
   key_prefix: ""
-  admin_token: tok
+  admin_token: tok-0123456789abcdef
 """
     cfg = CacheConfig.from_yaml(doc, environ={})
     d = cfg.dragonfly
@@ -899,7 +907,7 @@ cache:
     assert cfg.l1 == L1Config(max_size=9, ttl=45.0)
     assert cfg.l2 == L2Config(ttl=5400.0)
     assert cfg.key_prefix == ""
-    assert cfg.admin_token == "tok"
+    assert cfg.admin_token == "tok-0123456789abcdef"
 
 
 @pytest.mark.parametrize(
@@ -986,10 +994,11 @@ cache:
 def test_from_yaml_interpolation_default_os_environ(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("DFC_TEST_PREFIX", "from-env:")
     clean_env.delenv("DFC_TEST_UNSET", raising=False)
-    doc = "cache:\n  key_prefix: ${DFC_TEST_PREFIX}\n  admin_token: ${DFC_TEST_UNSET:-dflt}\n"
+    doc = ("cache:\n  key_prefix: ${DFC_TEST_PREFIX}\n"
+           "  admin_token: ${DFC_TEST_UNSET:-dflt-0123456789abcdef}\n")
     cfg = CacheConfig.from_yaml(doc)
     assert cfg.key_prefix == "from-env:"
-    assert cfg.admin_token == "dflt"
+    assert cfg.admin_token == "dflt-0123456789abcdef"
 
 
 def test_from_yaml_explicit_environ_overrides_os_environ(clean_env: pytest.MonkeyPatch) -> None:

@@ -100,9 +100,19 @@ def test_health_200_then_503_then_200_around_an_outage(make_app: Callable[..., F
     killed = time.monotonic()
     wait_until(lambda: client.get("/api/v1/health/cache").status_code == 503, timeout=2.0)
     print(f"\nunhealthy {time.monotonic() - killed:.2f} s after the kill")
-    unhealthy = client.get("/api/v1/health/cache").get_json()
+    response = client.get("/api/v1/health/cache")
+    unhealthy = response.get_json()
     assert unhealthy["status"] == "unhealthy"
     assert set(unhealthy) == set(body)  # the same shape
+    # Anonymous callers see no address and no error text; the admin token shows them.
+    assert set(unhealthy) == {"status", "dragonfly", "l1_stats", "l2_stats"}
+    assert set(unhealthy["dragonfly"]) == {"connected", "version"}
+    port = redis_server.address.rsplit(":", 1)[1]
+    assert port not in response.get_data(as_text=True)
+    detailed = client.get("/api/v1/health/cache",
+                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).get_json()
+    assert redis_server.address in detailed["dragonfly"]["error"]
+    assert {"breaker", "coherence"} <= set(detailed)
     redis_server.restart()
     wait_until(lambda: client.get("/api/v1/health/cache").status_code == 200, timeout=3.0)
 
