@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -136,8 +136,26 @@ class Topology:
         """Standalone or cluster; asks the first address once when ``mode`` is auto."""
         clustered = self.clustered
         if clustered is None:
-            clustered = bool(self._questions.do("mode", self._ask_mode))
+            clustered = bool(self._answer("mode", self._ask_mode))
         return clustered
+
+    def _answer(self, question: str, ask: Callable[[], Any]) -> Any:
+        """``ask()``, once for every thread that needs the answer now. A thread that waited
+        for another's failed question raises an error of its own: the leader's (often the
+        invalidation listener's) would show the leader's frames in this thread's traceback."""
+        flight, leader = self._questions.claim(question)
+        if not leader:
+            try:
+                return self._questions.wait(flight)
+            except CacheUnavailableError as exc:
+                raise CacheUnavailableError(str(exc)) from None
+        try:
+            value = ask()
+        except BaseException as exc:
+            self._questions.finish(question, flight, error=exc)
+            raise
+        self._questions.finish(question, flight, value=value)
+        return value
 
     def mark_stale(self) -> None:
         """A node was lost: in a cluster, a failover may have given its slots elsewhere."""
@@ -157,7 +175,7 @@ class Topology:
         routing with the map they have)."""
         slot_map = self.slot_map
         if slot_map is None:
-            fetched: SlotMap = self._questions.do("map", self._fetch_map)
+            fetched: SlotMap = self._answer("map", self._fetch_map)
             return fetched
         if not self._stale or time.monotonic() - self._refreshed_at <= _REFRESH_INTERVAL:
             return slot_map

@@ -6,12 +6,14 @@ import os
 import signal
 import threading
 import time
+import traceback
 from typing import Any
 
 import pytest
 
-from dragonfly_cache import CacheUnavailableError
+from dragonfly_cache import CacheConfig, CacheUnavailableError, DragonflyConfig, TieredCache
 from tests.helpers import CacheFactory, FakeClock, fork, percentile, wait_until
+from tests.helpers.servers import free_port
 
 
 def test_an_open_breaker_fails_fast_without_touching_the_network(
@@ -168,3 +170,15 @@ def test_a_cache_closed_before_fork_stays_closed_in_the_child(cache_factory: Cac
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_write_with_the_server_down_shows_only_the_callers_frames() -> None:
+    """The listener (started with the cache) usually asks the server's mode first; a write
+    waiting for that answer raises an error of its own, not the listener's with its frames."""
+    for _ in range(5):
+        address = f"127.0.0.1:{free_port()}"  # nothing listens there
+        with TieredCache(CacheConfig(dragonfly=DragonflyConfig(addresses=[address]))) as cache:
+            with pytest.raises(CacheUnavailableError, match=r"on 127\.0\.0\.1:\d+ failed") as exc:
+                cache.set("k", b"v")
+            text = "".join(traceback.format_exception(exc.value))
+            assert "_coherence.py" not in text, text
