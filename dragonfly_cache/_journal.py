@@ -13,7 +13,9 @@ its L2 reads skip them.
 Bounded: at most ``SIZE`` entries (a key or a pattern each; a pending ``clear`` makes
 everything else moot). Past that the oldest entry is dropped, counted in ``dropped``
 and logged: its key may then be served stale from L2 until its TTL, as without a journal.
-A successful ``set`` or ``delete`` of a key settles its entry (L2 holds what it should).
+A successful ``set`` or ``delete`` of a key settles its entry (L2 holds what it should),
+though a replay already under way may still delete a value written meanwhile: a miss,
+never a stale value; the next read loads it.
 The journal is per process and in memory: a process that exits before L2 is back loses it.
 """
 
@@ -70,6 +72,12 @@ class Journal:
         self._stopped = False
         self.replayed = 0
         self.dropped = 0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing pending and no replay running (one may still land after a write)."""
+        with self._lock:
+            return self._thread is None and not self._pending
 
     def __bool__(self) -> bool:
         """Whether anything is pending (read without the lock: a hint for hot paths)."""

@@ -307,6 +307,10 @@ def test_losing_the_server_of_a_key_degrades_reads_and_reports_writes(
         return True
 
     wait_until(recovered, timeout=10.0)
+    # The failed writes were journaled, and their replay (a delete) may land after the set
+    # above: once the journal is idle, write again, and every process reads it.
+    wait_until(lambda: cache._tiers.journal.idle, timeout=5.0)
+    cache.set("held", b"back")
     wait_until(lambda: fresh.get("held") == b"back", timeout=5.0)
 
 

@@ -42,6 +42,7 @@ def make_app(redis_server: RedisServer, clean_env: None) -> Iterator[MakeApp]:
         cache = Cache(app)
         with app.app_context():
             caches.append(cache.cache.tiered)  # type: ignore[attr-defined]
+            wait_subscribed(cache.cache.tiered)  # type: ignore[attr-defined]
         return app, cache
 
     yield make

@@ -238,6 +238,7 @@ def test_demo_reads_through_the_cache_and_writes_invalidate(
     from dragonfly_cache.demo import create_app
 
     app = create_app()
+    wait_subscribed(app.extensions["dragonfly_cache"])  # L1 is kept from now on
     client: FlaskClient = app.test_client()
     try:
         first = client.get("/demo/items/7").get_json()

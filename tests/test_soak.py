@@ -389,14 +389,17 @@ class Controller:
     def probe(self, recovery: Recovery) -> bool:
         """One round of recovery probes; True once it is over (recovered, or given up)."""
         since = time.monotonic() - recovery.restarted_at
-        if recovery.write is None:
+        if recovery.served is None:
+            # Written again every round until served: the journal replays the failed probes
+            # as deletes, and one may land after the first successful write.
             try:
                 self.cache.set(recovery.key, b"probe")
             except CacheUnavailableError:
                 pass
             else:
-                recovery.write = since = time.monotonic() - recovery.restarted_at
-                self.run.phase = "up"
+                if recovery.write is None:
+                    recovery.write = since = time.monotonic() - recovery.restarted_at
+                    self.run.phase = "up"
         if (recovery.write is not None and recovery.served is None
                 and self.observer.get(recovery.key) == b"probe"):
             recovery.served = time.monotonic() - recovery.restarted_at
