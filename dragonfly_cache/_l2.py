@@ -19,6 +19,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
+from ._channels import NodeChannels, channel_name
 from ._connections import Command, Connections
 from ._glob import escape_glob
 from ._router import Group, Result, Router, replies_of
@@ -27,7 +28,7 @@ from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
 from .types import BreakerStats, L2Stats, LatencyObserver
 
-__all__ = ["L2", "UNREACHABLE", "channel_name"]
+__all__ = ["L2", "UNREACHABLE"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +36,6 @@ _SCAN_COUNT = 1000
 _SCRIPT_CHUNK = 500  # keys per EVALSHA (Lua's unpack() has a limit near 8000)
 # The PTTL that get_many reports for a key whose cluster node failed (PTTL itself is >= -2).
 UNREACHABLE = -3
-
-def channel_name(db: int, key_prefix: str) -> str:
-    """The invalidation channel shared by every cache on one db and key prefix. It begins
-    with the prefix, so an ACL user limited to ``~<prefix>* &<prefix>*`` may use it."""
-    return f"{key_prefix}dragonfly_cache:invalidate:{db}"
-
 
 class L2:
     """Prefixed, batched access to one Dragonfly/Redis server, or to a cluster.
@@ -56,6 +51,7 @@ class L2:
         self.config = config
         self.prefix = key_prefix
         self.channel = channel_name(config.db, key_prefix)
+        self._channels = NodeChannels(self.channel)
         self.router = Router(config)
         self.address = self.router.address
         self._scripting = True  # False once the server refused EVALSHA/SCRIPT LOAD
@@ -149,10 +145,11 @@ class L2:
         """Send the writes, then ``announce`` them; per group, its replies.
 
         Standalone: the writes and the PUBLISH in one round trip. Cluster: the writes, one
-        round trip per node, then the announcement to the node serving the channel
-        (SPUBLISH where the cluster has sharded pub/sub), after the writes were
-        acknowledged and only if one of them was: the writes to healthy nodes stand, and
-        the others must hear of them. The first failure is raised once that is done.
+        round trip per node, then the announcement on the channel of each primary that
+        took one, through that primary (SPUBLISH where the cluster has sharded pub/sub),
+        or on any one primary's channel for a write of no keys. A primary that failed
+        costs only its own writes: the others' are still announced. The first failure is
+        raised once that is done.
 
         Raises:
             CacheUnavailableError: a write or the announcement failed (a write nobody
@@ -166,11 +163,35 @@ class L2:
             results = self.router.batch(operation, [*groups, publish])[:-1]
         else:
             results = self.router.batch(operation, groups)
-            if not groups or any(not isinstance(result, Exception) for result in results):
-                command = ("SPUBLISH" if self.router.sharded else "PUBLISH", self.channel,
-                           announce)
-                replies_of(self.router.batch("PUBLISH", [(self.channel, [command])])[0])
+            self._announce_in_cluster(announce, [
+                name for (name, _), result in zip(groups, results, strict=True)
+                if not isinstance(result, Exception)], bool(groups))
         return [replies_of(result) for result in results]
+
+    def _announce_in_cluster(self, announce: str, written: list[str | bytes],
+                             any_writes: bool) -> None:
+        if any_writes and not written:
+            return  # nothing was written: nothing to tell (the write's failure is raised)
+        slot_map = self.router.topology.current()
+        channels = self._channels.of(slot_map)
+        command = "SPUBLISH" if self.router.sharded else "PUBLISH"
+        if written:
+            owners = dict.fromkeys(self.router.route(name) for name in written)
+            groups: list[Group] = [(channels[owner], [(command, channels[owner], announce)])
+                                   for owner in owners if owner in channels]
+            for result in self.router.batch("PUBLISH", groups):
+                replies_of(result)
+            return
+        failure: CacheUnavailableError | None = None
+        for channel in channels.values():  # every process hears every primary's channel
+            try:
+                replies_of(self.router.batch("PUBLISH", [(channel, [(command, channel,
+                                                                      announce)])])[0])
+                return
+            except CacheUnavailableError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def set_many(self, values: Mapping[str, bytes], ttl: float, announce: str | None = None
                  ) -> None:
@@ -305,18 +326,29 @@ class L2:
             if int(cursor) == 0:
                 return
 
-    def subscription(self) -> tuple[redis.Redis, bool]:
-        """A new client on its own connection for the invalidation listener, and whether
-        to use sharded pub/sub (SSUBSCRIBE) on it.
+    def coherence_nodes(self) -> list[str]:
+        """The servers an invalidation listener subscribes on: the server, or every
+        primary of a cluster that has a channel (see :mod:`dragonfly_cache._channels`)."""
+        if not self.router.is_cluster():
+            return self.router.primaries()
+        return list(self._channels.of(self.router.topology.current()))
 
-        In a cluster it connects to the node serving the channel's slot, with the slot map
-        refreshed first (the listener reconnects after failovers and slot moves). It never
-        retries: redis-py's retry would reconnect and resubscribe silently, and the
-        listener must see every drop, since messages may have been lost in it.
+    def subscription(self, address: str) -> tuple[redis.Redis, bool, str]:
+        """A new client on its own connection to ``address`` for an invalidation listener,
+        whether to use sharded pub/sub (SSUBSCRIBE) on it, and the channel to listen to.
+
+        In a cluster the slot map is refreshed first (listeners reconnect after failovers
+        and slot moves). It never retries: redis-py's retry would reconnect and resubscribe
+        silently, and the listener must see every drop, since messages may have been lost.
+
+        Raises:
+            CacheUnavailableError: ``address`` is no longer a primary with a channel.
         """
+        channel = self.channel
         if self.router.is_cluster():
             self.router.topology.refresh_soon()
-        return self.router.nodes.client(self.router.route(self.channel)), self.router.sharded
+            channel = self._channels.channel(self.router.topology.current(), address)
+        return self.router.nodes.client(address), self.router.sharded, channel
 
     # -- introspection ---------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ class Tiers:
         self._ttl = config.ttl
         self._degraded_ttl = config.degraded_ttl
         self.journal = Journal(self._replay)
-        self.coherence = (Coherence(self.l1, l2.subscription, l2.channel,
+        self.coherence = (Coherence(self.l1, l2.coherence_nodes, l2.subscription,
                                     watch=FlushWatch(l2.router).flushed,
                                     on_subscribed=self.journal.wake)
                           if config.invalidation else None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import random
 import threading
 import time
@@ -28,13 +29,13 @@ from dragonfly_cache import (
     L1Config,
     TieredCache,
 )
-from dragonfly_cache._l2 import channel_name
+from dragonfly_cache._channels import channel_name
 from tests.helpers import command_calls, percentile, wait_until
 from tests.helpers.cluster import ClusterNode, LocalCluster
 from tests.helpers.coherence_worker import Worker, measure
 
 Make = Callable[..., TieredCache]
-CHANNEL = channel_name(0, "app:")
+BASE = channel_name(0, "app:")
 
 
 @pytest.fixture
@@ -76,8 +77,16 @@ def keys_per_node(cluster: LocalCluster, count: int) -> dict[ClusterNode, list[s
     return found
 
 
-def channel_node(cluster: LocalCluster) -> ClusterNode:
-    return cluster.node_for_key(CHANNEL)
+def channel_of(cluster: LocalCluster, node: ClusterNode) -> str:
+    """The invalidation channel of ``node`` under the current slots (dragonfly_cache.
+    _channels: the smallest number whose channel name hashes to a slot of that node)."""
+    return next(f"{BASE}:{{{n}}}" for n in itertools.count()
+                if cluster.node_for_key(f"{BASE}:{{{n}}}") is node)
+
+
+def subscribers(cluster: LocalCluster, node: ClusterNode) -> int:
+    channel = channel_of(cluster, node)
+    return int(node.command("PUBSUB", "SHARDNUMSUB", channel)[1])
 
 
 def other_node(cluster: LocalCluster, *not_these: ClusterNode) -> ClusterNode:
@@ -170,8 +179,8 @@ def test_coherence_across_two_processes_over_sharded_pub_sub(
     b = Worker(redis_cluster.addresses, "app:")
     try:
         assert b.coherence == "subscribed"
-        subscribers = channel_node(redis_cluster).command("PUBSUB", "SHARDNUMSUB", CHANNEL)
-        assert subscribers[1] == 2  # a's listener and b's, on the node serving the channel
+        # a's listeners and b's: one on every primary, each on its own channel there.
+        assert [subscribers(redis_cluster, node) for node in redis_cluster.nodes] == [2] * 3
         trials = 24
         a.set_many({f"user:{n}": b"old" for n in range(trials)})
         writes: list[tuple[Callable[[str], None], bytes | None]] = [
@@ -201,11 +210,11 @@ def test_killing_one_primary_degrades_only_its_slots(make: Make,
                                                       redis_cluster: LocalCluster) -> None:
     cache = make(breaker_cooldown=0.2)
     keys = keys_per_node(redis_cluster, 10)
-    dead = other_node(redis_cluster, channel_node(redis_cluster))  # the listener stays up
+    dead = redis_cluster.nodes[1]
     values = {key: b"v" for node_keys in keys.values() for key in node_keys}
     cache.set_many(values)
     dead.kill()
-    reader = make()
+    reader = make(subscribed=False)  # its listener on the dead primary cannot subscribe
     alive = {key: b"v" for node, node_keys in keys.items() if node is not dead
              for key in node_keys}
     for _ in range(10):  # enough failures to open the dead node's breaker
@@ -223,8 +232,9 @@ def test_killing_one_primary_degrades_only_its_slots(make: Make,
     wait_until(lambda: reader.get(live_key) == b"new", timeout=1.0)
     with pytest.raises(CacheUnavailableError, match=dead.address):
         cache.set(keys[dead][0], b"new")
-    assert reader.stats()["coherence"]["state"] == "subscribed"
-    assert reader.stats()["coherence"]["flushes"] == 0  # no reason to distrust L1
+    # The listener on the dead primary is down (L1 entries live l1.degraded_ttl now); the
+    # others still hear every write to their primaries.
+    wait_until(lambda: reader.stats()["coherence"]["state"] == "down", timeout=5.0)
     health = reader.health()
     assert health["status"] == "unhealthy"
     assert health["dragonfly"]["connected"] is True
@@ -243,23 +253,34 @@ def _writes(cache: TieredCache, key: str) -> bool:
     return True
 
 
-def test_losing_the_channels_node_flushes_l1_and_reports_writes(
-        make: Make, redis_cluster: LocalCluster) -> None:
-    cache = make()
-    holder = channel_node(redis_cluster)
-    key = keys_per_node(redis_cluster, 1)[other_node(redis_cluster, holder)][0]
-    cache.set(key, b"v")
-    assert cache.get(key) == b"v"
-    holder.kill()
-    # The listener notices (reset, or no PONG within 2 s), flushes L1 and reconnects.
-    wait_until(lambda: cache.stats()["coherence"]["flushes"] >= 1, timeout=5.0)
-    assert cache.get(key) == b"v"  # read again from its own, healthy node
-    # The write lands, but nobody could be told: the caller hears of it.
-    with pytest.raises(CacheUnavailableError, match="PUBLISH"):
-        cache.set(key, b"new")
-    redis_cluster.heal()
-    wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed", timeout=10.0)
-    wait_until(lambda: _writes(cache, key), timeout=5.0)
+@pytest.mark.parametrize("dead", [0, 1, 2])
+def test_killing_any_primary_leaves_writes_to_the_others_working_and_announced(
+        make: Make, redis_cluster: LocalCluster, dead: int) -> None:
+    """No primary holds every invalidation: each write is announced on the channel of the
+    primary that took it. (The issue's "kill each of the 3 primaries in turn".)"""
+    writer, reader = make(), make()
+    keys = keys_per_node(redis_cluster, 2)
+    victim = redis_cluster.nodes[dead]
+    writer.set_many({key: b"old" for node_keys in keys.values() for key in node_keys})
+    for node_keys in keys.values():
+        assert reader.get_many(node_keys) == dict.fromkeys(node_keys, b"old")
+    victim.kill()
+    try:
+        for node in redis_cluster.nodes:
+            if node is victim:
+                with pytest.raises(CacheUnavailableError, match=victim.address):
+                    writer.set(keys[node][0], b"new")
+                continue
+            for key in keys[node]:
+                writer.set(key, b"new")  # no error: its primary took it and announced it
+                assert reader.get(key) in (b"old", b"new")  # L1, until the message lands
+                wait_until(lambda key=key: reader.get(key) == b"new", timeout=0.1)
+        assert reader.stats()["l2_stats"]["errors"] >= 0
+    finally:
+        redis_cluster.heal()
+    wait_until(lambda: reader.stats()["coherence"]["state"] == "subscribed", timeout=10.0)
+    wait_until(lambda: _writes(writer, keys[victim][1]), timeout=10.0)
+    wait_until(lambda: reader.get(keys[victim][1]) == b"back", timeout=1.0)
 
 
 # -- resharding ------------------------------------------------------------------------------
@@ -290,7 +311,7 @@ def migrating(cluster: LocalCluster, slot: int, source: ClusterNode, target: Clu
 def test_ask_and_moved_are_followed_during_a_resharding(make: Make,
                                                         redis_cluster: LocalCluster) -> None:
     cache, writer = make(), make()
-    source = channel_node(redis_cluster)  # not the channel's slot, but on its node
+    source = redis_cluster.nodes[0]
     key = keys_per_node(redis_cluster, 1)[source][0]
     slot = redis_cluster.keyslot("app:" + key)
     target = other_node(redis_cluster, source)
@@ -311,20 +332,21 @@ def test_ask_and_moved_are_followed_during_a_resharding(make: Make,
     assert owner == target.address
 
 
-def test_the_listener_follows_its_channel_to_a_new_node(make: Make,
+def test_the_listeners_follow_a_channel_whose_slot_moves(make: Make,
                                                          redis_cluster: LocalCluster) -> None:
     a, b = make(), make()
-    source = channel_node(redis_cluster)
-    target = other_node(redis_cluster, source)
-    slot = redis_cluster.keyslot(CHANNEL)
+    source, target = redis_cluster.nodes[0], redis_cluster.nodes[1]
+    slot = redis_cluster.keyslot(channel_of(redis_cluster, source))
     b.set("k", b"old")
     assert a.get("k") == b"old"
     with migrating(redis_cluster, slot, source, target):
         pass
-    # The source ends the shard subscriptions of a slot it gave away: both listeners flush
-    # L1 and subscribe on the new owner.
+    # The source ends the shard subscriptions of the slot it gave away: both caches' listeners
+    # on it flush L1 and subscribe again, under the new map, to the source's new channel.
     wait_until(lambda: a.stats()["coherence"]["flushes"] >= 1, timeout=5.0)
-    wait_until(lambda: target.command("PUBSUB", "SHARDNUMSUB", CHANNEL)[1] == 2, timeout=5.0)
+    wait_until(lambda: [subscribers(redis_cluster, node) for node in redis_cluster.nodes]
+               == [2] * 3, timeout=5.0)
+    wait_until(lambda: a.stats()["coherence"]["state"] == "subscribed", timeout=5.0)
     assert a.get("k") == b"old"
     b.set("k", b"new")
     wait_until(lambda: a.get("k") == b"new", timeout=0.1)
@@ -368,7 +390,7 @@ def test_threads_keep_their_guarantees_through_a_primary_loss_and_return(
     CacheUnavailableError, and no read returns a value its owner deleted or overwrote."""
     cache = make(breaker_cooldown=0.2)
     threads, per_thread = 8, 40
-    dead = other_node(redis_cluster, channel_node(redis_cluster))
+    dead = redis_cluster.nodes[1]
     stop = threading.Event()
     problems: list[str] = []
     counts: Counter[str] = Counter()

@@ -256,9 +256,9 @@ def test_an_entry_filled_before_the_subscription_is_confirmed_is_dropped_then(
     gate = threading.Event()
     subscription = L2.subscription
 
-    def held(self: L2) -> Any:
+    def held(self: L2, address: str) -> Any:
         assert gate.wait(10)
-        return subscription(self)
+        return subscription(self, address)
 
     monkeypatch.setattr(L2, "subscription", held)
     cache = cache_factory(subscribed=False, l1={"degraded_ttl": 60.0})

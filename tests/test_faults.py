@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from dragonfly_cache import CacheUnavailableError, TieredCache
-from dragonfly_cache._coherence import PING_INTERVAL, PONG_TIMEOUT
+from dragonfly_cache._listener import PING_INTERVAL, PONG_TIMEOUT
 from tests.helpers import CacheFactory, percentile, run_threads, wait_until
 from tests.helpers.proxy import FaultProxy, proxy_for
 

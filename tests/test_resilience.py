@@ -184,4 +184,4 @@ def test_a_write_with_the_server_down_shows_only_the_callers_frames() -> None:
             with pytest.raises(CacheUnavailableError, match=r"on 127\.0\.0\.1:\d+ failed") as exc:
                 cache.set("k", b"v")
             text = "".join(traceback.format_exception(exc.value))
-            assert "_coherence.py" not in text, text
+            assert "_listener.py" not in text and "_coherence.py" not in text, text

@@ -781,7 +781,8 @@ def test_tls_flag_selects_the_connection_class(tls: bool, connection_class: str)
 
     cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(tls=tls, mode="standalone")))
     assert cache._l2.router.nodes.connection_class.__name__ == connection_class
-    assert cache._l2.subscription()[0].connection_pool.connection_class.__name__ == connection_class
+    client = cache._l2.subscription(cache._l2.address)[0]
+    assert client.connection_pool.connection_class.__name__ == connection_class
     cache.close()
 
 

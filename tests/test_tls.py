@@ -169,7 +169,7 @@ def test_a_connection_reset_before_the_tls_handshake_leaves_no_socket_open(
             if path == "pool":
                 assert cache.get("k") is None  # the read degrades to a miss
             else:
-                client, _sharded = cache._l2.subscription()
+                client, _sharded, _channel = cache._l2.subscription(cache._l2.address)
                 with pytest.raises(redis.ConnectionError):
                     client.ping()
                 client.close()
