@@ -14,9 +14,8 @@ extra. Failures are one line on stderr, never a traceback, and never contain the
 
 ``ping`` and ``stats`` run with cross-process coherence off: they make one probe and exit,
 so an invalidation listener would only add a thread and a connection to each run.
-``invalidate`` keeps the configured setting (on by default), because with coherence off a
-cache publishes no invalidation, and the running apps' L1 would keep serving the removed
-keys for up to ``l1.ttl``; its listener thread lives only for the one call.
+``invalidate`` keeps the configured setting (on by default): with coherence off it would
+publish no invalidation, and the apps' L1 would serve the removed keys up to ``l1.ttl``.
 """
 
 from __future__ import annotations
@@ -123,17 +122,24 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_invalidate(args: argparse.Namespace) -> int:
-    """Remove the keys matching a glob, asking first when the glob matches everything.
-
-    Not :func:`_one_shot`: the removal must be announced to the running caches' L1.
-    """
+    """Remove the keys matching a glob; one with no literal prefix (it may match every key)
+    needs a yes on the terminal, or ``--yes``. Not :func:`_one_shot`: the removal must be
+    announced to the running caches' L1."""
     config = _load_config(args)
     console = _Console(config)
     pattern: str = args.pattern
-    if _matches_everything(pattern) and not args.yes:
+    if pattern[0] in "*?[" and not args.yes:  # no literal prefix ("\\*" is literal)
         where = (f"prefix {config.key_prefix!r} on {config.dragonfly.addresses[0]} "
                  f"db {config.dragonfly.db}")
-        if not _confirm(f"Remove every key under {where}? [y/N] "):
+        question = (f"Remove every key under {where}? [y/N] " if set(pattern) == {"*"} else
+                    f"Remove the keys matching {pattern!r} under {where} (no literal "
+                    f"prefix: it may match every key)? [y/N] ")
+        if sys.stdin is None or not sys.stdin.isatty():
+            console.error(f"refusing to remove the keys matching {pattern!r} (no literal "
+                          "prefix: it may match every key) without a terminal to ask; "
+                          "pass --yes")
+            return EXIT_FAILURE
+        if not _confirm(question):
             console.error("aborted")
             return EXIT_FAILURE
     with TieredCache(config) as cache:
@@ -190,19 +196,12 @@ def _one_shot(config: CacheConfig) -> CacheConfig:
     return dataclasses.replace(config, l1=dataclasses.replace(config.l1, invalidation=False))
 
 
-def _matches_everything(pattern: str) -> bool:
-    """Whether the glob is only ``*`` characters (matches every key under the prefix)."""
-    return set(pattern) == {"*"}
-
-
 def _confirm(prompt: str) -> bool:
     """Ask on stderr (stdout stays for results) and read one line of stdin; EOF is "no"."""
     print(prompt, end="", file=sys.stderr, flush=True)
     stdin: TextIO | None = sys.stdin
     answer = stdin.readline() if stdin is not None else ""
-    # A terminal echoes the answer and its newline; piped input or EOF leaves the prompt's
-    # line open, and the next message would run on from it.
-    if not answer or stdin is None or not stdin.isatty():
+    if not answer:  # EOF leaves the prompt's line open (a terminal echoes the newline)
         print(file=sys.stderr)
     return answer.strip().lower() in {"y", "yes"}
 
@@ -349,11 +348,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "invalidate", help="remove the keys matching a glob",
         description="Remove every key matching the Redis glob PATTERN (without the key "
                     "prefix) with SCAN + UNLINK, and print how many were removed. A pattern "
-                    "of only '*' asks for confirmation on stdin unless --yes is given.")
+                    "with no literal prefix ('*', '?*', '[a-z]*': it may match every key) "
+                    "asks for confirmation on the terminal, and without one is refused, "
+                    "unless --yes is given.")
     invalidate.add_argument("pattern", metavar="PATTERN", type=_pattern,
                             help="Redis glob over keys without the prefix, e.g. 'user:*'")
     invalidate.add_argument("-y", "--yes", action="store_true",
-                            help="do not ask before removing every key under the prefix")
+                            help="do not ask before a pattern that may match every key")
     _add_common_options(invalidate, top=False)
     invalidate.set_defaults(run=_cmd_invalidate)
 

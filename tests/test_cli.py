@@ -189,11 +189,18 @@ def test_invalidate_one_key_says_key(keys: Any, capsys: Capsys) -> None:
     assert one_line(capsys.readouterr().out) == "removed 1 key"
 
 
+class Terminal(io.StringIO):
+    """Typed answers, as a terminal gives them."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 @pytest.mark.parametrize("answer", ["n\n", "\n", "", "whatever\n"])
 def test_invalidate_everything_declined_removes_nothing(keys: Any, answer: str,
                                                         monkeypatch: pytest.MonkeyPatch,
                                                         capsys: Capsys) -> None:
-    monkeypatch.setattr(sys, "stdin", io.StringIO(answer))
+    monkeypatch.setattr(sys, "stdin", Terminal(answer))
     assert main(["invalidate", "*"]) == 1
     out, err = capsys.readouterr()
     assert out == ""
@@ -203,23 +210,48 @@ def test_invalidate_everything_declined_removes_nothing(keys: Any, answer: str,
     assert len(remaining(keys)) == 4
 
 
-@pytest.mark.parametrize("argv", [["invalidate", "*", "--yes"], ["invalidate", "-y", "**"]])
+@pytest.mark.parametrize("pattern", ["*", "?*", "*?", "[a-z]*", "**"])
+def test_invalidate_with_no_literal_prefix_asks_on_a_terminal(keys: Any, pattern: str,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: Capsys) -> None:
+    monkeypatch.setattr(sys, "stdin", Terminal("n\n"))
+    assert main(["invalidate", pattern]) == 1
+    assert "[y/N]" in capsys.readouterr().err
+    assert len(remaining(keys)) == 4
+    monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
+    assert main(["invalidate", pattern]) == 0
+    assert one_line(capsys.readouterr().out) == "removed 3 keys"
+    assert remaining(keys) == {b"other:user:1"}
+
+
+@pytest.mark.parametrize("stdin", [io.StringIO("y\n"), io.StringIO(""), None])
+def test_invalidate_with_no_literal_prefix_and_no_terminal_is_refused(
+        keys: Any, stdin: Any, monkeypatch: pytest.MonkeyPatch, capsys: Capsys) -> None:
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert main(["invalidate", "?*"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "without a terminal to ask; pass --yes" in one_line(err)
+    assert len(remaining(keys)) == 4
+
+
+@pytest.mark.parametrize("argv", [["invalidate", "*", "--yes"], ["invalidate", "-y", "**"],
+                                  ["invalidate", "[a-z]*", "--yes"]])
 def test_invalidate_everything_with_yes(keys: Any, argv: list[str],
                                         monkeypatch: pytest.MonkeyPatch, capsys: Capsys) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # never read
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert one_line(out) == "removed 3 keys"
-    assert "Remove every key" not in err
+    assert "Remove" not in err
     assert remaining(keys) == {b"other:user:1"}
 
 
-def test_invalidate_everything_confirmed_on_stdin(keys: Any, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: Capsys) -> None:
-    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
-    assert main(["invalidate", "*"]) == 0
-    assert one_line(capsys.readouterr().out) == "removed 3 keys"
-    assert remaining(keys) == {b"other:user:1"}
+def test_a_pattern_with_a_literal_prefix_does_not_ask(keys: Any,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: Capsys) -> None:
+    monkeypatch.setattr(sys, "stdin", None)  # no terminal, and none needed
+    assert main(["invalidate", "u*"]) == 0
+    assert one_line(capsys.readouterr().out) == "removed 2 keys"
 
 
 def test_invalidate_empty_pattern_is_a_usage_error(monkeypatch: pytest.MonkeyPatch,
