@@ -2,11 +2,24 @@
 # Run the demo app under gunicorn on http://127.0.0.1:${PORT:-8000}.
 # Without DRAGONFLY_ADDRESSES it starts a private, non-persistent redis-server on a free
 # 127.0.0.1 port and stops it on exit. WORKERS (default 2) sets the gunicorn worker count;
-# CACHE_ADMIN_TOKEN is generated (and printed) when not set.
+# CACHE_ADMIN_TOKEN is generated (and printed) when not set. It prints the
+# `export DRAGONFLY_ADDRESSES=...` line that points the README's examples and the CLI at
+# this demo's server.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh demo
+
+export PORT=${PORT:-8000}
+if ! .venv/bin/python -c 'import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)' "$PORT" 2>/dev/null; then
+    echo "demo: port $PORT on 127.0.0.1 is in use; pick another: PORT=8001 ./scripts/demo.sh" >&2
+    exit 1
+fi
 
 redis_pid=""
 scratch=$(mktemp -d)
@@ -48,23 +61,30 @@ if [[ -z "${DRAGONFLY_ADDRESSES:-}" ]]; then
     echo "demo: private redis-server on $DRAGONFLY_ADDRESSES (discarded on exit)"
 fi
 
+token_shown='$CACHE_ADMIN_TOKEN'  # yours: not printed
 if [[ -z "${CACHE_ADMIN_TOKEN:-}" ]]; then
     CACHE_ADMIN_TOKEN=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))')
     export CACHE_ADMIN_TOKEN
-    echo "demo: generated CACHE_ADMIN_TOKEN for this run"
+    token_shown=$CACHE_ADMIN_TOKEN
+    echo "demo: generated CACHE_ADMIN_TOKEN for this run: $CACHE_ADMIN_TOKEN"
 fi
 export WEB_CONCURRENCY=${WORKERS:-${WEB_CONCURRENCY:-2}}
-export PORT=${PORT:-8000}
 export DEMO_DB_PATH=${DEMO_DB_PATH:-$scratch/demo.sqlite3}
+# This run's own Prometheus files and gunicorn control socket, gone with $scratch on exit.
+[[ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]] || export PROMETHEUS_MULTIPROC_DIR=$scratch/prometheus
+export GUNICORN_CONTROL_SOCKET=${GUNICORN_CONTROL_SOCKET:-$scratch/gunicorn.ctl}
 
 url="http://127.0.0.1:$PORT"
 cat <<MSG
 demo: gunicorn with $WEB_CONCURRENCY workers on $url  (Ctrl-C to stop)
   health   curl $url/api/v1/health/cache
-  stats    curl -H 'Authorization: Bearer $CACHE_ADMIN_TOKEN' $url/api/v1/admin/cache/stats
+  stats    curl -H "Authorization: Bearer $token_shown" $url/api/v1/admin/cache/stats
   metrics  curl $url/metrics
   demo     curl $url/demo/items/1      (first read: a 50 ms "query"; then cached)
            curl -X PUT -H 'Content-Type: application/json' -d '{"name": "new"}' $url/demo/items/1
+The cache server, for the README's examples and the CLI (in another terminal):
+  export DRAGONFLY_ADDRESSES=$DRAGONFLY_ADDRESSES
+  .venv/bin/dragonfly-cache ping            (or: source .venv/bin/activate; dragonfly-cache ping)
 MSG
 # gunicorn reads ./gunicorn.conf.py: workers, bind and Prometheus multiprocess mode.
 .venv/bin/gunicorn wsgi:app

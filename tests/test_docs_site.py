@@ -360,6 +360,7 @@ def test_alert_rules_query_only_exported_series() -> None:
 # Read outside CacheConfig: by the gunicorn settings, the CLI, the demo, scripts and tests.
 OTHER_VARIABLES = frozenset({
     "PORT", "BIND", "WEB_CONCURRENCY", "GUNICORN_PRELOAD", "GUNICORN_ACCESS_LOG",
+    "GUNICORN_THREADS", "GUNICORN_CONTROL_SOCKET",
     "PROMETHEUS_MULTIPROC_DIR", "REDIS_SERVER_BIN", "SOAK_SECONDS", "DEMO_DB_PATH",
 })
 # Named by the migration guide: the other libraries' own settings and constants.
