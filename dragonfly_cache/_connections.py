@@ -14,6 +14,12 @@ batch, so at most ``pool_size`` connections exist per process.
 from __future__ import annotations
 
 import contextlib
+
+# Registered now, in the importing thread: CPython looks the "idna" codec up on a socket's
+# first use of a host name, and two threads doing that at once can fail with "LookupError:
+# unknown encoding: idna" (seen: the invalidation listener connecting while a gunicorn
+# worker's first request did). Importing it once, up front, removes the race.
+import encodings.idna  # noqa: F401
 import socket
 import ssl
 import traceback

@@ -25,6 +25,7 @@ one), unless a cache was passed in.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import threading
 import time
@@ -44,8 +45,11 @@ from . import _validators as v
 from . import metrics as cache_metrics
 from .config import CacheConfig
 from .contrib._common import shared_cache
+from .exceptions import CacheUnavailableError
 from .tiered import TieredCache
 from .types import Health
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["EXTENSION_KEY", "DragonflyCache", "config_from_app"]
 
@@ -163,6 +167,13 @@ def _error(status: int, message: str, **headers: str) -> Response:
 blueprint = Blueprint("dragonfly_cache", __name__)
 
 
+def _unavailable(exc: CacheUnavailableError) -> Response:
+    """A view's cache write the server did not take: 503, and one log line (the server's
+    address and the reason are for the logs, not for the client)."""
+    logger.warning("%s %s: %s", request.method, request.path, exc)
+    return _error(503, "the cache server is unavailable; try again")
+
+
 def _authorized(state: _AppState) -> bool:
     """Whether the request carries ``Authorization: Bearer <CACHE_ADMIN_TOKEN>``."""
     if not state.admin_token:
@@ -239,11 +250,13 @@ class DragonflyCache:
             cache = _flask_caching_cache(app)
             if cache is None:
                 cache = shared_cache(config_from_app(app))
-        token = v.secret("CACHE_ADMIN_TOKEN", admin_token) if admin_token is not None \
+        token = v.strong_secret("CACHE_ADMIN_TOKEN", admin_token) if admin_token is not None \
             else cache.config.admin_token
         app.extensions[EXTENSION_KEY] = cache
         app.extensions[_STATE_KEY] = _AppState(cache, token, settings["CACHE_HEALTH_INTERVAL"])
         app.register_blueprint(blueprint, url_prefix=settings["CACHE_API_PREFIX"])
+        if CacheUnavailableError not in app.error_handler_spec[None][None]:  # the app's wins
+            app.register_error_handler(CacheUnavailableError, _unavailable)
         if settings["CACHE_METRICS"]:
             _install_metrics(app, cache, settings["CACHE_METRICS_PATH"])
 

@@ -32,6 +32,7 @@ require("prometheus_client", "flask", __name__)
 from prometheus_client import Counter, Gauge, Histogram
 
 from ._breaker import BreakerState
+from .exceptions import ConfigError
 from .types import Stats
 
 if TYPE_CHECKING:
@@ -46,10 +47,24 @@ _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 
 
 def multiprocess_mode() -> bool:
-    """Whether prometheus_client stores values in ``PROMETHEUS_MULTIPROC_DIR``."""
-    # prometheus_client still honours the old lower-case name.
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-                or os.environ.get("prometheus_multiproc_dir"))  # noqa: SIM112
+    """Whether prometheus_client stores values in ``PROMETHEUS_MULTIPROC_DIR``: as it
+    decides, the variable (or the old lower-case name it still honours) is *set*, even
+    empty.
+
+    Raises:
+        ConfigError: it is set but names no directory (empty, or missing): prometheus_client
+            would write its value files into the working directory.
+    """
+    names = [name for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+             if name in os.environ]
+    if not names:
+        return False
+    directory = os.environ[names[0]]
+    if not directory or not os.path.isdir(directory):
+        raise ConfigError(f"{names[0]}={directory!r}: set, so prometheus_client runs in "
+                          "multiprocess mode, but it names no directory (its files would "
+                          "land in the working directory); unset it, or make the directory")
+    return True
 
 
 class _Families:

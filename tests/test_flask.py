@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from dragonfly_cache import ConfigError, TieredCache
+from dragonfly_cache import CacheUnavailableError, ConfigError, TieredCache
 from dragonfly_cache.flask import DragonflyCache
 from tests.helpers import ADMIN_TOKEN, command_calls, metric, wait_subscribed, wait_until
 
@@ -254,3 +255,64 @@ def test_demo_reads_through_the_cache_and_writes_invalidate(
         assert client.get("/").status_code == 200
     finally:
         app.extensions["dragonfly_cache"].close()
+
+
+def test_a_view_whose_cache_write_fails_answers_503_with_one_log_line(
+        redis_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    app = Flask("writes")
+    app.config.update(DRAGONFLY_ADDRESSES=redis_server.address, CACHE_METRICS=False)
+    DragonflyCache(app)
+    cache = app.extensions["dragonfly_cache"]
+
+    @app.put("/items/<int:item>")
+    def put(item: int) -> str:
+        cache.set(f"item:{item}", b"new")
+        return "ok"
+
+    try:
+        cache.get("warm-up")  # the app has been serving; then the server goes away
+        redis_server.kill()
+        caplog.set_level(logging.WARNING, logger="dragonfly_cache.flask")
+        client = app.test_client()
+        for item in range(5):
+            response = client.put(f"/items/{item}")
+            assert response.status_code == 503
+            assert response.get_json() == {"error": "the cache server is unavailable; "
+                                                    "try again", "status": 503}
+            assert redis_server.address.rsplit(":", 1)[1] not in response.get_data(as_text=True)
+        ours = [r for r in caplog.records if r.name == "dragonfly_cache.flask"]
+        assert len(ours) == 5 and all(r.exc_info is None for r in ours)
+        assert ours[0].getMessage().startswith("PUT /items/0: SET on ")
+        assert not [r for r in caplog.records if r.exc_info]  # no traceback anywhere
+    finally:
+        cache.close()
+
+
+def test_the_apps_own_handler_for_cache_failures_is_kept(redis_server: Any) -> None:
+    app = Flask("own_handler")
+    app.register_error_handler(CacheUnavailableError, lambda exc: ("degraded", 200))
+    app.config.update(DRAGONFLY_ADDRESSES=redis_server.address, CACHE_METRICS=False)
+    DragonflyCache(app)
+
+    @app.get("/fail")
+    def fail() -> str:
+        raise CacheUnavailableError("SET on somewhere failed")
+
+    try:
+        assert app.test_client().get("/fail").get_data(as_text=True) == "degraded"
+    finally:
+        app.extensions["dragonfly_cache"].close()
+
+
+@pytest.mark.parametrize("value", ["", "/nonexistent/prometheus-dir"])
+def test_a_prometheus_multiproc_dir_that_names_no_directory_is_refused(
+        redis_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, value: str) -> None:
+    """Set, even empty, puts prometheus_client in multiprocess mode (it would write its
+    .db files into the working directory): refused at init, naming the variable."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", value)
+    app = Flask("empty_dir")
+    app.config.update(DRAGONFLY_ADDRESSES=redis_server.address)
+    with pytest.raises(ConfigError, match=r"^PROMETHEUS_MULTIPROC_DIR=.*names no directory"):
+        DragonflyCache(app)
+    assert list(tmp_path.iterdir()) == []

@@ -42,7 +42,7 @@ class Gunicorn:
 
     def json(self, path: str) -> Any:
         status, text = self.request("GET", path)
-        assert status == 200, (path, status, text)
+        assert status == 200, (path, status, text, self.log.read_text()[-4000:])
         return json.loads(text)
 
 
