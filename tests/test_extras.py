@@ -89,6 +89,7 @@ def test_a_broken_dependency_of_an_installed_module_is_not_blamed_on_the_extra(
     ("dragonfly_cache.demo", "flask", "server"),
     ("dragonfly_cache._gunicorn", "gunicorn", "server"),
     ("dragonfly_cache.testing", "fakeredis", "testing"),
+    ("dragonfly_cache.otel", "opentelemetry.trace", "otel"),
 ])
 def test_importing_a_module_without_its_extra(module: str, missing: str, extra: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
