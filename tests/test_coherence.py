@@ -331,3 +331,35 @@ def test_a_flush_by_another_client_empties_every_l1_within_about_a_second(
     wait_until(lambda: a.get("k") is None and b.get("k") is None, timeout=2.0)
     assert time.monotonic() - started < 2.0
     assert a.stats()["coherence"]["flushes"] == 1 and b.stats()["coherence"]["flushes"] == 1
+
+
+def test_stopping_a_listener_whose_socket_refuses_the_wake_up_still_stops_it(
+        cache_factory: CacheFactory) -> None:
+    """fakeredis's socket raises ValueError from shutdown() while the listener thread reads
+    from it (seen once in the docs' fake_cache example): close() must not raise."""
+    cache = cache_factory()
+    coherence = cache._tiers.coherence
+    assert coherence is not None
+    (listener,) = coherence._listeners.values()
+
+    pubsub = listener._pubsub
+    real = pubsub.connection._sock
+
+    class Refusing:
+        """The real socket, whose first shutdown() (the wake-up from close()) refuses."""
+
+        refused = False
+
+        def shutdown(self, how: int) -> None:
+            if not Refusing.refused:
+                Refusing.refused = True
+                raise ValueError("generator already executing")
+            real.shutdown(how)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    pubsub.connection._sock = Refusing()
+    cache.close()  # no ValueError
+    assert Refusing.refused
+    assert cache.stats()["coherence"]["state"] == "stopped"
