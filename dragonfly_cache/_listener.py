@@ -25,7 +25,8 @@ import redis
 from ._glob import compile_glob
 from .exceptions import CacheUnavailableError
 
-__all__ = ["CONNECTING", "DOWN", "STOPPED", "SUBSCRIBED", "InvalidationTarget", "Listener"]
+__all__ = ["CONNECTING", "DOWN", "STATE_CHANGES", "STOPPED", "SUBSCRIBED", "InvalidationTarget",
+           "Listener"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,19 @@ _BACKOFF_FIRST, _BACKOFF_CAP = 0.05, 2.0
 STOPPED, CONNECTING, SUBSCRIBED, DOWN = "stopped", "connecting", "subscribed", "down"
 
 Connect = Callable[[str], tuple[redis.Redis, bool, str]]
+
+#: Called (in the listener's thread) whenever a listener subscribes or loses its server:
+#: the metrics module refreshes this process's gauges then, so an idle worker's
+#: ``coherence_subscribed`` does not keep the value of its last request.
+STATE_CHANGES: list[Callable[[], None]] = []
+
+
+def _state_changed() -> None:
+    for observer in list(STATE_CHANGES):
+        try:
+            observer()
+        except Exception:  # a metrics problem must never stop a listener
+            logger.exception("coherence state observer failed")
 
 
 class InvalidationTarget(Protocol):
@@ -147,6 +161,7 @@ class Listener:
         if target is not None:
             target.drop_untrusted()
         self.state = SUBSCRIBED
+        _state_changed()
         if self._on_subscribed is not None:
             self._on_subscribed()
         last_heard = watched = time.monotonic()
@@ -222,6 +237,8 @@ class Listener:
         was_subscribed = self.state == SUBSCRIBED
         self.state = DOWN
         self.reconnects += 1
+        if was_subscribed:
+            _state_changed()
         if was_subscribed:
             # Messages may be lost from here on: nothing in L1 can be vouched for.
             self.flush()

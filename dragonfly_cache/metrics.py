@@ -31,6 +31,7 @@ require("prometheus_client", "flask", __name__)
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from . import _listener
 from ._breaker import BreakerState
 from .exceptions import ConfigError
 from .types import Stats
@@ -238,6 +239,10 @@ def _observe_latency(operation: str, seconds: float) -> None:
 
 
 def sync_all() -> None:
-    """Sync every cache of this process (before a scrape)."""
+    """Sync every cache of this process (before a scrape, and when an invalidation
+    listener subscribes or loses its server)."""
     for metrics in list(_instances):
         metrics.sync()
+
+
+_listener.STATE_CHANGES.append(sync_all)

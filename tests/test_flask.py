@@ -316,3 +316,34 @@ def test_a_prometheus_multiproc_dir_that_names_no_directory_is_refused(
     with pytest.raises(ConfigError, match=r"^PROMETHEUS_MULTIPROC_DIR=.*names no directory"):
         DragonflyCache(app)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_idle_workers_subscribed_gauge_follows_its_listener_without_requests(
+        redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first request syncs the gauges while the listener still connects (0); with no
+    request after it, the listener's subscription itself brings this worker's value to 1
+    (it stayed 0 for as long as the worker was idle)."""
+    import threading
+
+    from dragonfly_cache._l2 import L2
+
+    gate = threading.Event()
+    subscription = L2.subscription
+
+    def held(self: L2, address: str) -> Any:
+        assert gate.wait(10)
+        return subscription(self, address)
+
+    monkeypatch.setattr(L2, "subscription", held)
+    app = Flask("idle_worker")
+    app.config.update(DRAGONFLY_ADDRESSES=redis_server.address)
+    DragonflyCache(app)
+    exported = app.extensions["dragonfly_cache.metrics"][1]
+    try:
+        assert app.test_client().get("/api/v1/health/cache").status_code == 200
+        assert exported.subscribed == 0  # synced after that request, while connecting
+        gate.set()
+        wait_until(lambda: exported.subscribed == 1, timeout=2.0)  # no request since
+    finally:
+        gate.set()
+        app.extensions["dragonfly_cache"].close()
