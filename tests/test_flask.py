@@ -336,7 +336,8 @@ def test_an_idle_workers_subscribed_gauge_follows_its_listener_without_requests(
 
     monkeypatch.setattr(L2, "subscription", held)
     app = Flask("idle_worker")
-    app.config.update(DRAGONFLY_ADDRESSES=redis_server.address)
+    # Its own prefix: a new cache of the process (not one an earlier test left subscribed).
+    app.config.update(DRAGONFLY_ADDRESSES=redis_server.address, CACHE_KEY_PREFIX="idle:")
     DragonflyCache(app)
     exported = app.extensions["dragonfly_cache.metrics"][1]
     try:
