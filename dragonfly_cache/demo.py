@@ -4,7 +4,9 @@
 pays the simulated 50 ms query, later reads come from L2 or L1. ``PUT /demo/items/<id>``
 (JSON ``{"name": ...}``) updates the database and deletes the cached copy; coherence then
 drops it from every worker's L1 (with the cache server away: 503, and the delete is
-replayed when it is back). The database is a SQLite file shared by all workers
+replayed when it is back). Bad input is a 4xx, never a 500: a body over 16 KiB is a 413;
+an item id past SQLite's largest integer, a malformed body or a name that is empty or
+over 1000 characters is a 400. The database is a SQLite file shared by all workers
 (``DEMO_DB_PATH``, default in the temp directory), so any worker may serve any request.
 """
 
@@ -22,7 +24,7 @@ from ._extras import require
 # Before the imports it guards: the demo comes with the server extra (Flask, gunicorn).
 require("flask", "server", __name__)
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, abort, jsonify, request
 
 from .exceptions import CacheUnavailableError
 from .flask import DragonflyCache
@@ -32,6 +34,9 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 QUERY_SECONDS = 0.05
+MAX_BODY_BYTES = 16 * 1024  # a larger request body is refused with 413
+MAX_ITEM_ID = 2**63 - 1  # SQLite's largest integer: a larger id is a 400
+MAX_NAME_LENGTH = 1000
 
 
 def _database_path() -> str:
@@ -57,10 +62,28 @@ def _load_item(item_id: int) -> bytes:
                        "loaded_by": os.getpid()}).encode()
 
 
+def _bad_request(message: str) -> Response:
+    response = jsonify(error=message, status=400)
+    response.status_code = 400
+    return response
+
+
 def create_app() -> Flask:
     """The demo app: the extension's endpoints, /metrics and the /demo resource."""
     app = Flask("dragonfly_cache.demo")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # Flask answers 413 past it
     extension = DragonflyCache(app)
+
+    @app.errorhandler(413)
+    def too_large(_error: Exception) -> tuple[Response, int]:
+        return jsonify(error=f"request body larger than {MAX_BODY_BYTES} bytes",
+                       status=413), 413
+
+    @app.url_value_preprocessor
+    def check_item_id(_endpoint: str | None, values: dict[str, object] | None) -> None:
+        item_id = (values or {}).get("item_id")
+        if isinstance(item_id, int) and item_id > MAX_ITEM_ID:
+            abort(_bad_request(f"item id must be at most {MAX_ITEM_ID}"))
 
     @app.get("/")
     def index() -> Response:
@@ -86,9 +109,9 @@ def create_app() -> Flask:
     def write_item(item_id: int) -> Response:
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            response = jsonify(error='expected a JSON body {"name": "..."}', status=400)
-            response.status_code = 400
-            return response
+            return _bad_request('expected a JSON body {"name": "..."}')
+        if not body["name"] or len(body["name"]) > MAX_NAME_LENGTH:
+            return _bad_request(f"name must be 1 to {MAX_NAME_LENGTH} characters")
         with _connect() as connection:
             connection.execute(
                 "INSERT INTO items (id, name, version) VALUES (?, ?, 1) "

@@ -348,3 +348,35 @@ def test_an_idle_workers_subscribed_gauge_follows_its_listener_without_requests(
     finally:
         gate.set()
         app.extensions["dragonfly_cache"].close()
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "message"), [
+    ("GET", f"/demo/items/{2**63}", None, 400, "item id must be at most"),
+    ("PUT", f"/demo/items/{2**64}", {"name": "x"}, 400, "item id must be at most"),
+    ("PUT", "/demo/items/1", "not json", 400, "expected a JSON body"),
+    ("PUT", "/demo/items/1", ["a", "list"], 400, "expected a JSON body"),
+    ("PUT", "/demo/items/1", {"name": 5}, 400, "expected a JSON body"),
+    ("PUT", "/demo/items/1", {"name": ""}, 400, "name must be 1 to 1000 characters"),
+    ("PUT", "/demo/items/1", {"name": "x" * 1001}, 400, "name must be 1 to 1000"),
+    ("PUT", "/demo/items/1", {"name": "x" * 20_000}, 413, "larger than 16384 bytes"),
+])
+def test_the_demo_answers_bad_input_with_a_4xx_and_changes_nothing(
+        redis_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, method: str,
+        path: str, body: Any, status: int, message: str) -> None:
+    monkeypatch.setenv("DRAGONFLY_ADDRESSES", redis_server.address)
+    monkeypatch.setenv("DEMO_DB_PATH", str(tmp_path / "demo.sqlite3"))
+    from dragonfly_cache.demo import create_app
+
+    app = create_app()
+    client = app.test_client()
+    try:
+        if isinstance(body, str):
+            response = client.open(path, method=method, data=body,
+                                   content_type="application/json")
+        else:
+            response = client.open(path, method=method, json=body)
+        assert response.status_code == status, response.get_data(as_text=True)
+        assert message in response.get_json()["error"]
+        assert client.get("/demo/items/1").get_json()["version"] == 0  # nothing written
+    finally:
+        app.extensions["dragonfly_cache"].close()
