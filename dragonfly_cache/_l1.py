@@ -34,16 +34,38 @@ __all__ = ["L1", "Entry", "Ticket"]
 Entry = tuple[bytes, float]  # (value, deadline on the L1 timer's clock)
 
 
-class _CountingLRU(LRUCache[str, Entry]):
-    """An LRUCache that counts the entries its size bound pushes out."""
+#: What an entry costs L1 besides its value's bytes: the key, the (value, deadline) tuple,
+#: the dict slot and the LRU order (measured on CPython 3.11 with short keys).
+ENTRY_OVERHEAD = 240
 
-    def __init__(self, maxsize: int) -> None:
-        super().__init__(maxsize)
-        self.evictions = 0
+
+def entry_bytes(entry: Entry) -> int:
+    """What an entry counts against ``l1.max_bytes``."""
+    return len(entry[0]) + ENTRY_OVERHEAD
+
+
+class _CountingLRU(LRUCache[str, Entry]):
+    """An LRUCache bounded in bytes (cachetools' own bound, ``maxsize``) and in entries,
+    counting what each bound pushes out."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        super().__init__(max_bytes, getsizeof=entry_bytes)
+        self.max_entries = max_entries
+        self.evicted = {"entries": 0, "bytes": 0}
+        self._cause = "bytes"  # cachetools pops for bytes; __setitem__ pops for entries
+
+    def __setitem__(self, key: str, entry: Entry) -> None:
+        super().__setitem__(key, entry)
+        self._cause = "entries"
+        try:
+            while len(self) > self.max_entries:
+                self.popitem()
+        finally:
+            self._cause = "bytes"
 
     def popitem(self) -> tuple[str, Entry]:
         item = super().popitem()
-        self.evictions += 1
+        self.evicted[self._cause] += 1
         return item
 
 
@@ -53,13 +75,19 @@ class L1:
     Args:
         max_size: most entries held at once.
         timer: the clock (monotonic seconds); tests pass a fake one.
+        max_bytes: most bytes held at once (values plus ``ENTRY_OVERHEAD`` each).
+        max_entry_bytes: a larger entry is not kept at all (L2 still has it).
     """
 
-    def __init__(self, max_size: int, timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_size: int, timer: Callable[[], float] = time.monotonic, *,
+                 max_bytes: int = 2**62, max_entry_bytes: int = 2**62) -> None:
         self.max_size = max_size
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = min(max_entry_bytes, max_bytes)
         self.timer = timer
         self._lock = threading.RLock()
-        self._entries = _CountingLRU(max_size)
+        self._entries = _CountingLRU(max_size, max_bytes)
+        self.too_large = 0  # values not kept: larger than max_entry_bytes
         self.yield_interval = math.inf  # see get(); Tiers sets it when coherence is on
         self._next_yield = -math.inf
         self.hits = 0
@@ -131,6 +159,15 @@ class L1:
         """
         return Ticket(self, keys)
 
+    def _put(self, key: str, entry: Entry) -> None:
+        """Install ``entry`` (the lock held), unless it is too large to keep: then the key
+        leaves L1 (an older value must not stay) and is counted."""
+        if entry_bytes(entry) > self.max_entry_bytes:
+            self._entries.pop(key, None)
+            self.too_large += 1
+        else:
+            self._entries[key] = entry
+
     def _stale(self, key: str, generation: int) -> bool:
         return self._flushed_at > generation or self._stamps.get(key, -1) > generation
 
@@ -187,13 +224,18 @@ class L1:
         """The contract's ``l1_stats`` (plus ``expirations``)."""
         with self._lock:
             lookups = self.hits + self.misses
+            evicted = self._entries.evicted
             return {
                 "size": len(self._entries),
                 "max_size": self.max_size,
+                "bytes": int(self._entries.currsize),
+                "max_bytes": self.max_bytes,
                 "hits": self.hits,
                 "misses": self.misses,
                 "hit_rate": self.hits / lookups if lookups else 0.0,
-                "evictions": self._entries.evictions,
+                "evictions": evicted["entries"] + evicted["bytes"],
+                "evictions_by_cause": dict(evicted),
+                "too_large": self.too_large,
                 "expirations": self.expirations,
             }
 
@@ -250,7 +292,7 @@ class Ticket:
                 if key in self._held:
                     del self._held[key]
                     if trusted and not l1._stale(key, self.generation):
-                        l1._entries[key] = entry
+                        l1._put(key, entry)
                     l1._release(key)
 
     def write(self, values: Mapping[str, bytes], deadline: float) -> None:
@@ -267,7 +309,7 @@ class Ticket:
                 if l1._stale(key, self.generation):
                     l1._entries.pop(key, None)
                 else:
-                    l1._entries[key] = (value, deadline)
+                    l1._put(key, (value, deadline))
                 if key in l1._tickets:
                     l1._stamps[key] = l1._generation
                 if key in self._held:

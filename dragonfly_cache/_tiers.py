@@ -47,7 +47,8 @@ class Tiers:
     """
 
     def __init__(self, config: L1Config, l2: L2, timer: Callable[[], float]) -> None:
-        self.l1 = L1(config.max_size, timer)
+        self.l1 = L1(config.max_size, timer, max_bytes=config.max_bytes,
+                     max_entry_bytes=int(config.max_bytes * config.max_entry_share))
         self.l2 = l2
         self._ttl = config.ttl
         self._degraded_ttl = config.degraded_ttl

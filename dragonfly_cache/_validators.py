@@ -135,6 +135,38 @@ def readable_file(name: str, value: object) -> str | None:
     return path
 
 
+_SIZE = re.compile(r"\s*([0-9]{1,15})\s*([kmgt]i?b?|b)?\s*", re.IGNORECASE)
+
+
+def byte_size(name: str, value: object) -> int:
+    """A number of bytes, at least 1: an int, or text such as ``65536``, ``512KiB``,
+    ``64MiB``, ``100MB``, ``1G`` (KiB/MiB/GiB are powers of 1024; K/KB, M/MB, G/GB powers
+    of 1000)."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and (found := _SIZE.fullmatch(value)):
+        unit = (found[2] or "").lower()
+        base = 1024 if "i" in unit else 1000
+        power = "bkmgt".index(unit[0]) if unit else 0
+        number = int(found[1]) * base ** power if unit not in ("", "b") else int(found[1])
+    if number is None or number < 1:
+        raise ConfigError(f"{name}={value!r}: expected a size in bytes >= 1 (an integer, "
+                          "or e.g. 512KiB, 64MiB, 100MB)")
+    return number
+
+
+def share(name: str, value: object) -> float:
+    """A fraction in (0, 1]."""
+    number = None
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if numeric or (isinstance(value, str) and _BARE_SECONDS.fullmatch(value.strip())):
+        number = float(value)  # type: ignore[arg-type]
+    if number is None or not 0.0 < number <= 1.0:  # NaN fails the comparison too
+        raise ConfigError(f"{name}={value!r}: expected a share in (0, 1], e.g. 0.1")
+    return number
+
+
 def optional_fraction(name: str, value: object) -> float | None:
     """A number strictly between 0 and 1, or None ("", "off", "none" in text)."""
     # False too: YAML reads a bare `off` as a boolean.

@@ -141,6 +141,8 @@ class L1Config:
     ttl: float = 300.0
     invalidation: bool = True
     degraded_ttl: float = 1.0
+    max_bytes: int = 64 * 1024 * 1024
+    max_entry_share: float = 0.1
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("max_size", "CACHE_L1_MAX_SIZE", v.int_at_least(1), "maximum entries in L1 (LRU)"),
@@ -150,6 +152,12 @@ class L1Config:
         Option("degraded_ttl", "CACHE_L1_DEGRADED_TTL", v.duration,
                "longest life of an L1 entry stored while the invalidation listener is not "
                "subscribed"),
+        Option("max_bytes", "CACHE_L1_MAX_BYTES", v.byte_size,
+               "maximum bytes in L1 (values plus 240 bytes per entry; LRU): an int, or a "
+               "size such as 64MiB, 100MB, 512KiB"),
+        Option("max_entry_share", "CACHE_L1_MAX_ENTRY_SHARE", v.share,
+               "a value larger than this share of max_bytes is not kept in L1 (it still "
+               "goes to L2), in (0, 1]"),
     )
 
     def __post_init__(self) -> None:

@@ -92,8 +92,13 @@ class _Families:
         self.l1_entries = Gauge(
             "dragonfly_cache_l1_entries", "Entries in the in-process L1.",
             registry=None, multiprocess_mode="livesum")
+        self.l1_bytes = Gauge(
+            "dragonfly_cache_l1_bytes",
+            "Bytes the L1 entries count against l1.max_bytes (values plus 240 per entry).",
+            registry=None, multiprocess_mode="livesum")
         self.l1_evictions = Counter(
-            "dragonfly_cache_l1_evictions", "L1 entries dropped, by reason (size, expired).",
+            "dragonfly_cache_l1_evictions",
+            "L1 entries dropped, by reason (size: max_size, bytes: max_bytes, expired).",
             ["reason"], registry=None)
         self.loads = Counter(
             "dragonfly_cache_loads", "Loader calls made by get_or_load.", registry=None)
@@ -146,8 +151,10 @@ _COUNTERS: list[tuple[str, Callable[[Stats], float], Any, dict[str, str]]] = [
     ("l2_misses", lambda s: s["l2_stats"]["misses"], METRICS.requests,
      {"tier": "l2", "result": "miss"}),
     ("l2_rejected", lambda s: s["l2_stats"]["rejected"], METRICS.l2_rejected, {}),
-    ("l1_evictions", lambda s: s["l1_stats"]["evictions"], METRICS.l1_evictions,
-     {"reason": "size"}),
+    ("l1_evictions", lambda s: s["l1_stats"]["evictions_by_cause"]["entries"],
+     METRICS.l1_evictions, {"reason": "size"}),
+    ("l1_evictions_bytes", lambda s: s["l1_stats"]["evictions_by_cause"]["bytes"],
+     METRICS.l1_evictions, {"reason": "bytes"}),
     ("l1_expirations", lambda s: s["l1_stats"]["expirations"], METRICS.l1_evictions,
      {"reason": "expired"}),
     ("loads", lambda s: s["singleflight"]["loads"], METRICS.loads, {}),
@@ -188,6 +195,7 @@ class CacheMetrics:
         self._pid = os.getpid()
         self._last: dict[str, float] = {}
         self._entries = 0.0
+        self._bytes = 0.0
         self._pending = 0.0
         self.breaker_state = 0
         self.subscribed = 1
@@ -205,8 +213,8 @@ class CacheMetrics:
         with self._lock:
             if self._pid != os.getpid():
                 # A forked child: the cache's counters restarted from zero here.
-                self._pid, self._last, self._entries, self._pending = (os.getpid(), {}, 0.0,
-                                                                       0.0)
+                self._pid, self._last = os.getpid(), {}
+                self._entries = self._bytes = self._pending = 0.0
             for name, read, counter, labels in _COUNTERS:
                 self._add(name, float(read(stats)), counter.labels(**labels) if labels
                           else counter)
@@ -216,6 +224,9 @@ class CacheMetrics:
             size = float(stats["l1_stats"]["size"])
             METRICS.l1_entries.inc(size - self._entries)  # inc: several caches add up
             self._entries = size
+            held = float(stats["l1_stats"]["bytes"])
+            METRICS.l1_bytes.inc(held - self._bytes)
+            self._bytes = held
             pending = float(stats["journal"]["pending"])
             METRICS.journal_pending.inc(pending - self._pending)
             self._pending = pending

@@ -95,10 +95,14 @@ class L1Stats(TypedDict):
 
     size: int
     max_size: int
+    bytes: int  # what the entries count against max_bytes
+    max_bytes: int
     hits: int
     misses: int
     hit_rate: float
-    evictions: int  # pushed out by the size bound
+    evictions: int  # pushed out by a bound (both causes)
+    evictions_by_cause: dict[str, int]  # "entries" (max_size), "bytes" (max_bytes)
+    too_large: int  # values not kept at all: over max_entry_share of max_bytes
     expirations: int  # dropped at their deadline
 
 

@@ -541,6 +541,8 @@ FULL_ENV = {
     "CACHE_REFRESH_JITTER": "0.5",
     "CACHE_REFRESH_SYNC": "0.1",
     "CACHE_FLEET_LOCK_TTL": "3s",
+    "CACHE_L1_MAX_BYTES": "16MiB",
+    "CACHE_L1_MAX_ENTRY_SHARE": "0.25",
     "CACHE_KEY_PREFIX": "app:v1:",
     "CACHE_ADMIN_TOKEN": TOKEN,
     "CACHE_CODEC": "pickle",
@@ -565,7 +567,8 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     assert d.connect_timeout == 0.5
     assert d.socket_timeout == 2.0
     assert d.pool_timeout == 1.5
-    assert cfg.l1 == L1Config(max_size=123, ttl=90.0, invalidation=False, degraded_ttl=0.25)
+    assert cfg.l1 == L1Config(max_size=123, ttl=90.0, invalidation=False, degraded_ttl=0.25,
+                              max_bytes=16 * 2**20, max_entry_share=0.25)
     assert cfg.l2 == L2Config(ttl=7200.0, negative_ttl=45.0, refresh_ahead=0.25, fleet_lock=True,
                               refresh_jitter=0.5, refresh_sync=0.1, fleet_lock_ttl=3.0)
     assert cfg.key_prefix == "app:v1:"
@@ -1322,3 +1325,22 @@ def test_yaml_syntax_errors_do_not_quote_the_password(text: str) -> None:
     with pytest.raises(ConfigError, match=r"invalid YAML at line \d+") as exc:
         CacheConfig.from_yaml(text)
     assert "s3cr3t" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("65536", 65536), (" 512KiB ", 512 * 1024), ("64MiB", 64 * 2**20), ("100MB", 10**8),
+    ("1G", 10**9), ("2gib", 2 * 2**30), ("10kb", 10_000), ("300B", 300), (4096, 4096),
+])
+def test_l1_max_bytes_takes_sizes(text: object, expected: int) -> None:
+    assert CacheConfig.from_env({"CACHE_L1_MAX_BYTES": str(text)}).l1.max_bytes == expected
+    assert L1Config(max_bytes=text).max_bytes == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("CACHE_L1_MAX_BYTES", "0"), ("CACHE_L1_MAX_BYTES", "1.5MB"), ("CACHE_L1_MAX_BYTES", "lots"),
+    ("CACHE_L1_MAX_BYTES", "-5"), ("CACHE_L1_MAX_ENTRY_SHARE", "0"),
+    ("CACHE_L1_MAX_ENTRY_SHARE", "1.5"), ("CACHE_L1_MAX_ENTRY_SHARE", "nan"),
+])
+def test_bad_l1_memory_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{name}="):
+        CacheConfig.from_env({name: value})

@@ -81,7 +81,7 @@ def test_the_reference_gives_each_option_its_type_and_default(key: str, env: str
     option = next(o for o in sections[section].OPTIONS if o.field == field_name)
     row = next(line for line in REFERENCE.splitlines() if line.startswith(f"| `{key}` |"))
     cells = [cell.strip() for cell in row.strip("|").split(" | ")]
-    fraction = option.parse.__name__ in ("unit_fraction", "optional_fraction")
+    fraction = option.parse.__name__ in ("unit_fraction", "optional_fraction", "share")
     assert cells[2] == ("fraction" if fraction else TYPE_WORDS[str(field.type)]), row
     default = sections[section]()
     value = getattr(default, field_name)

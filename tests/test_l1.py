@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dragonfly_cache._l1 import L1
+from dragonfly_cache._l1 import ENTRY_OVERHEAD, L1
 from tests.helpers import FakeClock, run_threads
 
 
@@ -223,3 +223,40 @@ def test_bound_holds_under_concurrent_churn() -> None:
     assert max(sizes) <= 50
     assert l1.stats()["size"] == 50
     assert l1.stats()["evictions"] == 16 * 300 - 50
+
+
+def test_the_byte_bound_evicts_the_least_recently_used_and_counts_it() -> None:
+    clock = FakeClock()
+    l1 = L1(100, clock, max_bytes=3 * (1000 + ENTRY_OVERHEAD))  # room for three 1000-byte values
+    for key in ("a", "b", "c"):
+        with l1.ticket([key]) as ticket:
+            ticket.write({key: b"x" * 1000}, clock.now + 60)
+    assert l1.get("a") == b"x" * 1000  # "b" is now the least recently used
+    with l1.ticket(["d"]) as ticket:
+        ticket.write({"d": b"y" * 1000}, clock.now + 60)
+    assert l1.peek("b") is None and l1.peek("a") is not None
+    stats = l1.stats()
+    assert stats["bytes"] == 3 * (1000 + ENTRY_OVERHEAD) and stats["size"] == 3
+    assert stats["evictions_by_cause"] == {"entries": 0, "bytes": 1}
+    assert stats["evictions"] == 1
+
+
+def test_the_entry_bound_still_holds_and_is_counted_apart() -> None:
+    clock = FakeClock()
+    l1 = L1(2, clock, max_bytes=10**6)
+    for key in ("a", "b", "c"):
+        with l1.ticket([key]) as ticket:
+            ticket.write({key: b"v"}, clock.now + 60)
+    assert len(l1) == 2
+    assert l1.stats()["evictions_by_cause"] == {"entries": 1, "bytes": 0}
+
+
+def test_a_value_over_the_entry_limit_is_not_kept_and_drops_an_older_one() -> None:
+    clock = FakeClock()
+    l1 = L1(100, clock, max_bytes=10_000, max_entry_bytes=1000)
+    with l1.ticket(["k"]) as ticket:
+        ticket.write({"k": b"small"}, clock.now + 60)
+    with l1.ticket(["k"]) as ticket:
+        ticket.fill({"k": (b"z" * 5000, clock.now + 60)})
+    assert l1.peek("k") is None  # neither the large value nor the old small one
+    assert l1.stats()["too_large"] == 1 and l1.stats()["bytes"] == 0

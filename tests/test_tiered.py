@@ -472,7 +472,9 @@ def test_stats_counters_and_shape(cache_factory: CacheFactory) -> None:
     stats = cache.stats()
     assert stats["l1_stats"] == {"size": 1, "max_size": 7, "hits": 1, "misses": 2,
                                  "hit_rate": pytest.approx(1 / 3), "evictions": 0,
-                                 "expirations": 0}
+                                 "expirations": 0, "bytes": len(b"v") + 240,
+                                 "max_bytes": 64 * 2**20, "too_large": 0,
+                                 "evictions_by_cause": {"entries": 0, "bytes": 0}}
     assert stats["l2_stats"] == {"hits": 1, "misses": 1, "hit_rate": 0.5, "errors": 0,
                                  "errors_by_operation": {}, "rejected": 0}
     assert stats["coherence"] == {"state": "subscribed", "received": 1, "applied": 1,
@@ -881,3 +883,23 @@ def test_a_server_refusal_inside_incr_is_unavailable_not_a_bad_value(
     wait_until(lambda: cache.stats()["journal"] == {"pending": 0, "replayed": 1,
                                                     "dropped": 0})
     assert server.client().get("n") is None
+
+
+def test_large_values_stay_out_of_l1_and_l1_stays_within_its_bytes(
+        cache_factory: CacheFactory) -> None:
+    """The defaults: 64 MiB of L1, no value over a tenth of it. Ten-megabyte values (nine of
+    them took a worker from 47 MB to 210 MB) go to L2 only; small ones fill L1 up to it."""
+    cache = cache_factory(l1={"max_bytes": 2**20, "max_entry_share": 0.25})  # 1 MiB, 256 KiB
+    big = b"b" * (10 * 2**20)
+    for n in range(3):
+        cache.set(f"big:{n}", big)
+        assert cache.get(f"big:{n}") == big  # from L2, every time
+    stats = cache.stats()["l1_stats"]
+    assert stats["too_large"] == 6 and stats["bytes"] == 0 and stats["size"] == 0
+    for n in range(100):  # 100 x ~16 KiB: more than 1 MiB
+        cache.set(f"small:{n}", b"s" * 16_000)
+    stats = cache.stats()["l1_stats"]
+    assert stats["bytes"] <= 2**20 and stats["evictions_by_cause"]["bytes"] > 0
+    assert cache.get("small:99") == b"s" * 16_000
+    default = cache_factory().config.l1
+    assert (default.max_bytes, default.max_entry_share) == (64 * 2**20, 0.1)
