@@ -31,6 +31,7 @@ import json
 import logging
 import threading
 import uuid
+import weakref
 from collections.abc import Callable
 
 import redis
@@ -47,9 +48,22 @@ from ._listener import (
 from .exceptions import CacheUnavailableError
 from .types import CoherenceStats
 
-__all__ = ["Coherence", "InvalidationTarget"]
+__all__ = ["Coherence", "InvalidationTarget", "weakly"]
 
 logger = logging.getLogger(__name__)
+
+
+def weakly(method: Callable[[], None]) -> Callable[[], None]:
+    """``method``, called only while its object lives: a listener thread holding the
+    callback must not keep a dropped cache (and its L1) alive."""
+    reference = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = reference()
+        if bound is not None:
+            bound()
+
+    return call
 
 
 class Coherence:
@@ -68,7 +82,7 @@ class Coherence:
     def __init__(self, target: InvalidationTarget, servers: Callable[[], list[str]],
                  connect: Connect, watch: Callable[[str], bool] | None = None,
                  on_subscribed: Callable[[], None] | None = None) -> None:
-        self._target = target
+        self._target = weakref.ref(target)  # the listeners hold this object: never L1 itself
         self._servers = servers
         self._connect = connect
         self._watch = watch
@@ -135,8 +149,9 @@ class Coherence:
         except CacheUnavailableError as exc:
             logger.debug("invalidation listeners: the servers are not known yet (%s)", exc)
             wanted = None
+        target = self._target()
         with self._lock:
-            if self._stopped:
+            if self._stopped or target is None:
                 return
             if wanted is None:
                 wanted = list(self._listeners) or [""]  # keep trying through a first one
@@ -145,7 +160,7 @@ class Coherence:
             for address in wanted:
                 if address not in self._listeners:
                     self._listeners[address] = Listener(
-                        address, self._target, self._reconnect, self._own_prefix,
+                        address, target, self._reconnect, self._own_prefix,
                         watch=self._watch, on_subscribed=self._on_subscribed,
                         on_lost=self.follow)
         for listener in gone:

@@ -113,12 +113,21 @@ class Journal:
             self._pending = Pending(clear=self._record)  # the rest is part of it
         self._start()
 
-    def settled(self, keys: Iterable[str]) -> None:
-        """``keys`` were just written or deleted in L2: their entries are done with."""
+    def mark(self) -> int:
+        """The number of the last record: take it *before* sending a write, and pass it to
+        :meth:`settled` once L2 took the write."""
+        return self._record
+
+    def settled(self, keys: Iterable[str], mark: int) -> None:
+        """``keys`` were written or deleted in L2 by a write sent after record ``mark``:
+        their entries recorded up to then are done with. A failure recorded later (another
+        thread's delete that failed while this write was in flight) stays pending."""
         if self._pending.keys:
             with self._lock:
+                pending = self._pending.keys
                 for key in keys:
-                    self._pending.keys.pop(key, None)
+                    if pending.get(key, mark + 1) <= mark:
+                        del pending[key]
 
     def _bound(self) -> None:
         pending = self._pending
@@ -176,6 +185,7 @@ class Journal:
             except Exception:  # a bug: keep the entries, retry later, never die silently
                 logger.exception("replaying the invalidation journal failed")
                 self._wake.wait(RETRY_CAP)
+                self._wake.clear()
                 continue
             delay = RETRY_FIRST
             self._settle(snapshot)

@@ -177,10 +177,16 @@ class L2:
         command = "SPUBLISH" if self.router.sharded else "PUBLISH"
         if written:
             owners = dict.fromkeys(self.router.route(name) for name in written)
+            unheard = [owner for owner in owners if owner not in channels]
             groups: list[Group] = [(channels[owner], [(command, channels[owner], announce)])
                                    for owner in owners if owner in channels]
             for result in self.router.batch("PUBLISH", groups):
                 replies_of(result)
+            if unheard:  # never skip an announcement silently: the journal replays it
+                self.router.topology.refresh_soon()
+                raise CacheUnavailableError(
+                    f"PUBLISH: the write to {', '.join(unheard)} could not be announced: "
+                    "no invalidation channel of it in the slot map yet (slots moving)")
             return
         failure: CacheUnavailableError | None = None
         for channel in channels.values():  # every process hears every primary's channel

@@ -160,6 +160,7 @@ class Listener:
         target = self._target()
         if target is not None:
             target.drop_untrusted()
+        del target  # this loop must not keep a dropped cache's L1 alive
         self.state = SUBSCRIBED
         _state_changed()
         if self._on_subscribed is not None:

@@ -94,6 +94,8 @@ class Loading:
         asked), then store; one ticket covers it all (see the module docs)."""
         tiers = self._tiers
         tiers.listen()
+        # A load that starts while a delete could be missed stores a short-lived value.
+        untrusted = not tiers.trusted
         with tiers.l1.ticket([key]) as ticket:
             start = tiers.l1.timer()
             found, fills = tiers.fetch([key])
@@ -109,7 +111,7 @@ class Loading:
                     return value
             try:
                 value = self._call_loader(key, loader)
-                self._store(key, value, seconds, ticket, fraction)
+                self._store(key, value, seconds, ticket, fraction, untrusted)
             finally:
                 if token is not None:
                     self._fleet.release(key, token)
@@ -131,14 +133,15 @@ class Loading:
             self._loads += 1
 
     def _store(self, key: str, value: bytes, seconds: float, ticket: Ticket,
-               fraction: float | None) -> None:
+               fraction: float | None, untrusted: bool) -> None:
         """Store a loaded value in L2 (if still absent) and L1, unless the key was
-        invalidated while it loaded (the value may predate that write)."""
+        invalidated while it loaded (the value may predate that write); only briefly if
+        the load started while an invalidation could be missed."""
         tiers = self._tiers
         if ticket.stale(key):
             return
-        if value is NEGATIVE:
-            seconds = self._negative_ttl
+        seconds = tiers.store_life(self._negative_ttl if value is NEGATIVE else seconds,
+                                   untrusted)
         start = tiers.l1.timer()
         deadline = tiers.deadline(start, seconds)
         try:
@@ -201,14 +204,15 @@ class Loading:
             self.refresh.postpone(key, BACKOFF_FIRST)  # another process refreshes
             return None
         try:
+            untrusted = not self._tiers.trusted
             with self._tiers.l1.ticket([key]) as ticket:
-                return self._reload_under(ticket, key, loader, seconds, fraction)
+                return self._reload_under(ticket, key, loader, seconds, fraction, untrusted)
         finally:
             if token is not _NO_LOCK:
                 self._fleet.release(key, token)
 
     def _reload_under(self, ticket: Ticket, key: str, loader: Loader, seconds: float,
-                      fraction: float) -> bytes | None:
+                      fraction: float, untrusted: bool) -> bytes | None:
         tiers = self._tiers
         try:
             value = self._call_loader(key, loader)
@@ -221,7 +225,7 @@ class Loading:
             # callers waiting on this refresh get what was loaded, never the value the
             # invalidation removed.
             return value
-        life = self._negative_ttl if value is NEGATIVE else seconds
+        life = tiers.store_life(self._negative_ttl if value is NEGATIVE else seconds, untrusted)
         start = tiers.l1.timer()
         deadline = tiers.deadline(start, life)
         try:
@@ -280,10 +284,11 @@ class Loading:
         if not led:
             return results
         mine = list(led)
+        untrusted = not self._tiers.trusted
         try:
             with self._tiers.l1.ticket(mine) as ticket:
                 loaded = self._call_loader_many(mine, loader_many)
-                self._store_many(loaded, seconds, ticket)
+                self._store_many(loaded, self._tiers.store_life(seconds, untrusted), ticket)
         except BaseException as exc:
             for key, flight in led.items():
                 flights.finish(key, flight, error=exc)

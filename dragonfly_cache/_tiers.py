@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
-from ._coherence import Coherence
+from ._coherence import Coherence, weakly
 from ._flushwatch import FlushWatch
 from ._journal import Journal, Pending
 from ._l1 import L1, Entry
@@ -55,7 +55,7 @@ class Tiers:
         self.journal = Journal(self._replay)
         self.coherence = (Coherence(self.l1, l2.coherence_nodes, l2.subscription,
                                     watch=FlushWatch(l2.router).flushed,
-                                    on_subscribed=self.journal.wake)
+                                    on_subscribed=weakly(self.journal.wake))
                           if config.invalidation else None)
         if self.coherence is not None:
             self.l1.yield_interval = YIELD_INTERVAL
@@ -96,6 +96,12 @@ class Tiers:
         if degraded or not self.trusted:
             bound = min(bound, self._degraded_ttl)
         return start + min(life, bound)
+
+    def store_life(self, seconds: float, untrusted: bool) -> float:
+        """How long a loaded value may live in L2: ``seconds``, or at most
+        ``l1.degraded_ttl`` when the load started while an invalidation could be missed
+        (the listener not subscribed): the value may predate a delete nobody heard of."""
+        return min(seconds, self._degraded_ttl) if untrusted else seconds
 
     # -- announcements ---------------------------------------------------------------------
 
@@ -175,15 +181,16 @@ class Tiers:
             # before sending keeps the L1 deadline no later than that, however slow the reply.
             start = self.l1.timer()
             deadline = self.deadline(start, seconds)
+            mark = self.journal.mark()
             try:
                 self.l2.set_many(values, seconds, self.announce(list(values)))
             except BaseException as exc:
-                ticket.write(values, self.deadline(start, seconds, degraded=True))
                 if isinstance(exc, CacheUnavailableError):
                     self.journal.keys(values)
+                ticket.write(values, self.deadline(start, seconds, degraded=True))
                 raise
             ticket.write(values, deadline)
-            self.journal.settled(values)
+            self.journal.settled(values, mark)
 
     def add(self, key: str, value: bytes, seconds: float) -> bool:
         """SET NX in L2 (announced); L1 gets the value only if L2 took it.
@@ -277,10 +284,11 @@ class Tiers:
         Raises:
             CacheUnavailableError: L2 did not take the delete (L1 no longer has the keys).
         """
+        mark = self.journal.mark()
         removed = self._remove(lambda: self.l1.invalidate(keys),
                                lambda: self.l2.delete(keys, self.announce(keys)),
                                lambda: self.journal.keys(keys))
-        self.journal.settled(keys)
+        self.journal.settled(keys, mark)
         return removed
 
     def invalidate(self, pattern: str, matches: Callable[[str], bool]) -> int:

@@ -363,3 +363,43 @@ def test_stopping_a_listener_whose_socket_refuses_the_wake_up_still_stops_it(
     cache.close()  # no ValueError
     assert Refusing.refused
     assert cache.stats()["coherence"]["state"] == "stopped"
+
+
+def test_a_load_made_before_the_subscription_is_stored_in_l2_only_briefly(
+        cache_factory: CacheFactory, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """Its loader may have read the database before a write whose delete nobody heard: the
+    value lives in L2 at most l1.degraded_ttl, not l2.ttl (fleet-wide staleness bound)."""
+    gate = threading.Event()
+    subscription = L2.subscription
+
+    def held(self: L2, address: str) -> Any:
+        assert gate.wait(10)
+        return subscription(self, address)
+
+    monkeypatch.setattr(L2, "subscription", held)
+    cache = cache_factory(subscribed=False, l1={"degraded_ttl": 2.0})
+    assert cache.get_or_load("early", lambda: b"v", ttl=300) == b"v"
+    assert 0 < redis_server.client().pttl("early") <= 2000
+    gate.set()
+    wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed")
+    assert cache.get_or_load("later", lambda: b"v", ttl=300) == b"v"
+    assert redis_server.client().pttl("later") > 290_000
+
+
+def test_a_cache_dropped_without_close_stops_its_listeners(redis_server_factory: Any) -> None:
+    """Nothing the listener threads hold keeps the cache's L1 alive (the journal's wake-up,
+    the set's callbacks, the loop's own locals): a dropped cache's threads end."""
+    import gc
+
+    from dragonfly_cache import CacheConfig, DragonflyConfig, TieredCache
+    from tests.helpers import wait_subscribed
+
+    server = redis_server_factory()
+    mine = f"dragonfly_cache-listener-{server.address}"
+    for _ in range(3):
+        cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(addresses=[server.address])))
+        wait_subscribed(cache)
+        del cache
+    gc.collect()
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == mine], timeout=3.0)

@@ -73,8 +73,19 @@ def test_a_successful_write_settles_its_key() -> None:
     replays = Replays()
     journal = Journal(replays)
     journal.keys(["a", "b"])
-    journal.settled(["a"])
+    journal.settled(["a"], journal.mark())  # a write of "a" sent after the failure
     assert journal.blocked(["a", "b"]) == {"b"}
+    journal.stop()
+
+
+def test_a_failure_recorded_while_a_write_was_in_flight_is_not_settled_by_it() -> None:
+    """Thread B's SET of the old value is sent; thread A's delete fails and is recorded;
+    B's SET succeeds: A's delete must still be replayed, or L2 keeps the old value."""
+    journal = Journal(Replays())
+    mark = journal.mark()  # B takes its mark, then sends its SET
+    journal.keys(["k"])  # A's delete fails meanwhile
+    journal.settled(["k"], mark)  # B's SET was taken
+    assert journal.blocked(["k"]) == {"k"}
     journal.stop()
 
 
@@ -213,3 +224,20 @@ def test_the_demo_serves_a_put_made_during_a_stall_within_a_second_of_the_return
     finally:
         for app in apps:
             app.extensions["dragonfly_cache"].close()
+
+
+def test_a_replay_that_fails_with_a_bug_retries_slowly_not_in_a_loop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+
+    def broken(pending: Pending) -> None:
+        calls.append(1)
+        raise RuntimeError("a bug")
+
+    journal = Journal(broken)
+    journal.wake()  # as a listener's subscription does
+    journal.keys(["k"])
+    time.sleep(0.5)
+    journal.stop()
+    assert 1 <= len(calls) <= 3, len(calls)
+    assert "replaying the invalidation journal failed" in caplog.text
