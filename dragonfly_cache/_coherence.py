@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable
@@ -52,6 +53,8 @@ __all__ = ["Coherence", "InvalidationTarget", "weakly"]
 
 logger = logging.getLogger(__name__)
 
+FOLLOW_INTERVAL = 5.0  # seconds between two checks of a cluster's primaries and channels
+
 
 def weakly(method: Callable[[], None]) -> Callable[[], None]:
     """``method``, called only while its object lives: a listener thread holding the
@@ -71,28 +74,34 @@ class Coherence:
 
     Args:
         target: the L1 the listeners invalidate (held weakly by them).
-        servers: the addresses to listen on now (may ask the server: called in the
-            listeners' threads, never in the caller's).
+        servers: the servers to listen on now, each with its channel (may ask the server:
+            called in the listeners' threads, never in the caller's).
         connect: ``connect(address)``: see :class:`~dragonfly_cache._listener.Listener`.
         watch: ``watch(address)``, see :class:`~dragonfly_cache._listener.Listener`.
         on_subscribed: called each time a subscription is confirmed (the server answers
             again: the journal of failed invalidations replays at once).
+        refresh: in a cluster, asks for a fresh slot map; then the listeners check the
+            servers and channels every ``FOLLOW_INTERVAL``.
     """
 
-    def __init__(self, target: InvalidationTarget, servers: Callable[[], list[str]],
+    def __init__(self, target: InvalidationTarget, servers: Callable[[], dict[str, str]],
                  connect: Connect, watch: Callable[[str], bool] | None = None,
-                 on_subscribed: Callable[[], None] | None = None) -> None:
+                 on_subscribed: Callable[[], None] | None = None,
+                 refresh: Callable[[], None] | None = None) -> None:
         self._target = weakref.ref(target)  # the listeners hold this object: never L1 itself
         self._servers = servers
         self._connect = connect
         self._watch = watch
         self._on_subscribed = on_subscribed
+        self._refresh = refresh
         self._lock = threading.Lock()
         self.sender = uuid.uuid4().hex
         self._own_prefix = self.keys_message([]).split(",", 1)[0].encode()  # {"s":"<id>"
         self._listeners: dict[str, Listener] = {}
         self._started = False
         self._stopped = False
+        self._following = self._follow_again = False
+        self._followed_at = time.monotonic()
         self._retired = {"received": 0, "applied": 0, "flushes": 0, "reconnects": 0}
 
     # -- publisher side -------------------------------------------------------------------
@@ -142,10 +151,31 @@ class Coherence:
                          name=f"dragonfly_cache-coherence-{self.sender[:8]}").start()
 
     def follow(self) -> None:
-        """Bring the listeners in line with the servers that have a channel now: start
-        the missing ones, stop those of servers that have none any more."""
+        """Bring the listeners in line with the servers and their channels now: start the
+        missing ones (a new primary, a primary whose channel changed), stop those no
+        longer wanted. One at a time: a call made while another runs has that one run
+        again, with the newest answer."""
+        with self._lock:
+            self._follow_again = True
+            if self._following:
+                return
+            self._following = True
         try:
-            wanted = self._servers()
+            while True:
+                with self._lock:
+                    if not self._follow_again:
+                        self._following = False
+                        return
+                    self._follow_again = False
+                self._follow_once()
+        except BaseException:
+            with self._lock:
+                self._following = False
+            raise
+
+    def _follow_once(self) -> None:
+        try:
+            wanted: dict[str, str] | None = self._servers()
         except CacheUnavailableError as exc:
             logger.debug("invalidation listeners: the servers are not known yet (%s)", exc)
             wanted = None
@@ -153,20 +183,35 @@ class Coherence:
         with self._lock:
             if self._stopped or target is None:
                 return
-            if wanted is None:
-                wanted = list(self._listeners) or [""]  # keep trying through a first one
-            gone = [self._listeners.pop(address) for address in list(self._listeners)
-                    if address not in wanted]
+            if wanted is None:  # keep what runs, or try through a first one
+                wanted = {address: listener.channel
+                          for address, listener in self._listeners.items()} or {"": ""}
+            gone = [self._listeners.pop(address) for address, listener
+                    in list(self._listeners.items())
+                    if address not in wanted
+                    or (listener.channel and wanted[address]
+                        and listener.channel != wanted[address])]
             for address in wanted:
                 if address not in self._listeners:
                     self._listeners[address] = Listener(
                         address, target, self._reconnect, self._own_prefix,
-                        watch=self._watch, on_subscribed=self._on_subscribed,
+                        watch=self._watched, on_subscribed=self._on_subscribed,
                         on_lost=self.follow)
         for listener in gone:
             if listener.stop():
                 listener.flush()  # it was trusted: what it vouched for, nobody does now
             self._retire(listener)
+
+    def _watched(self, address: str) -> bool:
+        """A listener's periodic watch: its server's flush counters, and (by one listener
+        every ``FOLLOW_INTERVAL``) whether the servers or their channels changed: a new
+        primary, or a channel that moved without ending any subscription."""
+        now = time.monotonic()
+        if self._refresh is not None and now - self._followed_at >= FOLLOW_INTERVAL:
+            self._followed_at = now
+            self._refresh()
+            self.follow()
+        return self._watch(address) if self._watch is not None else False
 
     def _reconnect(self, address: str) -> tuple[redis.Redis, bool, str]:
         if not address:  # the placeholder of a first start: the servers were unknown

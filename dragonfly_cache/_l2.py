@@ -332,12 +332,17 @@ class L2:
             if int(cursor) == 0:
                 return
 
-    def coherence_nodes(self) -> list[str]:
-        """The servers an invalidation listener subscribes on: the server, or every
-        primary of a cluster that has a channel (see :mod:`dragonfly_cache._channels`)."""
+    def coherence_nodes(self) -> dict[str, str]:
+        """The servers invalidation listeners subscribe on, each with its channel: the
+        server, or every primary of a cluster that has one (:mod:`dragonfly_cache._channels`)."""
         if not self.router.is_cluster():
-            return self.router.primaries()
-        return list(self._channels.of(self.router.topology.current()))
+            return dict.fromkeys(self.router.primaries(), self.channel)
+        return dict(self._channels.of(self.router.topology.current()))
+
+    def refresh_topology(self) -> None:
+        """In a cluster, fetch the slot map again before the next routing."""
+        if self.router.topology.clustered:
+            self.router.topology.refresh_soon()
 
     def subscription(self, address: str) -> tuple[redis.Redis, bool, str]:
         """A new client on its own connection to ``address`` for an invalidation listener,

@@ -141,7 +141,11 @@ class Listener:
                     break
                 self._lost(exc)
                 if self._on_lost is not None:
-                    self._on_lost()
+                    try:
+                        self._on_lost()
+                    except Exception:  # the set could not be brought in line: keep trying
+                        logger.exception("invalidation listener for %s: following the "
+                                         "servers failed", self.address)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_CAP)
             finally:

@@ -55,7 +55,8 @@ class Tiers:
         self.journal = Journal(self._replay)
         self.coherence = (Coherence(self.l1, l2.coherence_nodes, l2.subscription,
                                     watch=FlushWatch(l2.router).flushed,
-                                    on_subscribed=weakly(self.journal.wake))
+                                    on_subscribed=weakly(self.journal.wake),
+                                    refresh=l2.refresh_topology)
                           if config.invalidation else None)
         if self.coherence is not None:
             self.l1.yield_interval = YIELD_INTERVAL
