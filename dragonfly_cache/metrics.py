@@ -256,4 +256,18 @@ def sync_all() -> None:
         metrics.sync()
 
 
-_listener.STATE_CHANGES.append(sync_all)
+def _sync_soon() -> None:
+    """A listener subscribed or lost its server: sync in a thread of its own, so that a
+    lock held in here (prometheus_client's, or one a forked child inherited held) can
+    never stop the listener from applying invalidations."""
+    threading.Thread(target=sync_all, daemon=True, name="dragonfly_cache-metrics").start()
+
+
+def _after_fork_in_child() -> None:
+    """A parent thread may have held a sync lock at fork time: this process's are new."""
+    for metrics in list(_instances):
+        metrics._lock = threading.Lock()
+
+
+_listener.STATE_CHANGES.append(_sync_soon)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -380,3 +380,18 @@ def test_the_demo_answers_bad_input_with_a_4xx_and_changes_nothing(
         assert client.get("/demo/items/1").get_json()["version"] == 0  # nothing written
     finally:
         app.extensions["dragonfly_cache"].close()
+
+
+def test_a_listener_never_waits_for_the_metrics(make_app: Callable[..., Flask]) -> None:
+    """Its state change syncs the gauges in another thread: a sync lock held (by a thread
+    of a parent process at fork time, say) cannot stop it applying invalidations."""
+    import time as clock
+
+    from dragonfly_cache import _listener
+
+    app = make_app()
+    exported = app.extensions["dragonfly_cache.metrics"][1]
+    with exported._lock:
+        started = clock.monotonic()
+        _listener._state_changed()  # what a listener calls on subscribing
+        assert clock.monotonic() - started < 0.5
