@@ -67,6 +67,10 @@ class NodeChannels:
         return channel
 
     def _derive(self, slot_map: SlotMap) -> dict[str, str]:
+        if _hash_tag(self.base):  # every channel hashes by the prefix's tag: one slot
+            channel = f"{self.base}:{{0}}"
+            owner = _owner(slot_map, channel)
+            return {} if owner is None else {owner: channel}
         wanted = set(slot_map.primaries)
         channels: dict[str, str] = {}
         for number in range(_SEARCH):
@@ -85,3 +89,10 @@ def _owner(slot_map: SlotMap, channel: str) -> str | None:
         return slot_map.owner_of(channel)
     except CacheUnavailableError:
         return None
+
+
+def _hash_tag(name: str) -> bool:
+    """Whether Redis hashes ``name`` (and so every name it begins) by a tag of its own:
+    its first ``{`` is closed by a ``}`` with something between them."""
+    start = name.find("{")
+    return start >= 0 and name.find("}", start + 1) > start + 1

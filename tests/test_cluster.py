@@ -469,3 +469,24 @@ def test_a_flush_of_one_primary_by_another_client_empties_every_l1(
     assert b.get(key) == b"v"
     holder.client().flushall()  # one primary, behind every cache's back
     wait_until(lambda: a.get(key) is None and b.get(key) is None, timeout=2.0)
+
+
+def test_a_prefix_with_a_hash_tag_has_one_channel_on_its_one_primary(
+        redis_cluster: LocalCluster) -> None:
+    """{app}: puts every key and every channel on one slot: one listener, on that primary,
+    found at once (not by trying 65,536 names on every new slot map)."""
+    config = CacheConfig(dragonfly=DragonflyConfig(addresses=redis_cluster.addresses),
+                         key_prefix="{app}:")
+    with TieredCache(config) as a, TieredCache(config) as b:
+        for cache in (a, b):
+            wait_until(lambda cache=cache: cache.stats()["coherence"]["state"]
+                       == "subscribed", timeout=5.0)
+        holder = redis_cluster.node_for_key("{app}:k")
+        assert a._l2.coherence_nodes() == {holder.address: f"{channel_name(0, '{app}:')}:{{0}}"}
+        started = time.perf_counter()
+        a._l2._channels._derive(a._l2.router.topology.current())
+        assert time.perf_counter() - started < 0.01
+        b.set("k", b"old")
+        assert a.get("k") == b"old"
+        b.set("k", b"new")
+        wait_until(lambda: a.get("k") == b"new", timeout=0.1)
