@@ -131,14 +131,16 @@ class Journal:
 
     def _bound(self) -> None:
         pending = self._pending
+        dropped = 0
         while len(pending.keys) + len(pending.patterns) > self._size:
             oldest = pending.keys if pending.keys else pending.patterns
-            dropped = next(iter(oldest))
-            del oldest[dropped]
-            self.dropped += 1
-            logger.warning("invalidation journal full (%d entries): the oldest failed "
-                           "invalidation is dropped; that key may be served stale from L2 "
-                           "until its TTL", self._size)
+            del oldest[next(iter(oldest))]
+            dropped += 1
+        if dropped:
+            self.dropped += dropped
+            logger.warning("invalidation journal full (%d entries): the %d oldest failed "
+                           "invalidation(s) dropped; those keys may be served stale from "
+                           "L2 until their TTL", self._size, dropped)
 
     # -- reading ---------------------------------------------------------------------------
 

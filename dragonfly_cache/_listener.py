@@ -23,7 +23,6 @@ from typing import Any, Protocol
 import redis
 
 from ._glob import compile_glob
-from .exceptions import CacheUnavailableError
 
 __all__ = ["CONNECTING", "DOWN", "STATE_CHANGES", "STOPPED", "SUBSCRIBED", "InvalidationTarget",
            "Listener"]
@@ -249,8 +248,12 @@ class Listener:
             self.flush()
             logger.warning("invalidation listener on %s lost its connection (%s: %s); "
                            "L1 flushed, reconnecting", self.channel, type(exc).__name__, exc)
-        elif isinstance(exc, CacheUnavailableError):
-            logger.debug("invalidation listener for %s: %s", self.address, exc)
+        elif self.reconnects == 1 and self.address:
+            # Never subscribed yet: say why once (an ACL without the channel, say); the
+            # state stays "down" and it keeps trying.
+            logger.warning("invalidation listener for %s cannot subscribe yet (%s: %s); "
+                           "L1 entries live l1.degraded_ttl meanwhile, retrying",
+                           self.address, type(exc).__name__, exc)
 
     def flush(self) -> None:
         """Empty L1 (counted)."""

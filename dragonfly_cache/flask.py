@@ -255,7 +255,8 @@ class DragonflyCache:
         app.extensions[EXTENSION_KEY] = cache
         app.extensions[_STATE_KEY] = _AppState(cache, token, settings["CACHE_HEALTH_INTERVAL"])
         app.register_blueprint(blueprint, url_prefix=settings["CACHE_API_PREFIX"])
-        if CacheUnavailableError not in app.error_handler_spec[None][None]:  # the app's wins
+        handled = app.error_handler_spec[None][None]  # the app's own handler wins, also
+        if not any(issubclass(CacheUnavailableError, kind) for kind in handled):  # a base's
             app.register_error_handler(CacheUnavailableError, _unavailable)
         if settings["CACHE_METRICS"]:
             _install_metrics(app, cache, settings["CACHE_METRICS_PATH"])

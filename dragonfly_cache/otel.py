@@ -42,6 +42,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import __version__
 from ._loading import Loading
 from ._tiers import Tiers
+from .exceptions import NotFound
 from .tiered import TieredCache
 
 __all__ = ["instrument", "uninstrument"]
@@ -132,6 +133,8 @@ def _traced(operation: str, original: Callable[..., Any], tracer: trace.Tracer,
         token = _call.set(call)
         try:
             return original(self, *args, **kwargs)
+        except NotFound:
+            raise  # "no such record" is an answer (the tier says who gave it), not an error
         except BaseException as exc:
             call.failed(exc)
             raise

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from dragonfly_cache import CacheUnavailableError, ConfigError, TieredCache
+from dragonfly_cache import CacheError, CacheUnavailableError, ConfigError, TieredCache
 from dragonfly_cache.flask import DragonflyCache
 from tests.helpers import ADMIN_TOKEN, command_calls, metric, wait_subscribed, wait_until
 
@@ -288,9 +288,13 @@ def test_a_view_whose_cache_write_fails_answers_503_with_one_log_line(
         cache.close()
 
 
-def test_the_apps_own_handler_for_cache_failures_is_kept(redis_server: Any) -> None:
+@pytest.mark.parametrize("handled", [CacheUnavailableError, CacheError, Exception])
+def test_the_apps_own_handler_for_cache_failures_is_kept(redis_server: Any,
+                                                         handled: type[Exception]) -> None:
+    """Its handler for the error or for a base class of it (Flask would pick ours, the
+    more specific one, if we registered it)."""
     app = Flask("own_handler")
-    app.register_error_handler(CacheUnavailableError, lambda exc: ("degraded", 200))
+    app.register_error_handler(handled, lambda exc: ("degraded", 200))
     app.config.update(DRAGONFLY_ADDRESSES=redis_server.address, CACHE_METRICS=False)
     DragonflyCache(app)
 
