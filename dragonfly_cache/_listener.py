@@ -239,13 +239,12 @@ class Listener:
 
     def _lost(self, exc: BaseException) -> None:
         was_subscribed = self.state == SUBSCRIBED
-        self.state = DOWN
+        self.state = DOWN  # first: from now on new L1 entries are short-lived
         self.reconnects += 1
-        if was_subscribed:
-            _state_changed()
         if was_subscribed:
             # Messages may be lost from here on: nothing in L1 can be vouched for.
             self.flush()
+            _state_changed()
             logger.warning("invalidation listener on %s lost its connection (%s: %s); "
                            "L1 flushed, reconnecting", self.channel, type(exc).__name__, exc)
         elif self.reconnects == 1 and self.address:
