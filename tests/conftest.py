@@ -224,14 +224,11 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
 @pytest.fixture(scope="session")
 def redis_cluster_session(redis_binary: str) -> Iterator[LocalCluster]:
     """One 3-primary Redis Cluster for the session; prefer ``redis_cluster``, which resets it.
-
-    Forming it takes about 2 s (redis-cli). A missing redis-cli fails the tests that need
-    the cluster, with instructions; it never skips them.
-    """
+    Forming it takes under a second."""
     problem = None
     try:
         cluster = LocalCluster(redis_binary).start()
-    except RedisServerError as exc:  # includes a missing redis-cli and a cluster that never formed
+    except RedisServerError as exc:  # includes a cluster that never formed
         problem = str(exc)
     if problem is not None:
         pytest.fail(problem, pytrace=False)

@@ -9,14 +9,11 @@ import redis
 from redis.crc import key_slot
 from redis.exceptions import MovedError
 
-from tests.helpers import cluster, servers
 from tests.helpers.cluster import (
     BUS_PORT_OFFSET,
     HASH_SLOTS,
     ClusterNode,
     LocalCluster,
-    RedisCliNotFoundError,
-    find_redis_cli,
     free_cluster_port,
 )
 
@@ -152,31 +149,3 @@ def test_free_cluster_port_leaves_room_for_the_bus_port() -> None:
     port = free_cluster_port(avoid=taken)
     assert port not in taken
     assert port + BUS_PORT_OFFSET <= 65535
-
-
-def test_missing_redis_cli_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("REDIS_CLI_BIN", raising=False)
-    monkeypatch.setattr(servers.shutil, "which", lambda name: None)
-    monkeypatch.setattr(cluster, "CLI_FALLBACK_PATHS", ())
-    with pytest.raises(RedisCliNotFoundError, match="apt-get install redis-tools") as info:
-        find_redis_cli()
-    assert "REDIS_CLI_BIN" in str(info.value)
-    assert "never skipped" in str(info.value)
-
-
-def test_bad_redis_cli_bin_is_not_ignored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    missing = f"{tmp_path}/no-such-redis-cli"
-    monkeypatch.setenv("REDIS_CLI_BIN", missing)
-    with pytest.raises(RedisCliNotFoundError, match="apt-get") as info:
-        find_redis_cli("/usr/bin/redis-server")
-    assert missing in str(info.value)
-
-
-def test_redis_cli_is_found_next_to_redis_server(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    sibling = tmp_path / "redis-cli"
-    sibling.write_text("#!/bin/sh\n")
-    sibling.chmod(0o755)
-    monkeypatch.delenv("REDIS_CLI_BIN", raising=False)
-    assert find_redis_cli(str(tmp_path / "redis-server")) == str(sibling)

@@ -1,9 +1,11 @@
 """A throw-away Redis Cluster for the tests: N primaries, no replicas, on 127.0.0.1.
 
 :class:`LocalCluster` starts N :class:`ClusterNode` processes (a :class:`RedisServer` with
-``--cluster-enabled yes`` and a private ``nodes-PORT.conf``), forms the cluster with
-``redis-cli --cluster create``, then polls ``CLUSTER INFO`` / ``CLUSTER SLOTS`` on every node
-until all of them report ``cluster_state:ok`` and agree on who serves each of the 16384 slots.
+``--cluster-enabled yes`` and a private ``nodes-PORT.conf``), forms the cluster as
+``redis-cli --cluster create`` does but with plain commands (``CLUSTER ADDSLOTSRANGE``,
+``SET-CONFIG-EPOCH``, ``MEET``: no CLI needed, so a valkey-server alone makes a cluster too),
+then polls ``CLUSTER INFO`` / ``CLUSTER SLOTS`` on every node until all of them report
+``cluster_state:ok`` and agree on who serves each of the 16384 slots.
 
 Readiness has two levels. A node answers PING (and the harness's INFO probe) as soon as it
 listens, long before it belongs to a cluster, so :meth:`RedisServer.start` only means "the
@@ -17,8 +19,8 @@ the dead node's keys fail (connection refused), which is what fault tests want t
 
 Timings (redis 7.0, ``cluster-node-timeout`` 2000 ms):
 
-* Forming takes 2-4 s: ``redis-cli --cluster create`` sleeps 1 s between "has the cluster
-  joined?" checks, and a node may need up to another second to report ``ok``.
+* Forming takes well under a second: the nodes learn of each other by gossip, and each
+  reports ``ok`` soon after it knows every slot's owner.
 * A restarted primary reports ``cluster_state:fail`` (and answers keys with CLUSTERDOWN) for
   its first 2 s: redis waits ``CLUSTER_WRITABLE_DELAY`` before a rebooted primary serves.
 * Peers flag a silent node PFAIL after the node timeout and FAIL soon after. A primary that
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -45,24 +46,18 @@ from redis.retry import Retry
 from tests.helpers.servers import (
     CLIENT_TIMEOUT,
     HOST,
-    RedisBinaryNotFoundError,
     RedisServer,
     RedisServerError,
     _PortInUseError,  # private, but it is the one signal that a port race was lost
-    find_executable,
     find_redis_server,
     free_port,
 )
 
 __all__ = [
-    "CLI_FALLBACK_PATHS",
-    "CLI_INSTALL_HINT",
     "HASH_SLOTS",
     "ClusterError",
     "ClusterNode",
     "LocalCluster",
-    "RedisCliNotFoundError",
-    "find_redis_cli",
     "free_cluster_port",
     "wait_for",
 ]
@@ -71,37 +66,12 @@ HASH_SLOTS = 16384
 BUS_PORT_OFFSET = 10000  # redis's cluster bus listens on port + 10000 (no --cluster-port)
 MAX_PORT = 65535
 NODE_TIMEOUT_MS = 2000
-CREATE_TIMEOUT = 30.0  # seconds for `redis-cli --cluster create` (1-3 s when healthy)
 HEALTHY_TIMEOUT = 15.0  # seconds; worst expected case is ~4 s (see the module docstring)
 PORT_ATTEMPTS = 3  # tries per node when another process takes its port before it binds
 POLL_INTERVAL = 0.02
 
-CLI_FALLBACK_PATHS: tuple[str, ...] = ("/usr/bin/redis-cli", "/usr/local/bin/redis-cli")
-CLI_INSTALL_HINT = (
-    "`apt-get install redis-tools` as root (Debian's redis-server package depends on it, so "
-    "./scripts/test.sh normally installs it), or set REDIS_CLI_BIN=/path/to/redis-cli"
-)
-
-
 class ClusterError(RedisServerError):
     """Raised when a test cluster cannot be formed or does not become healthy in time."""
-
-
-class RedisCliNotFoundError(RedisBinaryNotFoundError):
-    """Raised when no redis-cli executable can be found; the message says how to get one."""
-
-
-def find_redis_cli(redis_server_binary: str | None = None) -> str:
-    """Locate the redis-cli executable (it forms the cluster): ``$REDIS_CLI_BIN``, then a
-    ``redis-cli`` next to ``redis_server_binary``, then ``PATH``, then
-    :data:`CLI_FALLBACK_PATHS`.
-
-    Raises:
-        RedisCliNotFoundError: nothing usable was found.
-    """
-    return find_executable("redis-cli", "REDIS_CLI_BIN", CLI_FALLBACK_PATHS, CLI_INSTALL_HINT,
-                           RedisCliNotFoundError, "the cluster tests need it to form the cluster",
-                           beside=redis_server_binary)
 
 
 def _bindable(port: int) -> bool:
@@ -236,9 +206,8 @@ class LocalCluster:
     :meth:`heal` brings every node back and waits until the cluster is healthy.
 
     Args:
-        binary: path of redis-server (default: :func:`find_redis_server`).
-        size: number of primaries (redis-cli needs at least 3).
-        cli: path of redis-cli (default: :func:`find_redis_cli`).
+        binary: path of redis-server or valkey-server (default: :func:`find_redis_server`).
+        size: number of primaries.
         node_timeout_ms: ``cluster-node-timeout`` of every node.
         extra_args: more redis-server arguments for every node.
     """
@@ -250,14 +219,12 @@ class LocalCluster:
         binary: str | None = None,
         *,
         size: int = 3,
-        cli: str | None = None,
         node_timeout_ms: int = NODE_TIMEOUT_MS,
         extra_args: Collection[str] = (),
     ) -> None:
-        if size < 3:
-            raise ValueError(f"redis-cli --cluster create needs at least 3 primaries, not {size}")
+        if size < 1:
+            raise ValueError(f"a cluster needs at least 1 primary, not {size}")
         self.binary = binary if binary is not None else find_redis_server()
-        self.cli = cli if cli is not None else find_redis_cli(self.binary)
         self.size = size
         self.node_timeout_ms = node_timeout_ms
         self.extra_args = tuple(extra_args)
@@ -292,7 +259,8 @@ class LocalCluster:
 
         Raises:
             RedisServerError: a node did not start.
-            ClusterError: redis-cli failed, or the cluster was not healthy within ``timeout``.
+            ClusterError: a node refused to join, or the cluster was not healthy within
+                ``timeout``.
         """
         if self._nodes:
             raise ClusterError(f"{self!r} is already started; close() it first")
@@ -435,29 +403,22 @@ class LocalCluster:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _create(self) -> None:
-        argv = [
-            self.cli, "--cluster", "create", *self.addresses,
-            "--cluster-replicas", "0", "--cluster-yes",
-        ]  # fmt: skip
+        """What ``redis-cli --cluster create --cluster-replicas 0`` sends: an equal share of
+        the slots and a distinct config epoch for each node (no epoch collision to resolve
+        later), then one node meets the others; gossip does the rest."""
+        size = len(self._nodes)
+        bounds = [HASH_SLOTS * index // size for index in range(size + 1)]
         try:
-            subprocess.run(
-                argv,
-                check=True,
-                timeout=CREATE_TIMEOUT,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-            )
-        except subprocess.CalledProcessError as exc:
-            raise ClusterError(
-                f"{' '.join(argv)} exited with code {exc.returncode}:\n"
-                f"{_tail(exc.stdout)}\n{_tail(exc.stderr)}"
-            ) from None
-        except subprocess.TimeoutExpired as exc:
-            output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
-            raise ClusterError(
-                f"{' '.join(argv)} did not finish within {CREATE_TIMEOUT:g}s:\n{_tail(output)}"
-            ) from None
+            for epoch, node in enumerate(self._nodes, start=1):
+                first, last = bounds[epoch - 1], bounds[epoch] - 1
+                node.command("CLUSTER", "ADDSLOTSRANGE", str(first), str(last))
+                node.command("CLUSTER", "SET-CONFIG-EPOCH", str(epoch))
+            seed = self._nodes[0]
+            for node in self._nodes[1:]:
+                seed.command("CLUSTER", "MEET", node.host, str(node.port))
+        except redis.RedisError as exc:
+            raise ClusterError(f"forming the cluster {self!r} failed: "
+                               f"{type(exc).__name__}: {exc}") from None
 
     def _is_healthy(self) -> bool:
         views = set()
@@ -503,6 +464,3 @@ class LocalCluster:
                 return node
         raise ClusterError(f"port {port} is not one of {self.addresses}")
 
-
-def _tail(text: str | None, lines: int = 20) -> str:
-    return "\n".join((text or "").splitlines()[-lines:])
