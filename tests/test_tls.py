@@ -30,7 +30,7 @@ from tests.helpers.servers import free_port
 
 
 @pytest.fixture
-def tls_server(redis_binary: str, pki: Path, tmp_path: Path
+def tls_server(tls_redis_binary: str, pki: Path, tmp_path: Path
                ) -> Iterator[Callable[..., str]]:
     """``start(cert="server", clients="no") -> "127.0.0.1:PORT"``: a TLS-only redis-server."""
     processes: list[subprocess.Popen[bytes]] = []
@@ -38,7 +38,7 @@ def tls_server(redis_binary: str, pki: Path, tmp_path: Path
     def start(cert: str = "server", clients: str = "no") -> str:
         port = free_port()
         process = subprocess.Popen(
-            [redis_binary, "--port", "0", "--bind", "127.0.0.1",
+            [tls_redis_binary, "--port", "0", "--bind", "127.0.0.1",
              *tls_server_args(pki, port, cert, clients),
              "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

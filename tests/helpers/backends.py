@@ -21,6 +21,16 @@ class Backend:
 
     name = "backend"
 
+    @property
+    def kind(self) -> str:
+        """``"redis"`` or ``"valkey"``: the server behind it, as ``health()`` names it."""
+        raise NotImplementedError
+
+    @property
+    def version(self) -> str:
+        """The version of the server behind it, as ``health()`` reports it."""
+        raise NotImplementedError
+
     def options(self) -> dict[str, Any]:
         """DragonflyConfig fields that reach this backend."""
         raise NotImplementedError
@@ -49,6 +59,14 @@ class ServerBackend(Backend):
 
     def __init__(self, server: RedisServer) -> None:
         self.server = server
+
+    @property
+    def kind(self) -> str:
+        return self.server.kind
+
+    @property
+    def version(self) -> str:
+        return self.server.version
 
     def options(self) -> dict[str, Any]:
         return {"addresses": [self.server.address], "password": self.server.password}
@@ -90,6 +108,14 @@ class ClusterBackend(Backend):
 
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
+
+    @property
+    def kind(self) -> str:
+        return self.cluster.kind
+
+    @property
+    def version(self) -> str:
+        return self.cluster.version
 
     def options(self) -> dict[str, Any]:
         return {"addresses": list(self.cluster.addresses)}

