@@ -1,17 +1,19 @@
 """The benchmark harness runs end to end, so it never rots (issue 8).
 
 Smoke mode runs every workload with tiny sizes against real redis-server processes it
-starts itself; it makes no timing claims, and neither does this test.
+starts itself (of the server under test: valkey-server with ``--server=valkey``); it makes
+no timing claims, and neither does this test.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.helpers.servers import ServerBinary
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "benchmarks" / "run.py"
@@ -32,12 +34,19 @@ WORKLOADS = {
 }
 
 
-@pytest.mark.server
-def test_smoke_run_covers_every_workload(tmp_path: Path) -> None:
+def on_server(server: ServerBinary) -> dict[str, str]:
+    """The environment of a benchmark run on the server under test (it starts its own
+    servers from $REDIS_SERVER_BIN)."""
+    return {**os.environ, "REDIS_SERVER_BIN": server.path}
+
+
+def test_smoke_run_covers_every_workload(tmp_path: Path,
+                                         server_under_test: ServerBinary) -> None:
     out = tmp_path / "smoke.json"
     proc = subprocess.run(
         [sys.executable, str(RUN), "--smoke", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=100, check=False,
+        env=on_server(server_under_test),
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
 
@@ -49,7 +58,8 @@ def test_smoke_run_covers_every_workload(tmp_path: Path) -> None:
     assert machine["nproc"] >= 1
     assert machine["cpu_model"]
     assert machine["python"]
-    assert machine["redis_server"].startswith("Redis server")
+    assert machine["redis_server"] == server_under_test.line
+    assert machine["redis_server_binary"] == server_under_test.path
     for name, workload in document["workloads"].items():
         assert workload["title"], name
         assert workload["data"], name
@@ -63,14 +73,15 @@ def test_smoke_run_covers_every_workload(tmp_path: Path) -> None:
     assert "### Targets (issue 8)" in proc.stdout
 
 
-@pytest.mark.server
-def test_smoke_run_answers_each_system(tmp_path: Path) -> None:
+def test_smoke_run_answers_each_system(tmp_path: Path,
+                                       server_under_test: ServerBinary) -> None:
     """The systems really ran: reads found their values, loaders returned them."""
     out = tmp_path / "smoke.json"
     proc = subprocess.run(
         [sys.executable, str(RUN), "--smoke", "--only", "stampede", "--only", "hot_reads_1t",
          "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=100, check=False,
+        env=on_server(server_under_test),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     workloads = json.loads(out.read_text())["workloads"]

@@ -58,8 +58,8 @@ def test_ping_healthy(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
     use(monkeypatch, redis_server)
     assert main(["ping"]) == 0
     out, err = capsys.readouterr()
-    assert one_line(out).startswith(f"PONG {redis_server.address} redis ")
-    assert out.split()[3][0].isdigit()  # the version
+    assert one_line(out) == (f"PONG {redis_server.address} {redis_server.kind} "
+                             f"{redis_server.version}")
     assert err == ""
 
 
@@ -83,8 +83,9 @@ def test_ping_a_cluster_and_a_cluster_missing_a_primary(redis_cluster: Any,
     monkeypatch.setenv("DRAGONFLY_ADDRESSES", seeds)
     assert main(["ping"]) == 0
     out, err = capsys.readouterr()
-    assert one_line(out).startswith(f"PONG {seeds} redis ")
-    assert out.rstrip().endswith("(cluster of 3 primaries)") and err == ""
+    assert one_line(out) == (f"PONG {seeds} {redis_cluster.kind} {redis_cluster.version} "
+                             "(cluster of 3 primaries)")
+    assert err == ""
     dead = redis_cluster.nodes[1]
     dead.kill()
     assert main(["ping"]) == 1
@@ -142,7 +143,8 @@ def test_stats_prints_health_as_json(redis_server: RedisServer,
     report = json.loads(capsys.readouterr().out)
     assert report["status"] == "healthy"
     assert report["dragonfly"]["connected"] is True
-    assert report["dragonfly"]["server"] == "redis"
+    assert report["dragonfly"]["server"] == redis_server.kind
+    assert report["dragonfly"]["version"] == redis_server.version
     assert report["breaker"] == "closed"
     assert report["coherence"] == "disabled"
     assert {"hits", "misses", "hit_rate"} <= set(report["l1_stats"])
@@ -453,7 +455,8 @@ def test_python_dash_m(redis_server: RedisServer) -> None:
     ok = run([sys.executable, "-m", "dragonfly_cache", "ping"],
              DRAGONFLY_ADDRESSES=redis_server.address)
     assert ok.returncode == 0, ok.stderr
-    assert one_line(ok.stdout).startswith(f"PONG {redis_server.address} redis ")
+    assert one_line(ok.stdout) == (f"PONG {redis_server.address} {redis_server.kind} "
+                                   f"{redis_server.version}")
     assert ok.stderr == ""
 
     # A real process has no logging configured: the package's warnings must not add lines.

@@ -132,7 +132,8 @@ def test_pip_install_without_extras(redis_server: RedisServer, tmp_path: Path) -
     ping = _run([script, "ping"], env={**env, "DRAGONFLY_ADDRESSES": redis_server.address},
                 cwd=tmp_path)
     assert ping.returncode == 0, ping.stderr
-    assert ping.stdout.startswith(f"PONG {redis_server.address} redis ")
+    assert ping.stdout == (f"PONG {redis_server.address} {redis_server.kind} "
+                           f"{redis_server.version}\n")
     serve = _run([script, "serve"], env=env, cwd=tmp_path)
     assert (serve.returncode, serve.stdout, serve.stderr) == (
         2, "", f"dragonfly-cache: error: serve needs the gunicorn package: "
