@@ -178,6 +178,24 @@ class Nodes:
                     node = self._nodes[address] = Node(address, connections, self.config)
         return node
 
+    def ask_unselected(self, operation: str, node: Node, commands: list[Command]) -> list[Any]:
+        """``commands`` on a connection of their own that selects no database (db 0),
+        inside the error boundary; their replies, error replies in place.
+
+        For what is asked before ``db`` is known to exist there (whether the server is a
+        cluster, whether it has that db): the node's own connections SELECT it as they
+        connect, so on a server without it they fail before the question is asked.
+
+        Raises:
+            CacheUnavailableError: the server could not be reached.
+        """
+        connections = Connections(self.connection_class,
+                                  {**self._options_for(node.address), "db": 0}, self._retry)
+        try:
+            return self.call(operation, node, lambda _pooled: connections.exchange(commands))
+        finally:
+            connections.close()
+
     def client(self, address: str) -> redis.Redis:
         """A new redis-py client on its own connection to ``address`` that never retries
         (the invalidation listener must see every drop: messages may be lost in it)."""

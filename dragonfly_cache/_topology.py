@@ -119,8 +119,12 @@ class Topology:
         self._nodes = nodes
         # True: cluster; False: standalone; None: not known until the server is asked.
         # A transport that describes its server (a fake one) is a standalone server.
+        # A cluster asked for a db other than 0 is asked too: whether it has one is the
+        # server's to say (Redis: no; Valkey 9: as many as its cluster-databases).
         described = nodes.transport is not None and nodes.transport.server is not None
-        self.clustered: bool | None = False if described else config.clustered
+        asked = config.clustered is None or (config.clustered and config.db != 0)
+        self.clustered: bool | None = (False if described
+                                       else None if asked else config.clustered)
         self.slot_map: SlotMap | None = None
         self._stale = False  # a MOVED or a lost node: refresh the map before routing
         self._refreshed_at = -math.inf
@@ -133,7 +137,8 @@ class Topology:
         self._questions: SingleFlight[Any] = SingleFlight()
 
     def is_cluster(self) -> bool:
-        """Standalone or cluster; asks the first address once when ``mode`` is auto."""
+        """Standalone or cluster; asks the first address once when ``mode`` is auto, or
+        when a cluster is to use a db other than 0 (does it have that db?)."""
         clustered = self.clustered
         if clustered is None:
             clustered = bool(self._answer("mode", self._ask_mode))
@@ -198,13 +203,23 @@ class Topology:
     def _ask_mode(self) -> bool:
         if self.clustered is None:  # not answered while this thread waited to lead
             seed = self._nodes.node(self._config.addresses[0])
-            reply = self._nodes.call("INFO", seed,
-                                     lambda c: c.roundtrip((("INFO", "cluster"),))[0])
-            clustered = parse_info(reply).get("cluster_enabled") == "1"
-            if clustered and self._config.db != 0:
+            db = self._config.db
+            # On db 0, so that a db the server lacks does not fail the question itself.
+            questions: list[tuple[Any, ...]] = [("INFO", "cluster")]
+            if db != 0:
+                questions.append(("SELECT", db))
+            info, *selected = self._nodes.ask_unselected("INFO", seed, questions)
+            if isinstance(info, redis.ResponseError):
+                raise self._nodes.failure("INFO", seed.address, str(info))
+            clustered = self._config.clustered
+            if clustered is None:
+                clustered = parse_info(info).get("cluster_enabled") == "1"
+            if clustered and selected and isinstance(selected[0], redis.ResponseError):
                 raise self._nodes.failure("INFO", seed.address, (
-                    f"the server runs in cluster mode, which has only db 0, but "
-                    f"DRAGONFLY_DB (DragonflyConfig.db) is {self._config.db}"))
+                    f"the server runs in cluster mode and has no db {db} (SELECT {db}: "
+                    f"{selected[0]}): a Redis cluster has only db 0, a Valkey 9 cluster as "
+                    f"many as its cluster-databases; set DRAGONFLY_DB (DragonflyConfig.db) "
+                    f"to one it has, or use key_prefix to separate applications"))
             self.clustered = clustered
         return self.clustered
 

@@ -109,11 +109,6 @@ class DragonflyConfig:
                 f"DRAGONFLY_ADDRESSES (DragonflyConfig.addresses) lists "
                 f"{len(self.addresses)} servers but DRAGONFLY_MODE is standalone: give one "
                 "address, or use cluster mode")
-        if self.db != 0 and self.clustered:
-            raise ConfigError(
-                f"DRAGONFLY_DB (DragonflyConfig.db)={self.db}: a cluster has only db 0 "
-                "(several addresses or DRAGONFLY_MODE=cluster mean cluster mode); use "
-                "key_prefix to separate applications")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("DRAGONFLY_TLS_CERT_FILE and DRAGONFLY_TLS_KEY_FILE "
                               "(DragonflyConfig.tls_cert_file/tls_key_file) go together")

@@ -50,6 +50,7 @@ SERVER_FIXTURES = frozenset(
         "server_under_test",
         "redis_binary",
         "tls_redis_binary",
+        "valkey_binary",
         "redis_session_server",
         "redis_server",
         "redis_server_factory",
@@ -115,6 +116,17 @@ def redis_binary(server_under_test: ServerBinary) -> str:
     """Path of the server executable the fixtures start: redis-server, or valkey-server
     with ``--server=valkey``."""
     return server_under_test.path
+
+
+@pytest.fixture(scope="session")
+def valkey_binary() -> str:
+    """Path of valkey-server whatever ``--server`` says: for the few tests of what only
+    Valkey does (e.g. several databases in a cluster)."""
+    try:
+        return find_server("valkey")
+    except RedisServerError as exc:
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import itertools
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -97,11 +98,11 @@ def other_node(cluster: LocalCluster, *not_these: ClusterNode) -> ClusterNode:
 # -- configuration and detection -------------------------------------------------------------
 
 
-def test_db_other_than_0_in_cluster_mode_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="DRAGONFLY_DB"):
-        DragonflyConfig(addresses=["127.0.0.1:7000", "127.0.0.1:7001"], db=1)
-    with pytest.raises(ConfigError, match="DRAGONFLY_DB"):
-        DragonflyConfig(addresses=["127.0.0.1:7000"], mode="cluster", db=2)
+def test_mode_is_checked_and_a_clusters_db_is_left_to_the_server() -> None:
+    # Whether a cluster has db 1 is the server's to say (Redis: no; Valkey 9: as many as
+    # its cluster-databases); the tests below ask real servers.
+    assert DragonflyConfig(addresses=["127.0.0.1:7000", "127.0.0.1:7001"], db=1).db == 1
+    assert DragonflyConfig(addresses=["127.0.0.1:7000"], mode="cluster", db=2).db == 2
     with pytest.raises(ConfigError, match="DRAGONFLY_MODE"):
         DragonflyConfig(addresses=["127.0.0.1:7000", "127.0.0.1:7001"], mode="standalone")
     with pytest.raises(ConfigError, match="DRAGONFLY_MODE"):
@@ -121,13 +122,60 @@ def test_one_seed_address_is_enough_the_server_says_it_is_a_cluster(
     assert set(health["dragonfly"]["nodes"]) == set(redis_cluster.addresses)
 
 
-def test_an_auto_detected_cluster_with_db_1_reads_as_misses_and_says_why(
-        make: Make, redis_cluster: LocalCluster) -> None:
-    cache = make(addresses=[redis_cluster.addresses[0]], db=1, subscribed=False)
+# What each server answers to SELECT 1 in a cluster: Redis has only db 0; Valkey 9 has as
+# many as its cluster-databases, 1 unless configured (the session cluster's case).
+NO_DB_1 = {"redis": "SELECT is not allowed in cluster mode", "valkey": "DB index is out of range"}
+
+
+@pytest.mark.parametrize("given", ["one seed", "every seed", "mode cluster"])
+def test_a_cluster_without_db_1_refuses_it_naming_DRAGONFLY_DB(
+        make: Make, redis_cluster: LocalCluster, given: str) -> None:
+    seeds = redis_cluster.addresses[:1] if given == "one seed" else redis_cluster.addresses
+    mode = "cluster" if given == "mode cluster" else "auto"
+    cache = make(addresses=seeds, mode=mode, db=1, subscribed=False)
+    reason = (f"the server runs in cluster mode and has no db 1 (SELECT 1: "
+              f"{NO_DB_1[redis_cluster.kind]}): a Redis cluster has only db 0, a Valkey 9 "
+              f"cluster as many as its cluster-databases; set DRAGONFLY_DB")
     assert cache.get("k") is None
+    with pytest.raises(CacheUnavailableError, match=re.escape(reason)):
+        cache.set("k", b"v")
     health = cache.health()
     assert health["status"] == "unhealthy"
-    assert "cluster" in health["dragonfly"]["error"]
+    assert reason in health["dragonfly"]["error"]
+    assert all(node.command("DBSIZE") == 0 for node in redis_cluster.nodes)
+
+
+def test_a_valkey_cluster_with_cluster_databases_serves_db_1(valkey_binary: str) -> None:
+    """Valkey 9 keeps several databases in a cluster (cluster-databases): the cache then
+    works in db 1 as in db 0, every node's keys and invalidations included."""
+    with LocalCluster(valkey_binary, extra_args=("--cluster-databases", "4")) as cluster:
+        def make_cache(addresses: list[str], db: int) -> TieredCache:
+            config = CacheConfig(dragonfly=DragonflyConfig(addresses=addresses, db=db),
+                                 key_prefix="app:")
+            cache = TieredCache(config)
+            cache.exists("warm-up")
+            wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed",
+                       timeout=5.0)
+            return cache
+
+        with make_cache(cluster.addresses[:1], 1) as writer, \
+                make_cache(cluster.addresses, 1) as reader, \
+                make_cache(cluster.addresses, 0) as elsewhere:
+            values = {key: b"v" for keys in keys_per_node(cluster, 3).values()
+                      for key in keys}
+            writer.set_many(values)
+            assert reader.get_many(list(values)) == values
+            assert elsewhere.get_many(list(values)) == {}
+            for node in cluster.nodes:  # every node holds its keys in db 1, none in db 0
+                with redis.Redis(host=node.host, port=node.port, db=1) as db1:
+                    assert db1.dbsize() == 3
+                assert node.command("DBSIZE") == 0
+            key = next(iter(values))
+            writer.set(key, b"newer")
+            wait_until(lambda: reader.get(key) == b"newer", timeout=0.5)
+            health = writer.health()
+            assert health["status"] == "healthy", health
+            assert health["dragonfly"]["mode"] == "cluster"
 
 
 # -- routing ---------------------------------------------------------------------------------

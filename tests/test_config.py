@@ -514,7 +514,7 @@ def test_from_env_ignores_unrelated_variables() -> None:
 FULL_ENV = {
     "DRAGONFLY_ADDRESSES": "10.0.0.1:6379, [::1]:6380,cache-host",
     "DRAGONFLY_PASSWORD": SECRET,
-    "DRAGONFLY_DB": "0",  # several addresses: a cluster, which has only db 0
+    "DRAGONFLY_DB": "0",
     "DRAGONFLY_MODE": " Cluster ",
     "DRAGONFLY_POOL_SIZE": "25",
     "DRAGONFLY_MAX_RETRIES": "0",
