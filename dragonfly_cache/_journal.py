@@ -56,12 +56,13 @@ class Journal:
     """The pending invalidations of one cache in one process, and the thread replaying them.
 
     Args:
-        replay: removes what a :class:`Pending` names from L2 (announced) and L1; raises
-            :class:`CacheUnavailableError` if L2 did not take it all.
+        replay: removes what a :class:`Pending` names from L2 (announced) and L1, and
+            returns what it did (all, or part: what a server still away holds stays
+            pending); raises :class:`CacheUnavailableError` if it could do nothing.
         size: the most entries kept.
     """
 
-    def __init__(self, replay: Callable[[Pending], None], size: int = SIZE) -> None:
+    def __init__(self, replay: Callable[[Pending], Pending], size: int = SIZE) -> None:
         self._replay = replay
         self._size = size
         self._lock = threading.Lock()
@@ -178,19 +179,22 @@ class Journal:
                     self._thread = None
                     return
             try:
-                self._replay(snapshot)
+                done = self._replay(snapshot)
             except CacheUnavailableError:
-                self._wake.wait(delay)
-                self._wake.clear()
-                delay = min(delay * 2, RETRY_CAP)
-                continue
+                done = Pending()
             except Exception:  # a bug: keep the entries, retry later, never die silently
                 logger.exception("replaying the invalidation journal failed")
                 self._wake.wait(RETRY_CAP)
                 self._wake.clear()
                 continue
-            delay = RETRY_FIRST
-            self._settle(snapshot)
+            if done:
+                self._settle(done)
+            if len(done) < len(snapshot):  # some of it (a server still away): later
+                self._wake.wait(delay)
+                self._wake.clear()
+                delay = min(delay * 2, RETRY_CAP)
+            else:
+                delay = RETRY_FIRST
 
     def _settle(self, done: Pending) -> None:
         """Remove what ``done`` replayed, unless a failure recorded it again meanwhile."""

@@ -330,19 +330,57 @@ class Tiers:
             # After L2, so a fill that read the old value before the removal is stamped stale.
             drop_from_l1()
 
-    def _replay(self, pending: Pending) -> None:
+    def _replay(self, pending: Pending) -> Pending:
         """Remove from L2 (announced) and L1 what failed writes left there: the journal's
-        replay, run by its thread once L2 answers again."""
+        replay, run by its thread once L2 answers. Keys go server by server, so one
+        cluster primary still down holds back only its own keys (the others' are settled,
+        not deleted again at every retry, under values written since).
+
+        Returns:
+            What was done (all of ``pending``, or part of it).
+
+        Raises:
+            CacheUnavailableError: nothing could be done.
+        """
+        done, failure = Pending(), None
         if pending.clear is not None:
-            self.l2.invalidate("*", self.announce_clear())
-            self.l1.clear()
-        for pattern, (_, matches) in pending.patterns.items():
-            self.l2.invalidate(pattern, self.announce_pattern(pattern))
-            self.l1.invalidate_matching(matches)
-        if pending.keys:
-            keys = list(pending.keys)
-            self.l2.delete(keys, self.announce(keys))
-            self.l1.invalidate(keys)
+            try:
+                self.l2.invalidate("*", self.announce_clear())
+                self.l1.clear()
+                done.clear = pending.clear
+            except CacheUnavailableError as exc:
+                failure = exc
+        for pattern, entry in pending.patterns.items():
+            try:
+                self.l2.invalidate(pattern, self.announce_pattern(pattern))
+                self.l1.invalidate_matching(entry[1])
+                done.patterns[pattern] = entry
+            except CacheUnavailableError as exc:
+                failure = failure or exc
+        for keys in self._by_server(list(pending.keys)):
+            try:
+                self.l2.delete(keys, self.announce(keys))
+                self.l1.invalidate(keys)
+                done.keys.update((key, pending.keys[key]) for key in keys)
+            except CacheUnavailableError as exc:
+                failure = failure or exc
+        if failure is not None and not done:
+            raise failure
+        return done
+
+    def _by_server(self, keys: list[str]) -> list[list[str]]:
+        """``keys`` grouped by the server that holds them (one group on one server; keys
+        of a slot nobody serves now in a group of their own)."""
+        if not keys or not self.l2.router.is_cluster():
+            return [keys] if keys else []
+        groups: dict[str, list[str]] = {}
+        for key in keys:
+            try:
+                owner = self.l2.router.route(self.l2.prefix + key)
+            except CacheUnavailableError:
+                owner = ""
+            groups.setdefault(owner, []).append(key)
+        return list(groups.values())
 
     # -- introspection ---------------------------------------------------------------------
 

@@ -538,3 +538,30 @@ def test_a_prefix_with_a_hash_tag_has_one_channel_on_its_one_primary(
         assert a.get("k") == b"old"
         b.set("k", b"new")
         wait_until(lambda: a.get("k") == b"new", timeout=0.1)
+
+
+def test_a_replay_with_one_primary_away_settles_the_others_keys_once(
+        make: Make, redis_cluster: LocalCluster) -> None:
+    """A delete of keys on a live and a dead primary fails; the replay deletes the live
+    one's key once and keeps only the dead one's pending: a value written there since is
+    not deleted again at every retry (a loader storm across the fleet)."""
+    cache = make(breaker_cooldown=0.1, breaker_max_cooldown=0.2)
+    writer = make()
+    keys = keys_per_node(redis_cluster, 1)
+    dead = redis_cluster.nodes[1]
+    live_key = keys[redis_cluster.nodes[0]][0]
+    dead_key = keys[dead][0]
+    cache.set_many({live_key: b"old", dead_key: b"old"})
+    dead.kill()
+    try:
+        with pytest.raises(CacheUnavailableError):
+            cache.delete_many([live_key, dead_key])
+        wait_until(lambda: cache.stats()["journal"] == {"pending": 1, "replayed": 1,
+                                                        "dropped": 0}, timeout=5.0)
+        writer.set(live_key, b"new")  # written after the replay settled it
+        time.sleep(1.5)  # replays of the dead primary's key keep failing meanwhile
+        assert redis_cluster.nodes[0].command("GET", "app:" + live_key) == "new"
+        assert cache.stats()["journal"]["pending"] == 1
+    finally:
+        redis_cluster.heal()
+    wait_until(lambda: cache.stats()["journal"]["pending"] == 0, timeout=15.0)

@@ -28,13 +28,14 @@ class Replays:
         self.entered = threading.Event()
         self.hold: threading.Event | None = None
 
-    def __call__(self, pending: Pending) -> None:
+    def __call__(self, pending: Pending) -> Pending:
         self.calls.append(pending)
         self.entered.set()
         if self.hold is not None:
             assert self.hold.wait(5)
         if self.down:
             raise CacheUnavailableError("UNLINK on 127.0.0.1:1 failed: down")
+        return pending
 
 
 def test_recorded_keys_and_patterns_block_reads_until_replayed() -> None:
@@ -54,6 +55,32 @@ def test_recorded_keys_and_patterns_block_reads_until_replayed() -> None:
     assert set(replays.calls[-1].keys) == {"a", "b"} and list(replays.calls[-1].patterns) == [
         "user:*"]
     assert journal.blocked(["a", "user:1"]) == set()
+
+
+def test_a_partial_replay_settles_what_it_did_and_retries_only_the_rest() -> None:
+    """One server still away: the keys of the others are settled once, not deleted again
+    at every retry (under values written since)."""
+    calls: list[list[str]] = []
+    away = {"on-dead"}
+
+    def replay(pending: Pending) -> Pending:
+        calls.append(sorted(pending.keys))
+        done = Pending({key: record for key, record in pending.keys.items()
+                        if key not in away})
+        if not done:
+            raise CacheUnavailableError("UNLINK on 127.0.0.1:1 failed: down")
+        return done
+
+    journal = Journal(replay)
+    journal.keys(["on-live", "on-dead"])
+    wait_until(lambda: len(calls) >= 3)
+    assert calls[0] == ["on-dead", "on-live"] and all(c == ["on-dead"] for c in calls[1:])
+    assert journal.stats()["replayed"] == 1 and journal.blocked(["on-live", "on-dead"]) == {
+        "on-dead"}
+    away.clear()  # the server is back
+    journal.wake()
+    wait_until(lambda: not journal)
+    assert journal.stats()["replayed"] == 2
 
 
 def test_a_clear_covers_everything_and_blocks_every_key() -> None:
