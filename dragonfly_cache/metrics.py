@@ -31,7 +31,6 @@ require("prometheus_client", "flask", __name__)
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from . import _listener
 from ._breaker import BreakerState
 from .exceptions import ConfigError
 from .types import Stats
@@ -250,24 +249,7 @@ def _observe_latency(operation: str, seconds: float) -> None:
 
 
 def sync_all() -> None:
-    """Sync every cache of this process (before a scrape, and when an invalidation
-    listener subscribes or loses its server)."""
+    """Sync every cache of this process (before a scrape)."""
     for metrics in list(_instances):
         metrics.sync()
 
-
-def _sync_soon() -> None:
-    """A listener subscribed or lost its server: sync in a thread of its own, so that a
-    lock held in here (prometheus_client's, or one a forked child inherited held) can
-    never stop the listener from applying invalidations."""
-    threading.Thread(target=sync_all, daemon=True, name="dragonfly_cache-metrics").start()
-
-
-def _after_fork_in_child() -> None:
-    """A parent thread may have held a sync lock at fork time: this process's are new."""
-    for metrics in list(_instances):
-        metrics._lock = threading.Lock()
-
-
-_listener.STATE_CHANGES.append(_sync_soon)
-os.register_at_fork(after_in_child=_after_fork_in_child)
