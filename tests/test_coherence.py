@@ -249,19 +249,25 @@ def test_an_idle_cache_is_subscribed_within_a_second_without_any_call(
     assert lookups["hits"] == lookups["misses"] == 0  # nothing but the cache being made
 
 
-def test_an_entry_filled_before_the_subscription_is_confirmed_is_dropped_then(
-        cache_factory: CacheFactory, redis_server: Any, monkeypatch: pytest.MonkeyPatch
-        ) -> None:
-    """While the listener cannot subscribe, a raw write is heard by nobody; the entry read
-    before it must not outlive the confirmation (l1.degraded_ttl is 60 s here)."""
-    gate = threading.Event()
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Listeners made from now on cannot subscribe until the returned event is set."""
+    opened = threading.Event()
     subscription = L2.subscription
 
     def held(self: L2, address: str) -> Any:
-        assert gate.wait(10)
+        assert opened.wait(10)
         return subscription(self, address)
 
     monkeypatch.setattr(L2, "subscription", held)
+    yield opened
+    opened.set()
+
+
+def test_an_entry_filled_before_the_subscription_is_confirmed_is_dropped_then(
+        cache_factory: CacheFactory, redis_server: Any, gate: threading.Event) -> None:
+    """While the listener cannot subscribe, a raw write is heard by nobody; the entry read
+    before it must not outlive the confirmation (l1.degraded_ttl is 60 s here)."""
     cache = cache_factory(subscribed=False, l1={"degraded_ttl": 60.0})
     redis_server.client().set("k", b"old")
     assert cache.get("k") == b"old" and cache.get("k") == b"old"  # in L1
@@ -367,18 +373,9 @@ def test_stopping_a_listener_whose_socket_refuses_the_wake_up_still_stops_it(
 
 
 def test_a_load_made_before_the_subscription_is_stored_in_l2_only_briefly(
-        cache_factory: CacheFactory, redis_server: Any, monkeypatch: pytest.MonkeyPatch
-        ) -> None:
+        cache_factory: CacheFactory, redis_server: Any, gate: threading.Event) -> None:
     """Its loader may have read the database before a write whose delete nobody heard: the
     value lives in L2 at most l1.degraded_ttl, not l2.ttl (fleet-wide staleness bound)."""
-    gate = threading.Event()
-    subscription = L2.subscription
-
-    def held(self: L2, address: str) -> Any:
-        assert gate.wait(10)
-        return subscription(self, address)
-
-    monkeypatch.setattr(L2, "subscription", held)
     cache = cache_factory(subscribed=False, l1={"degraded_ttl": 2.0})
     assert cache.get_or_load("early", lambda: b"v", ttl=300) == b"v"
     assert 0 < redis_server.client().pttl("early") <= 2000
