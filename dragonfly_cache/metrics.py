@@ -168,6 +168,16 @@ _COUNTERS: list[tuple[str, Callable[[Stats], float], Any, dict[str, str]]] = [
     ("dropped", lambda s: s["journal"]["dropped"], METRICS.journal, {"outcome": "dropped"}),
 ]
 
+# Every call into prometheus_client from this module holds _EXPORTING, and a fork waits
+# until no thread holds it. prometheus_client guards its values with plain threading locks
+# (in multiprocess mode one lock for every value), so a child forked while a parent thread
+# was inside it would inherit that lock held and hang on its first observation: gunicorn
+# --preload forks while the master's listener threads observe L2 latency (seen as workers
+# that never answer; prometheus/client_python#431).
+_EXPORTING = threading.Lock()
+os.register_at_fork(before=_EXPORTING.acquire, after_in_parent=_EXPORTING.release,
+                    after_in_child=_EXPORTING.release)
+
 _registered: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
 _instances: weakref.WeakSet[CacheMetrics] = weakref.WeakSet()
 
@@ -190,7 +200,6 @@ class CacheMetrics:
 
     def __init__(self, cache: TieredCache) -> None:
         self._cache = weakref.ref(cache)
-        self._lock = threading.Lock()
         self._pid = os.getpid()
         self._last: dict[str, float] = {}
         self._entries = 0.0
@@ -209,7 +218,7 @@ class CacheMetrics:
         if cache is None:
             return
         stats = cache.stats()
-        with self._lock:
+        with _EXPORTING:
             if self._pid != os.getpid():
                 # A forked child: the cache's counters restarted from zero here.
                 self._pid, self._last = os.getpid(), {}
@@ -231,10 +240,10 @@ class CacheMetrics:
             self._pending = pending
             self.breaker_state = BreakerState(stats["breaker"]["state"]).severity
             self.subscribed = int(stats["coherence"]["state"] in ("subscribed", "disabled"))
-        # The worst state among this process's caches, as of their last syncs.
-        live = [metrics for metrics in list(_instances) if metrics._cache() is not None]
-        METRICS.breaker_state.set(max(metrics.breaker_state for metrics in live))
-        METRICS.coherence_subscribed.set(min(metrics.subscribed for metrics in live))
+            # The worst state among this process's caches, as of their last syncs.
+            live = [metrics for metrics in list(_instances) if metrics._cache() is not None]
+            METRICS.breaker_state.set(max(metrics.breaker_state for metrics in live))
+            METRICS.coherence_subscribed.set(min(metrics.subscribed for metrics in live))
 
     def _add(self, name: str, value: float, counter: Any) -> None:
         """Increment ``counter`` by the growth of the cumulative ``value`` since last time."""
@@ -245,7 +254,8 @@ class CacheMetrics:
 
 
 def _observe_latency(operation: str, seconds: float) -> None:
-    METRICS.l2_latency.labels(operation).observe(seconds)
+    with _EXPORTING:
+        METRICS.l2_latency.labels(operation).observe(seconds)
 
 
 def sync_all() -> None:
