@@ -361,7 +361,8 @@ def test_alert_rules_query_only_exported_series() -> None:
 OTHER_VARIABLES = frozenset({
     "PORT", "BIND", "WEB_CONCURRENCY", "GUNICORN_PRELOAD", "GUNICORN_ACCESS_LOG",
     "GUNICORN_THREADS", "GUNICORN_CONTROL_SOCKET",
-    "PROMETHEUS_MULTIPROC_DIR", "REDIS_SERVER_BIN", "SOAK_SECONDS", "DEMO_DB_PATH",
+    "PROMETHEUS_MULTIPROC_DIR", "REDIS_SERVER_BIN", "VALKEY_SERVER_BIN", "SOAK_SECONDS",
+    "DEMO_DB_PATH",
 })
 # Named by the migration guide: the other libraries' own settings and constants.
 FOREIGN_NAMES_PAGE = "docs/migration.md"
