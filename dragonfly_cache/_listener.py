@@ -24,7 +24,8 @@ import redis
 
 from ._glob import compile_glob
 
-__all__ = ["CONNECTING", "DOWN", "STOPPED", "SUBSCRIBED", "InvalidationTarget", "Listener"]
+__all__ = ["CONNECTING", "DOWN", "STATE_CHANGES", "STOPPED", "SUBSCRIBED", "InvalidationTarget",
+           "Listener"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,18 @@ STOPPED, CONNECTING, SUBSCRIBED, DOWN = "stopped", "connecting", "subscribed", "
 
 Connect = Callable[[str], tuple[redis.Redis, bool, str]]
 
+#: Called (in the listener's thread) whenever a listener subscribes or loses its server:
+#: the metrics module refreshes this process's gauges then, so an idle worker's
+#: ``coherence_subscribed`` does not keep the value of its last request.
+STATE_CHANGES: list[Callable[[], None]] = []
+
+
+def _state_changed() -> None:
+    for observer in list(STATE_CHANGES):
+        try:
+            observer()
+        except Exception:  # a metrics problem must never stop a listener
+            logger.exception("coherence state observer failed")
 
 
 class InvalidationTarget(Protocol):
@@ -152,6 +165,7 @@ class Listener:
             target.drop_untrusted()
         del target  # this loop must not keep a dropped cache's L1 alive
         self.state = SUBSCRIBED
+        _state_changed()
         if self._on_subscribed is not None:
             self._on_subscribed()
         last_heard = watched = time.monotonic()
@@ -230,6 +244,7 @@ class Listener:
         if was_subscribed:
             # Messages may be lost from here on: nothing in L1 can be vouched for.
             self.flush()
+            _state_changed()
             logger.warning("invalidation listener on %s lost its connection (%s: %s); "
                            "L1 flushed, reconnecting", self.channel, type(exc).__name__, exc)
         elif self.reconnects == 1 and self.address:

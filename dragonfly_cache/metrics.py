@@ -31,6 +31,7 @@ require("prometheus_client", "flask", __name__)
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from . import _listener
 from ._breaker import BreakerState
 from .exceptions import ConfigError
 from .types import Stats
@@ -259,7 +260,17 @@ def _observe_latency(operation: str, seconds: float) -> None:
 
 
 def sync_all() -> None:
-    """Sync every cache of this process (before a scrape)."""
+    """Sync every cache of this process (before a scrape, and when an invalidation
+    listener subscribes or loses its server)."""
     for metrics in list(_instances):
         metrics.sync()
 
+
+def _sync_soon() -> None:
+    """A listener subscribed or lost its server: sync in a thread of its own, so that
+    waiting for ``_EXPORTING`` (a scrape, an app thread inside prometheus_client) never
+    holds up the listener's invalidations."""
+    threading.Thread(target=sync_all, daemon=True, name="dragonfly_cache-metrics").start()
+
+
+_listener.STATE_CHANGES.append(_sync_soon)

@@ -322,6 +322,38 @@ def test_a_prometheus_multiproc_dir_that_names_no_directory_is_refused(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_idle_workers_subscribed_gauge_follows_its_listener_without_requests(
+        redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first request syncs the gauges while the listener still connects (0); with no
+    request after it, the listener's subscription itself brings this worker's value to 1
+    (it stayed 0 for as long as the worker was idle)."""
+    import threading
+
+    from dragonfly_cache._l2 import L2
+
+    gate = threading.Event()
+    subscription = L2.subscription
+
+    def held(self: L2, address: str) -> Any:
+        assert gate.wait(10)
+        return subscription(self, address)
+
+    monkeypatch.setattr(L2, "subscription", held)
+    app = Flask("idle_worker")
+    # Its own prefix: a new cache of the process (not one an earlier test left subscribed).
+    app.config.update(DRAGONFLY_ADDRESSES=redis_server.address, CACHE_KEY_PREFIX="idle:")
+    DragonflyCache(app)
+    exported = app.extensions["dragonfly_cache.metrics"][1]
+    try:
+        assert app.test_client().get("/api/v1/health/cache").status_code == 200
+        assert exported.subscribed == 0  # synced after that request, while connecting
+        gate.set()
+        wait_until(lambda: exported.subscribed == 1, timeout=2.0)  # no request since
+    finally:
+        gate.set()
+        app.extensions["dragonfly_cache"].close()
+
+
 @pytest.mark.parametrize(("method", "path", "body", "status", "message"), [
     ("GET", f"/demo/items/{2**63}", None, 400, "item id must be at most"),
     ("PUT", f"/demo/items/{2**64}", {"name": "x"}, 400, "item id must be at most"),
@@ -352,3 +384,17 @@ def test_the_demo_answers_bad_input_with_a_4xx_and_changes_nothing(
         assert client.get("/demo/items/1").get_json()["version"] == 0  # nothing written
     finally:
         app.extensions["dragonfly_cache"].close()
+
+
+def test_a_listener_never_waits_for_the_metrics(make_app: Callable[..., Flask]) -> None:
+    """Its state change syncs the gauges in another thread: the export lock held (by a
+    scrape, or a fork in progress) cannot stop it applying invalidations."""
+    import time as clock
+
+    from dragonfly_cache import _listener, metrics
+
+    make_app()
+    with metrics._EXPORTING:
+        started = clock.monotonic()
+        _listener._state_changed()  # what a listener calls on subscribing
+        assert clock.monotonic() - started < 0.5
