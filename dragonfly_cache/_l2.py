@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from ._channels import NodeChannels, channel_name
+from ._channels import NodeChannels, announce_in_cluster, channel_name
 from ._connections import Command, Connections
 from ._glob import escape_glob
 from ._router import Group, Result, Router, replies_of
@@ -163,41 +163,10 @@ class L2:
             results = self.router.batch(operation, [*groups, publish])[:-1]
         else:
             results = self.router.batch(operation, groups)
-            self._announce_in_cluster(announce, [
+            announce_in_cluster(self.router, self._channels, announce, [
                 name for (name, _), result in zip(groups, results, strict=True)
                 if not isinstance(result, Exception)], bool(groups))
         return [replies_of(result) for result in results]
-
-    def _announce_in_cluster(self, announce: str, written: list[str | bytes],
-                             any_writes: bool) -> None:
-        if any_writes and not written:
-            return  # nothing was written: nothing to tell (the write's failure is raised)
-        slot_map = self.router.topology.current()
-        channels = self._channels.of(slot_map)
-        command = "SPUBLISH" if self.router.sharded else "PUBLISH"
-        if written:
-            owners = dict.fromkeys(self.router.route(name) for name in written)
-            unheard = [owner for owner in owners if owner not in channels]
-            groups: list[Group] = [(channels[owner], [(command, channels[owner], announce)])
-                                   for owner in owners if owner in channels]
-            for result in self.router.batch("PUBLISH", groups):
-                replies_of(result)
-            if unheard:  # never skip an announcement silently: the journal replays it
-                self.router.topology.refresh_soon()
-                raise CacheUnavailableError(
-                    f"PUBLISH: the write to {', '.join(unheard)} could not be announced: "
-                    "no invalidation channel of it in the slot map yet (slots moving)")
-            return
-        failure: CacheUnavailableError | None = None
-        for channel in channels.values():  # every process hears every primary's channel
-            try:
-                replies_of(self.router.batch("PUBLISH", [(channel, [(command, channel,
-                                                                      announce)])])[0])
-                return
-            except CacheUnavailableError as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
 
     def set_many(self, values: Mapping[str, bytes], ttl: float, announce: str | None = None
                  ) -> None:
