@@ -17,10 +17,11 @@ subscribe again under the new map.
 
 from __future__ import annotations
 
+from ._router import Group, Router, replies_of
 from ._topology import SlotMap
 from .exceptions import CacheUnavailableError
 
-__all__ = ["NodeChannels", "channel_name"]
+__all__ = ["NodeChannels", "announce_in_cluster", "channel_name"]
 
 # How far to look for a number whose channel lands on a given primary: a primary serving
 # a share s of the 16384 slots is found after about 1/s tries; a key prefix with a hash
@@ -81,6 +82,46 @@ class NodeChannels:
                 if len(channels) == len(wanted):
                     break
         return channels
+
+
+def announce_in_cluster(router: Router, node_channels: NodeChannels, announce: str,
+                        written: list[str | bytes], any_writes: bool) -> None:
+    """Publish ``announce`` on the channel of each primary that took one of the keys
+    ``written``, through that primary (SPUBLISH where the cluster has sharded pub/sub);
+    for a write of no keys (``any_writes`` false), on any one primary's channel.
+
+    Raises:
+        CacheUnavailableError: a publish failed, or a primary that took a write has no
+            channel in the slot map yet (never skip an announcement silently: the
+            journal replays it).
+    """
+    if any_writes and not written:
+        return  # nothing was written: nothing to tell (the write's failure is raised)
+    slot_map = router.topology.current()
+    channels = node_channels.of(slot_map)
+    command = "SPUBLISH" if router.sharded else "PUBLISH"
+    if written:
+        owners = dict.fromkeys(router.route(name) for name in written)
+        unheard = [owner for owner in owners if owner not in channels]
+        groups: list[Group] = [(channels[owner], [(command, channels[owner], announce)])
+                               for owner in owners if owner in channels]
+        for result in router.batch("PUBLISH", groups):
+            replies_of(result)
+        if unheard:
+            router.topology.refresh_soon()
+            raise CacheUnavailableError(
+                f"PUBLISH: the write to {', '.join(unheard)} could not be announced: "
+                "no invalidation channel of it in the slot map yet (slots moving)")
+        return
+    failure: CacheUnavailableError | None = None
+    for channel in channels.values():  # every process hears every primary's channel
+        try:
+            replies_of(router.batch("PUBLISH", [(channel, [(command, channel, announce)])])[0])
+            return
+        except CacheUnavailableError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def _owner(slot_map: SlotMap, channel: str) -> str | None:

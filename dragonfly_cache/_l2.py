@@ -19,12 +19,13 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from ._channels import NodeChannels, channel_name
+from ._channels import NodeChannels, announce_in_cluster, channel_name
+from ._compression import Compression
 from ._connections import Command, Connections
 from ._glob import escape_glob
 from ._router import Group, Result, Router, replies_of
 from ._scripts import DELETE_IF_EQUAL, INCR, MGET_PTTL, MGET_PTTL_SHA
-from .config import DragonflyConfig
+from .config import DragonflyConfig, L2Config
 from .exceptions import CacheUnavailableError
 from .types import BreakerStats, L2Stats, LatencyObserver
 
@@ -45,10 +46,15 @@ class L2:
             ``cluster_enabled:1`` (or ``mode`` says otherwise); several are cluster seeds.
         key_prefix: prepended to every key; as a glob it is escaped, so ``*`` or ``[``
             in the prefix match only themselves.
+        policy: the stored form of values (``compression``): writes encode with
+            ``self.compression``; readers decode (:mod:`dragonfly_cache._compression`).
     """
 
-    def __init__(self, config: DragonflyConfig, key_prefix: str) -> None:
+    def __init__(self, config: DragonflyConfig, key_prefix: str,
+                 policy: L2Config | None = None) -> None:
         self.config = config
+        policy = policy or L2Config()
+        self.compression = Compression(policy.compression, policy.compress_min_size)
         self.prefix = key_prefix
         self.channel = channel_name(config.db, key_prefix)
         self._channels = NodeChannels(self.channel)
@@ -65,6 +71,7 @@ class L2:
     def after_fork_in_child(self) -> None:
         """Drop the parent's connections, locks, breaker state and counters."""
         self.router.after_fork_in_child()
+        self.compression.after_fork_in_child()
         self._start_process_state()
 
     def __repr__(self) -> str:
@@ -163,41 +170,10 @@ class L2:
             results = self.router.batch(operation, [*groups, publish])[:-1]
         else:
             results = self.router.batch(operation, groups)
-            self._announce_in_cluster(announce, [
+            announce_in_cluster(self.router, self._channels, announce, [
                 name for (name, _), result in zip(groups, results, strict=True)
                 if not isinstance(result, Exception)], bool(groups))
         return [replies_of(result) for result in results]
-
-    def _announce_in_cluster(self, announce: str, written: list[str | bytes],
-                             any_writes: bool) -> None:
-        if any_writes and not written:
-            return  # nothing was written: nothing to tell (the write's failure is raised)
-        slot_map = self.router.topology.current()
-        channels = self._channels.of(slot_map)
-        command = "SPUBLISH" if self.router.sharded else "PUBLISH"
-        if written:
-            owners = dict.fromkeys(self.router.route(name) for name in written)
-            unheard = [owner for owner in owners if owner not in channels]
-            groups: list[Group] = [(channels[owner], [(command, channels[owner], announce)])
-                                   for owner in owners if owner in channels]
-            for result in self.router.batch("PUBLISH", groups):
-                replies_of(result)
-            if unheard:  # never skip an announcement silently: the journal replays it
-                self.router.topology.refresh_soon()
-                raise CacheUnavailableError(
-                    f"PUBLISH: the write to {', '.join(unheard)} could not be announced: "
-                    "no invalidation channel of it in the slot map yet (slots moving)")
-            return
-        failure: CacheUnavailableError | None = None
-        for channel in channels.values():  # every process hears every primary's channel
-            try:
-                replies_of(self.router.batch("PUBLISH", [(channel, [(command, channel,
-                                                                      announce)])])[0])
-                return
-            except CacheUnavailableError as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
 
     def set_many(self, values: Mapping[str, bytes], ttl: float, announce: str | None = None
                  ) -> None:
@@ -210,9 +186,9 @@ class L2:
             announce: an invalidation message for the other caches, published after the
                 writes (so whoever refetches on it sees them).
         """
-        ttl_ms = max(1, round(ttl * 1000))
-        self._write("SET", [(name, [("SET", name, value, "PX", ttl_ms)]) for name, value in
-                            ((self.prefix + key, value) for key, value in values.items())],
+        ttl_ms, encode = max(1, round(ttl * 1000)), self.compression.encode
+        self._write("SET", [(name, [("SET", name, encode(value), "PX", ttl_ms)]) for name, value
+                            in ((self.prefix + key, value) for key, value in values.items())],
                     announce)
 
     def set_if_absent(self, key: str, value: bytes, ttl: float, announce: str | None = None
@@ -231,19 +207,20 @@ class L2:
         Returns:
             The keys that were stored (the others existed already).
         """
-        ttl_ms = max(1, round(ttl * 1000))
+        ttl_ms, encode = max(1, round(ttl * 1000)), self.compression.encode
         keys = list(values)
         replies = self._write("SET", [(self.prefix + key, [(
-            "SET", self.prefix + key, values[key], "PX", ttl_ms, "NX")]) for key in keys],
+            "SET", self.prefix + key, encode(values[key]), "PX", ttl_ms, "NX")]) for key in keys],
                               announce)
         return [key for key, reply in zip(keys, replies, strict=True) if reply[0] is not None]
 
     def delete_if_equal(self, key: str, value: bytes, announce: str | None = None) -> None:
         """Delete ``key`` only if it still holds ``value``, atomically (a script that
         declares its key), then PUBLISH ``announce``. Releases fleet locks, and takes back
-        a load stored just as the key was invalidated."""
-        name = self.prefix + key
-        self._write("DELETE", [(name, [("EVAL", DELETE_IF_EQUAL, 1, name, value)])], announce)
+        a load stored just as the key was invalidated (``value`` as given: it is encoded
+        as set_if_absent stored it)."""
+        name, stored = self.prefix + key, self.compression.encode(value)
+        self._write("DELETE", [(name, [("EVAL", DELETE_IF_EQUAL, 1, name, stored)])], announce)
 
     def incr(self, key: str, delta: int, ttl: float, announce: str | None = None
              ) -> tuple[int, int]:
@@ -364,11 +341,13 @@ class L2:
     # -- introspection ---------------------------------------------------------------------
 
     def stats(self) -> L2Stats:
-        """The contract's ``l2_stats``, plus ``errors_by_operation`` and ``rejected``
-        (calls the open breaker refused)."""
+        """The contract's ``l2_stats``, plus ``errors_by_operation``, ``rejected`` (calls
+        the open breaker refused) and ``corrupt`` (frames that did not decode: counted by
+        this tier as hits, answered by the cache as misses, so reported as misses)."""
         nodes = self.router.nodes
+        corrupt = self.compression.corrupt  # first: each was counted as a hit before
         with self._counter_lock:
-            hits, misses = self.hits, self.misses
+            hits, misses = self.hits - corrupt, self.misses + corrupt
         lookups = hits + misses
         return {
             "hits": hits,
@@ -377,6 +356,7 @@ class L2:
             "errors": nodes.errors,
             "errors_by_operation": dict(nodes.errors_by_operation),
             "rejected": nodes.rejected(),
+            "corrupt": corrupt,
         }
 
     def breaker_stats(self) -> BreakerStats:

@@ -121,9 +121,9 @@ class Tiers:
     # -- reads -----------------------------------------------------------------------------
 
     def fetch(self, keys: Sequence[str]) -> tuple[dict[str, bytes], dict[str, Entry]]:
-        """Read ``keys`` from L2 (GET+PTTL, or MGET+PTTLs): the values found, and the L1
-        entries they allow (value, deadline). L2 failures read as misses (the L2 tier
-        counted and logged them)."""
+        """Read ``keys`` from L2 (GET+PTTL, or MGET+PTTLs): the values found (decompressed),
+        and the L1 entries they allow (value, deadline). L2 failures and frames that do not
+        decode read as misses (counted and logged where they happened)."""
         start = self.l1.timer()
         # The longest any entry read now may live, taken before the request (an
         # invalidation sent while the listener was not yet subscribed may have been missed).
@@ -141,11 +141,15 @@ class Tiers:
             replies = [self.l2.get(keys[0])] if len(keys) == 1 else self.l2.get_many(keys)
         except CacheUnavailableError:
             return found, fills
+        decode = self.l2.compression.decode
         for key, (value, pttl) in zip(keys, replies, strict=True):
             if value is None:
                 continue
-            if value == NEGATIVE:
-                value = NEGATIVE  # one object, so hot paths can test identity
+            if value < b"\x01":  # empty or NUL first, as NEGATIVE and frames: rare, cheap
+                if (value := decode(key, value)) is None:
+                    continue  # a frame that does not decode: a miss (counted, logged)
+                if value == NEGATIVE:
+                    value = NEGATIVE  # one object, so hot paths can test identity
             found[key] = value
             if pttl >= 0:
                 fills[key] = (value, min(start + pttl / 1000, latest))

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from ._compression import NAMES as COMPRESSIONS
+from ._compression import zstd_module
+from ._extras import install_line
 from .codecs import MIN_SECRET_BYTES, NAMES
 from .exceptions import ConfigError
 
@@ -138,22 +141,29 @@ def readable_file(name: str, value: object) -> str | None:
 _SIZE = re.compile(r"\s*([0-9]{1,15})\s*([kmgt]i?b?|b)?\s*", re.IGNORECASE)
 
 
-def byte_size(name: str, value: object) -> int:
-    """A number of bytes, at least 1: an int, or text such as ``65536``, ``512KiB``,
+def byte_size_at_least(minimum: int) -> Validator:
+    """A number of bytes >= ``minimum``: an int, or text such as ``65536``, ``512KiB``,
     ``64MiB``, ``100MB``, ``1G`` (KiB/MiB/GiB are powers of 1024; K/KB, M/MB, G/GB powers
     of 1000)."""
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and (found := _SIZE.fullmatch(value)):
-        unit = (found[2] or "").lower()
-        base = 1024 if "i" in unit else 1000
-        power = "bkmgt".index(unit[0]) if unit else 0
-        number = int(found[1]) * base ** power if unit not in ("", "b") else int(found[1])
-    if number is None or number < 1:
-        raise ConfigError(f"{name}={value!r}: expected a size in bytes >= 1 (an integer, "
-                          "or e.g. 512KiB, 64MiB, 100MB)")
-    return number
+
+    def byte_size(name: str, value: object) -> int:
+        number: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and (found := _SIZE.fullmatch(value)):
+            unit = (found[2] or "").lower()
+            base = 1024 if "i" in unit else 1000
+            power = "bkmgt".index(unit[0]) if unit else 0
+            number = int(found[1]) * base ** power if unit not in ("", "b") else int(found[1])
+        if number is None or number < minimum:
+            raise ConfigError(f"{name}={value!r}: expected a size in bytes >= {minimum} (an "
+                              "integer, or e.g. 512KiB, 64MiB, 100MB)")
+        return number
+
+    return byte_size
+
+
+byte_size = byte_size_at_least(1)
 
 
 def share(name: str, value: object) -> float:
@@ -206,6 +216,20 @@ def one_of(*choices: str) -> Validator:
         return value.strip().lower()
 
     return parse
+
+
+def compression_name(name: str, value: object) -> str:
+    """``off``, ``zlib`` or ``zstd`` (only when this Python has a zstd implementation)."""
+    if value is False:  # YAML reads a bare `off` as a boolean
+        value = "off"
+    if not isinstance(value, str) or value.strip().lower() not in COMPRESSIONS:
+        raise ConfigError(f"{name}={value!r}: expected one of {', '.join(COMPRESSIONS)}")
+    compression = value.strip().lower()
+    if compression == "zstd" and zstd_module() is None:
+        raise ConfigError(
+            f"{name}={value!r}: zstd needs Python 3.14+ (compression.zstd) or the "
+            f"zstandard package ({install_line('zstd')})")
+    return compression
 
 
 def codec_name(name: str, value: object) -> str:

@@ -170,6 +170,8 @@ class L2Config:
     refresh_sync: float | None = None
     fleet_lock: bool = False
     fleet_lock_ttl: float = 10.0
+    compression: str = "off"
+    compress_min_size: int = 1024
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("ttl", "CACHE_L2_TTL", v.duration, "default TTL of keys written to L2"),
@@ -190,6 +192,11 @@ class L2Config:
                "runs the loader"),
         Option("fleet_lock_ttl", "CACHE_FLEET_LOCK_TTL", v.duration,
                "life of a fleet lock: how long the others wait if its holder dies mid-load"),
+        Option("compression", "CACHE_COMPRESSION", v.compression_name,
+               "off, zlib or zstd: how values of at least compress_min_size bytes are "
+               "stored in L2 (readers decode every form whatever their own setting)"),
+        Option("compress_min_size", "CACHE_COMPRESS_MIN_SIZE", v.byte_size_at_least(0),
+               "smallest value that is compressed: an int, or a size such as 1KiB"),
     )
 
     def __post_init__(self) -> None:

@@ -86,6 +86,9 @@ class _Families:
         self.l2_rejected = Counter(
             "dragonfly_cache_l2_rejected", "L2 calls refused by the open circuit breaker.",
             registry=None)
+        self.l2_corrupt = Counter(
+            "dragonfly_cache_l2_corrupt",
+            "Compressed L2 values that did not decode (read as misses).", registry=None)
         self.l2_latency = Histogram(
             "dragonfly_cache_l2_latency_seconds", "L2 command latency by operation.",
             ["operation"], buckets=_LATENCY_BUCKETS, registry=None)
@@ -151,6 +154,7 @@ _COUNTERS: list[tuple[str, Callable[[Stats], float], Any, dict[str, str]]] = [
     ("l2_misses", lambda s: s["l2_stats"]["misses"], METRICS.requests,
      {"tier": "l2", "result": "miss"}),
     ("l2_rejected", lambda s: s["l2_stats"]["rejected"], METRICS.l2_rejected, {}),
+    ("l2_corrupt", lambda s: s["l2_stats"]["corrupt"], METRICS.l2_corrupt, {}),
     ("l1_evictions", lambda s: s["l1_stats"]["evictions_by_cause"]["entries"],
      METRICS.l1_evictions, {"reason": "size"}),
     ("l1_evictions_bytes", lambda s: s["l1_stats"]["evictions_by_cause"]["bytes"],

@@ -49,7 +49,7 @@ class TieredCache:
     def __init__(self, config: CacheConfig | None = None, *,
                  timer: Callable[[], float] = time.monotonic) -> None:
         self.config = config if config is not None else CacheConfig()
-        self._l2 = L2(self.config.dragonfly, self.config.key_prefix)
+        self._l2 = L2(self.config.dragonfly, self.config.key_prefix, self.config.l2)
         self._timer = timer
         self._closed = False
         self._start_process_state()

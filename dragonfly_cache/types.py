@@ -115,6 +115,7 @@ class L2Stats(TypedDict):
     errors: int
     errors_by_operation: dict[str, int]
     rejected: int  # calls the open circuit breaker refused without a socket attempt
+    corrupt: int  # compressed values that did not decode (read as misses, among misses)
 
 
 class SingleflightStats(TypedDict):

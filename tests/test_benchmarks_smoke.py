@@ -31,6 +31,7 @@ WORKLOADS = {
     "metrics_overhead",
     "l1_memory",
     "adapter_hits",
+    "compression_100k",
 }
 
 
@@ -60,6 +61,10 @@ def test_smoke_run_covers_every_workload(tmp_path: Path,
     assert machine["python"]
     assert machine["redis_server"] == server_under_test.line
     assert machine["redis_server_binary"] == server_under_test.path
+    compression = document["workloads"]["compression_100k"]["data"]
+    assert compression["off"]["stored_bytes"] == compression["document_bytes"] == 100_000
+    assert compression["zlib"]["stored_bytes"] < 20_000  # read on the server (STRLEN)
+    assert compression["zstd"]["stored_bytes"] < 20_000
     for name, workload in document["workloads"].items():
         assert workload["title"], name
         assert workload["data"], name

@@ -543,6 +543,8 @@ FULL_ENV = {
     "CACHE_FLEET_LOCK_TTL": "3s",
     "CACHE_L1_MAX_BYTES": "16MiB",
     "CACHE_L1_MAX_ENTRY_SHARE": "0.25",
+    "CACHE_COMPRESSION": "zlib",
+    "CACHE_COMPRESS_MIN_SIZE": "2KiB",
     "CACHE_KEY_PREFIX": "app:v1:",
     "CACHE_ADMIN_TOKEN": TOKEN,
     "CACHE_CODEC": "pickle",
@@ -570,7 +572,8 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     assert cfg.l1 == L1Config(max_size=123, ttl=90.0, invalidation=False, degraded_ttl=0.25,
                               max_bytes=16 * 2**20, max_entry_share=0.25)
     assert cfg.l2 == L2Config(ttl=7200.0, negative_ttl=45.0, refresh_ahead=0.25, fleet_lock=True,
-                              refresh_jitter=0.5, refresh_sync=0.1, fleet_lock_ttl=3.0)
+                              refresh_jitter=0.5, refresh_sync=0.1, fleet_lock_ttl=3.0,
+                              compression="zlib", compress_min_size=2048)
     assert cfg.key_prefix == "app:v1:"
     assert cfg.admin_token == TOKEN
     assert cfg.codec == "pickle"

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = r"""
 import importlib, importlib.util, json, sys
 import dragonfly_cache
-from dragonfly_cache import CacheConfig, DragonflyConfig, TieredCache, codecs
+from dragonfly_cache import CacheConfig, DragonflyConfig, L2Config, TieredCache, codecs
 
 report = {"file": dragonfly_cache.__file__, "errors": {}}
 config = CacheConfig(dragonfly=DragonflyConfig(addresses=[sys.argv[1]]), key_prefix="core:")
@@ -39,9 +39,14 @@ with TieredCache(config) as writer, TieredCache(config) as reader:
     report["l2_read"] = reader.get("greeting").decode()  # reader's L1 is empty: from L2
     report["l1_read"] = writer.get("greeting").decode()
     report["health"] = writer.health()["status"]
+compressing = CacheConfig(dragonfly=config.dragonfly, key_prefix="core:",
+                          l2=L2Config(compression="zlib", compress_min_size=0))
+with TieredCache(compressing) as writer, TieredCache(config) as reader:
+    writer.set("document", b"0123456789" * 1000, ttl=60)
+    report["zlib_read"] = reader.get("document") == b"0123456789" * 1000
 report["installed"] = sorted(
     name for name in ("flask", "gunicorn", "yaml", "prometheus_client",
-                      "prometheus_flask_exporter", "msgpack")
+                      "prometheus_flask_exporter", "msgpack", "zstandard")
     if importlib.util.find_spec(name) is not None)
 
 def attempt(label, call):
@@ -54,6 +59,10 @@ for module in ("dragonfly_cache.flask", "dragonfly_cache.metrics", "dragonfly_ca
     attempt(module, lambda: importlib.import_module(module))
 attempt("from_yaml", lambda: CacheConfig.from_yaml("cache: {}\n"))
 attempt("msgpack", lambda: codecs.resolve("msgpack"))
+try:
+    CacheConfig.from_env({"CACHE_COMPRESSION": "zstd"})
+except ValueError as exc:  # ConfigError
+    report["errors"]["zstd"] = [type(exc).__name__, str(exc)]
 print(json.dumps(report))
 """
 
@@ -106,9 +115,13 @@ def test_pip_install_without_extras(redis_server: RedisServer, tmp_path: Path) -
     assert Path(report["file"]).is_relative_to(venv), report["file"]  # the installed copy
     assert (report["l2_read"], report["l1_read"], report["health"]) == ("hello", "hello",
                                                                         "healthy")
-    assert report["installed"] == []  # no flask, gunicorn, yaml, prometheus, msgpack
+    assert report["installed"] == []  # no flask, gunicorn, yaml, prometheus, msgpack, zstandard
+    assert report["zlib_read"] is True  # compression with the standard library's zlib
     line = "pip install 'dragonfly-cache[{}]'"
-    assert report["errors"] == {
+    no_zstd = {} if sys.version_info >= (3, 14) else {"zstd": [  # 3.14 has compression.zstd
+        "ConfigError", "CACHE_COMPRESSION='zstd': zstd needs Python 3.14+ (compression.zstd) "
+        f"or the zstandard package ({line.format('zstd')})"]}
+    assert report["errors"] == {**no_zstd,
         "dragonfly_cache.flask": [
             "MissingExtraError",
             f"dragonfly_cache.flask needs the flask package: {line.format('flask')}"],

@@ -476,7 +476,7 @@ def test_stats_counters_and_shape(cache_factory: CacheFactory) -> None:
                                  "max_bytes": 64 * 2**20, "too_large": 0,
                                  "evictions_by_cause": {"entries": 0, "bytes": 0}}
     assert stats["l2_stats"] == {"hits": 1, "misses": 1, "hit_rate": 0.5, "errors": 0,
-                                 "errors_by_operation": {}, "rejected": 0}
+                                 "errors_by_operation": {}, "rejected": 0, "corrupt": 0}
     assert stats["coherence"] == {"state": "subscribed", "received": 1, "applied": 1,
                                   "flushes": 0, "reconnects": 0, "sharded": False}
     assert stats["singleflight"] == {"loads": 0, "coalesced": 0}

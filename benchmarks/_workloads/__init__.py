@@ -16,6 +16,7 @@ from .common import VALUE_SIZE, Context, Result, Settings
 from .hot_path import hot_reads_1t, hot_reads_8t, metrics_overhead, mixed_90_10
 from .l2_reads import get_many_100, get_many_cluster, l2_path
 from .memory import l1_memory
+from .payload import compression_100k
 from .stampedes import stampede, stampede_fleet
 
 __all__ = ["VALUE_SIZE", "WORKLOADS", "Context", "Result", "Settings"]
@@ -33,5 +34,6 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "cross_process_staleness": cross_process_staleness,
     "metrics_overhead": metrics_overhead,
     "l1_memory": l1_memory,
+    "compression_100k": compression_100k,
     "adapter_hits": adapter_hits,
 }
