@@ -42,6 +42,9 @@ _HEADER = struct.Struct(">6sBQ")  # MAGIC, codec, length of the value
 _STORED, _ZLIB, _ZSTD = 0, 1, 2
 NAMES = ("off", "zlib", "zstd")
 _ZSTD_LEVEL = 3  # zstd's own default: about zlib's ratio, several times its speed
+# The longest value a frame may declare: a Redis string's limit (proto-max-bulk-len), so a
+# frame claiming more (written by anyone with write access) cannot make us allocate it.
+MAX_LENGTH = 512 * 1024 * 1024
 
 
 class CorruptFrame(ValueError):
@@ -227,6 +230,8 @@ class Compression:
         if len(stored) < _HEADER.size:
             raise CorruptFrame(f"{len(stored)} bytes: shorter than a frame header")
         _, ident, length = _HEADER.unpack_from(stored)
+        if length > MAX_LENGTH:
+            raise CorruptFrame(f"declares {length} bytes, more than a value can hold")
         payload = stored[_HEADER.size:]
         if ident == _STORED:
             if len(payload) != length:

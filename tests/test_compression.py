@@ -171,6 +171,25 @@ def test_a_zstd_frame_without_zstd_here_is_a_miss_that_names_the_extra(
     assert reader.decode("k", Compression("zlib").encode(DOCUMENT)) == DOCUMENT
 
 
+def test_a_frame_declaring_more_than_a_value_can_hold_is_never_inflated(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone who can write L2 could store a frame whose codec would allocate what it
+    declares: refused on the declared length alone, before any codec runs."""
+    from dragonfly_cache import _compression
+
+    compression = Compression("zlib")
+    inflated: list[int] = []
+    for codec in compression._codecs.values():
+        if codec is not None:
+            monkeypatch.setattr(codec, "decompress",
+                                lambda payload, length: inflated.append(length) or b"")
+    payload = Compression("zlib").encode(DOCUMENT)[HEADER.size:]
+    for ident in (ZLIB, ZSTD):
+        assert compression.decode("k", frame(ident, _compression.MAX_LENGTH + 1, payload)) is None
+    assert inflated == []
+    assert compression.corrupt == 2
+
+
 def test_corrupt_frames_are_logged_once_at_warning(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="dragonfly_cache._compression")
     compression = Compression("zlib")
