@@ -32,6 +32,7 @@ WORKLOADS = {
     "l1_memory",
     "adapter_hits",
     "compression_100k",
+    "fleet_scale",
 }
 
 
@@ -65,6 +66,11 @@ def test_smoke_run_covers_every_workload(tmp_path: Path,
     assert compression["off"]["stored_bytes"] == compression["document_bytes"] == 100_000
     assert compression["zlib"]["stored_bytes"] < 20_000  # read on the server (STRLEN)
     assert compression["zstd"]["stored_bytes"] < 20_000
+    # Pub/sub announces every write to every process (counted by the receivers).
+    for point in document["workloads"]["fleet_scale"]["data"]["points"]:
+        if point["mode"] == "pubsub":
+            assert point["messages_per_write"] == point["members"], point
+        assert point["server_cpu_us_per_write"] > 0, point
     for name, workload in document["workloads"].items():
         assert workload["title"], name
         assert workload["data"], name

@@ -17,6 +17,7 @@ from .hot_path import hot_reads_1t, hot_reads_8t, metrics_overhead, mixed_90_10
 from .l2_reads import get_many_100, get_many_cluster, l2_path
 from .memory import l1_memory
 from .payload import compression_100k
+from .scale import fleet_scale
 from .stampedes import stampede, stampede_fleet
 
 __all__ = ["VALUE_SIZE", "WORKLOADS", "Context", "Result", "Settings"]
@@ -36,4 +37,5 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "l1_memory": l1_memory,
     "compression_100k": compression_100k,
     "adapter_hits": adapter_hits,
+    "fleet_scale": fleet_scale,
 }
