@@ -170,6 +170,7 @@ class L2Config:
     refresh_sync: float | None = None
     fleet_lock: bool = False
     fleet_lock_ttl: float = 10.0
+    stale_if_error: float | None = None
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("ttl", "CACHE_L2_TTL", v.duration, "default TTL of keys written to L2"),
@@ -190,6 +191,10 @@ class L2Config:
                "runs the loader"),
         Option("fleet_lock_ttl", "CACHE_FLEET_LOCK_TTL", v.duration,
                "life of a fleet lock: how long the others wait if its holder dies mid-load"),
+        Option("stale_if_error", "CACHE_STALE_IF_ERROR", v.optional_duration,
+               "when a get_or_load reload fails (the loader raises, or L2 cannot be reached), "
+               "answer with the value L1 held if it expired less than this long ago; "
+               "0/off/none: never (the default)"),
     )
 
     def __post_init__(self) -> None:
