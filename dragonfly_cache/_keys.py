@@ -6,13 +6,13 @@ A rejected call changes nothing, so these run before anything is touched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 
 from .types import TTL
 
-__all__ = ["MAX_TTL", "check_delta", "check_fraction", "check_key", "check_keys", "check_ttl",
-           "check_value"]
+__all__ = ["MAX_TTL", "check_delta", "check_fraction", "check_key", "check_keys",
+           "check_mapping", "check_stale", "check_ttl", "check_value"]
 
 # Longest accepted ttl. Redis refuses an expiry past 2**63-1 ms from now ("invalid expire
 # time"); refusing it here keeps a rejected call from touching L1 first.
@@ -34,6 +34,17 @@ def check_key(key: object, what: str = "key") -> None:
 def check_value(key: str, value: object) -> None:
     if not isinstance(value, bytes):
         raise TypeError(f"value for key {key!r} must be bytes, got {type(value).__name__}")
+
+
+def check_mapping(mapping: object) -> dict[str, bytes]:
+    """A ``set_many`` mapping, every key and value checked, as a dict."""
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"mapping must be a Mapping of str to bytes, "
+                        f"got {type(mapping).__name__}")
+    values = dict(mapping)
+    for key in check_keys(values):
+        check_value(key, values[key])
+    return values
 
 
 def check_keys(keys: Iterable[str]) -> list[str]:
@@ -73,6 +84,24 @@ def check_fraction(value: float | None, default: float | None, what: str = "refr
             or not 0 < fraction < 1:
         raise ValueError(f"{what} must be a fraction in (0, 1), got {fraction!r}")
     return float(fraction)
+
+
+def check_stale(value: TTL, default: float | None, what: str = "stale_if_error") -> float:
+    """How long past its expiry a value may be served on a failed reload, in seconds (0:
+    never); ``default`` (the configured one, None: off) when ``value`` is None."""
+    if value is None:
+        return default or 0.0
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(f"{what} must be seconds (int/float), a timedelta or None, "
+                        f"got {type(value).__name__}")
+    if not 0 <= seconds <= MAX_TTL:  # NaN fails the comparison too
+        raise ValueError(f"{what} must be >= 0 (0: off) and at most {MAX_TTL:.0f}s, "
+                         f"got {value!r}")
+    return seconds
 
 
 def check_delta(delta: object) -> int:

@@ -6,6 +6,12 @@ remaining PTTL, and the coherence horizon), so an L1 entry never outlives its L2
 Expired entries are dropped lazily on read and counted as expirations; entries pushed out
 by the size bound are counted as evictions.
 
+Keeping expired entries. With ``retain`` > 0 (``stale_if_error`` in use, see
+:mod:`dragonfly_cache._stale`) an entry stays for that long past its deadline: reads treat
+it as expired, only :meth:`L1.stale` returns it. It is an entry like any other until then:
+it counts against both bounds, and every invalidation removes it, so nothing keeps a value
+that a delete removed.
+
 Racing fills. A reader that misses L1 goes to L2 without holding the lock; meanwhile a
 writer (this process, or another one via coherence) may change the key. Installing the
 value the reader fetched would then resurrect old data. So every operation that talks to
@@ -88,6 +94,7 @@ class L1:
         self._lock = threading.RLock()
         self._entries = _CountingLRU(max_size, max_bytes)
         self.too_large = 0  # values not kept: larger than max_entry_bytes
+        self.retain = 0.0  # seconds an entry stays past its deadline, see the module docs
         self.yield_interval = math.inf  # see get(); Tiers sets it when coherence is on
         self._next_yield = -math.inf
         self.hits = 0
@@ -111,8 +118,9 @@ class L1:
                 return None
             now = self.timer()
             if entry[1] <= now:
-                del self._entries[key]
-                self.expirations += 1
+                if now >= entry[1] + self.retain:
+                    del self._entries[key]
+                    self.expirations += 1
                 self.misses += 1
                 return None
             self.hits += 1
@@ -137,8 +145,9 @@ class L1:
                     if entry[1] > now:
                         found[key] = entry[0]
                         continue
-                    del entries[key]
-                    self.expirations += 1
+                    if now >= entry[1] + self.retain:
+                        del entries[key]
+                        self.expirations += 1
             self.hits += len(found)
             self.misses += len(keys) - len(found)
         return found
@@ -148,6 +157,26 @@ class L1:
         with self._lock:
             entry = self._entries.get(key)
             return entry[0] if entry is not None and entry[1] > self.timer() else None
+
+    def stale(self, key: str, window: float) -> Entry | None:
+        """The entry of ``key`` if its deadline is less than ``window`` ago (or still to
+        come), without counting a hit or a miss; None otherwise."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry if entry is not None and self.timer() < entry[1] + window else None
+
+    def keep_expired(self, seconds: float) -> None:
+        """Keep expired entries at least ``seconds`` past their deadline from now on."""
+        with self._lock:
+            self.retain = max(self.retain, seconds)
+
+    def drop_expired(self, key: str) -> None:
+        """Drop the entry of ``key`` if it is past its deadline (a kept one)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] <= self.timer():
+                del self._entries[key]
+                self.expirations += 1
 
     # -- tickets -------------------------------------------------------------------------
 
@@ -162,6 +191,11 @@ class L1:
     def _put(self, key: str, entry: Entry) -> None:
         """Install ``entry`` (the lock held), unless it is too large to keep: then the key
         leaves L1 (an older value must not stay) and is counted."""
+        if self.retain:
+            # An expired entry kept for stale_if_error leaves now: count it as reads would.
+            old = self._entries.get(key)
+            if old is not None and old[1] <= self.timer():
+                self.expirations += 1
         if entry_bytes(entry) > self.max_entry_bytes:
             self._entries.pop(key, None)
             self.too_large += 1

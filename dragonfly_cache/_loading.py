@@ -1,10 +1,12 @@
-"""Loading through the cache: get_or_load, negative caching, early refresh and batch loads.
+"""Loading through the cache: get_or_load, negative caching, early refresh; batch loads.
 
 :class:`Loading` is built on :class:`~dragonfly_cache._tiers.Tiers` (the reads and writes
 of both tiers), a :class:`~dragonfly_cache._singleflight.SingleFlight` (one load per key
-and process), a :class:`~dragonfly_cache._refresh.RefreshSchedule` and a
-:class:`~dragonfly_cache._fleet.FleetLock` (one load per key and fleet). The cache validates
-the arguments; what arrives here is already checked.
+and process), a :class:`~dragonfly_cache._refresh.RefreshSchedule`, a
+:class:`~dragonfly_cache._fleet.FleetLock` (one load per key and fleet), a
+:class:`~dragonfly_cache._stale.StaleOnError` (failed reloads) and a
+:class:`~dragonfly_cache._batch.BatchLoading` (``get_or_load_many``). The cache validates
+the arguments (with :func:`load_options`); what arrives here is already checked.
 
 Negative caching. A loader raises :class:`NotFound`; the cache stores a marker value
 (``NEGATIVE``) for ``l2.negative_ttl``. ``get`` and friends read the marker as a miss;
@@ -15,6 +17,9 @@ or delete of the key meanwhile (here, or elsewhere through coherence) stamps it;
 value, perhaps read from the database before that write, is then returned but stored
 nowhere. The store itself is SET NX, so a write that reached L2 first always wins over a
 load that started before it.
+
+Failed reloads. With ``stale_if_error`` a failed load answers with the key's last good
+value for a bounded time, and is retried with backoff: see :mod:`dragonfly_cache._stale`.
 """
 
 from __future__ import annotations
@@ -22,26 +27,56 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import NamedTuple
 
+from ._batch import BatchLoading, ManyLoader
 from ._fleet import FleetLock
-from ._l1 import Entry, Ticket
+from ._keys import check_fraction, check_stale, check_ttl
+from ._l1 import Ticket
 from ._refresh import BACKOFF_FIRST, Refresh, RefreshSchedule
 from ._singleflight import SingleFlight
+from ._stale import StaleOnError, Unreachable
 from ._tiers import NEGATIVE, Tiers
 from .config import L2Config
 from .exceptions import CacheUnavailableError, NotFound
-from .types import LoadingStats, SingleflightStats
+from .types import TTL, LoadingStats, SingleflightStats
 
-__all__ = ["Loader", "Loading", "ManyLoader"]
+__all__ = ["Loader", "Loading", "ManyLoader", "Options", "Plan", "load_options"]
 
 logger = logging.getLogger(__name__)
 
 Loader = Callable[[], bytes]
-ManyLoader = Callable[[list[str]], Mapping[str, bytes]]
 
 _NO_LOCK = "no fleet lock"  # the refresh token when the fleet lock is off
+
+
+class Plan(NamedTuple):
+    """How one call loads: its :data:`Options` by name (made when it misses L1)."""
+
+    seconds: float  # the ttl of a loaded value
+    fleet: bool  # take the fleet lock on a miss
+    fraction: float | None  # refresh early during this last fraction of the life
+    stale: float  # on a failed reload, serve a value expired less than this ago
+
+
+#: A Plan's fields as a plain tuple: what every call passes, L1 hits included (a plain
+#: tuple is made in a fraction of the time a NamedTuple takes).
+Options = tuple[float, bool, float | None, float]
+
+
+def load_options(config: L2Config, ttl: TTL, lock: bool | None = None,
+                 refresh_ahead: float | None = None, stale_if_error: TTL = None) -> Options:
+    """A call's loading arguments, checked, with ``config``'s values for the None ones.
+
+    Raises:
+        TypeError / ValueError: a bad ttl, refresh_ahead or stale_if_error.
+    """
+    seconds = check_ttl(ttl, config.ttl)
+    fraction = check_fraction(refresh_ahead, config.refresh_ahead)
+    stale = ((config.stale_if_error or 0.0) if stale_if_error is None
+             else check_stale(stale_if_error, None))
+    return seconds, config.fleet_lock if lock is None else bool(lock), fraction, stale
 
 
 class Loading:
@@ -49,8 +84,9 @@ class Loading:
 
     Args:
         tiers: the cache's tiers.
-        config: the L2 policy (negative ttl, refresh jitter and sync, fleet lock ttl).
-        max_scheduled: most keys whose refresh times are remembered (L1's size).
+        config: the L2 policy (negative ttl, refresh jitter and sync, fleet lock ttl,
+            stale_if_error).
+        max_scheduled: most keys whose refresh times or backoffs are remembered (L1's size).
     """
 
     def __init__(self, tiers: Tiers, config: L2Config, max_scheduled: int) -> None:
@@ -60,58 +96,95 @@ class Loading:
         self.refresh = RefreshSchedule(max_scheduled, config.refresh_jitter,
                                        config.refresh_sync, tiers.l1.timer)
         self._fleet = FleetLock(tiers, config.fleet_lock_ttl)
+        self.stale = StaleOnError(tiers, config.stale_if_error or 0.0, max_scheduled)
+        self.batch = BatchLoading(tiers, self.flights, self.stale, self._count_load)
         self._lock = threading.Lock()
         self._loads = 0
         self._decode_failures = 0
 
     # -- get_or_load ------------------------------------------------------------------------
 
-    def get_or_load(self, key: str, loader: Loader, seconds: float, fleet: bool,
-                    fraction: float | None) -> bytes:
+    def get_or_load(self, key: str, loader: Loader, options: Options) -> bytes:
         """The cached value of ``key``, or ``loader()``'s, loaded once per process (and per
-        fleet with ``fleet``), refreshed early with ``fraction``.
+        fleet with ``Plan.fleet``), refreshed early with ``Plan.fraction``, stale on a
+        failed reload with ``Plan.stale``.
 
         Raises:
             NotFound: the loader said (now or within ``negative_ttl``) there is no record.
-            Exception: whatever ``loader`` raised.
+            Exception: whatever ``loader`` raised (unless a stale value answers).
         """
+        stale, window = self.stale, options[3]
+        if window:
+            stale.use(window)
         value = self._tiers.l1.get(key)
-        while value is None:
-            # A flight we joined may end with None: a batch load (get_or_load_many) whose
-            # loader omitted this key. That flight is over, so go round and load it here.
-            value = self.flights.do(key, lambda: self._load(key, loader, seconds, fleet,
-                                                            fraction))
-        if fraction is not None:
+        if value is None:
+            if stale.backs_off(key, window):
+                value = stale.serve(key, window)
+                if value is not None:
+                    return value  # a reload failed lately: not yet again
+            plan = Plan(*options)
+            while value is None:
+                # A flight we joined may end with None: a batch load (get_or_load_many)
+                # whose loader omitted this key. That flight is over: go round, load here.
+                try:
+                    value = self.flights.do(key, lambda: self._load(key, loader, plan))
+                except NotFound:
+                    raise  # not from a load (which stores NEGATIVE): never made stale
+                except Exception as exc:
+                    value = stale.serve(key, window)
+                    if value is not None:
+                        return value
+                    if not isinstance(exc, Unreachable):
+                        raise
+                    # L2 unreachable and nothing stale for this caller: load all the same
+        if options[2] is not None:
             # Also after an L1 miss: L1 may have lost an entry (a flush) that stays due.
-            value = self._maybe_refresh(key, value, loader, seconds, fleet, fraction)
+            value = self._maybe_refresh(key, value, loader, options, options[2])
         if value is NEGATIVE:
             raise NotFound(f"no record for key {key!r} (cached negative answer)")
         return value
 
-    def _load(self, key: str, loader: Loader, seconds: float, fleet: bool,
-              fraction: float | None) -> bytes:
-        """The singleflight leader's work: L2, else the loader (under the fleet lock if
-        asked), then store; one ticket covers it all (see the module docs)."""
+    def _load(self, key: str, loader: Loader, plan: Plan) -> bytes:
+        """The singleflight leader's work, its outcome noted for stale_if_error."""
+        try:
+            value = self._load_under_ticket(key, loader, plan)
+        except Exception as exc:
+            self.stale.failed(key, exc)
+            raise
+        self.stale.loaded(key, value)
+        return value
+
+    def _load_under_ticket(self, key: str, loader: Loader, plan: Plan) -> bytes:
+        """L2, else the loader (under the fleet lock if asked), then store; one ticket
+        covers it all (see the module docs).
+
+        Raises:
+            Unreachable: L2 could not be reached and a stale value can answer instead.
+        """
         tiers = self._tiers
         tiers.listen()
         # A load that starts while a delete could be missed stores a short-lived value.
         untrusted = not tiers.trusted
         with tiers.l1.ticket([key]) as ticket:
             start = tiers.l1.timer()
-            found, fills = tiers.fetch([key])
+            try:
+                found, fills = tiers.fetch([key], strict=self.stale.holds(key, plan.stale))
+            except CacheUnavailableError as exc:
+                raise Unreachable(f"L2 unreachable while loading {key!r}") from exc
             if key in found:
                 ticket.fill(fills)
-                if fraction is not None and key in fills:
-                    self.refresh.schedule(key, start, fills[key][1] - start, seconds, fraction)
+                if plan.fraction is not None and key in fills:
+                    self.refresh.schedule(key, start, fills[key][1] - start, plan.seconds,
+                                          plan.fraction)
                 return found[key]
-            token = self._fleet.acquire(key) if fleet else None
-            if fleet and token is None:
+            token = self._fleet.acquire(key) if plan.fleet else None
+            if plan.fleet and token is None:
                 value = self._fleet.wait(key)
                 if value is not None:
                     return value
             try:
                 value = self._call_loader(key, loader)
-                self._store(key, value, seconds, ticket, fraction, untrusted)
+                self._store(key, value, plan.seconds, ticket, plan.fraction, untrusted)
             finally:
                 if token is not None:
                     self._fleet.release(key, token)
@@ -167,31 +240,30 @@ class Loading:
 
     # -- early refresh ----------------------------------------------------------------------
 
-    def _maybe_refresh(self, key: str, value: bytes, loader: Loader, seconds: float,
-                       fleet: bool, fraction: float) -> bytes:
-        """On a hit: start a background refresh when due; refresh synchronously (and
-        return the new value) when the entry is closer to expiry than ``refresh_sync``."""
-        decision = self.refresh.claim(key, seconds, fraction)
+    def _maybe_refresh(self, key: str, value: bytes, loader: Loader, options: Options,
+                       fraction: float) -> bytes:
+        """On a hit: start a background refresh when due (``fraction``: the options');
+        refresh synchronously (and return the new value) when the entry is closer to
+        expiry than ``refresh_sync``."""
+        decision = self.refresh.claim(key, options[0], fraction)
         if decision is Refresh.SYNC:
             # Coalesced: one caller reloads, the others wait for its value.
-            return self.flights.do(key, lambda: self._reload(key, loader, seconds, fleet,
-                                                             fraction) or value)
+            plan = Plan(*options)
+            return self.flights.do(key, lambda: self._reload(key, loader, plan) or value)
         if decision is Refresh.BACKGROUND:
             thread = threading.Thread(target=self._refresh_in_background,
-                                      args=(key, loader, seconds, fleet, fraction),
-                                      daemon=True, name=f"dragonfly_cache-refresh-{key[:32]}")
+                                      args=(key, loader, Plan(*options)), daemon=True,
+                                      name=f"dragonfly_cache-refresh-{key[:32]}")
             thread.start()
         return value
 
-    def _refresh_in_background(self, key: str, loader: Loader, seconds: float, fleet: bool,
-                               fraction: float) -> None:
+    def _refresh_in_background(self, key: str, loader: Loader, plan: Plan) -> None:
         try:
-            self._reload(key, loader, seconds, fleet, fraction)
+            self._reload(key, loader, plan)
         finally:
             self.refresh.finished(key)
 
-    def _reload(self, key: str, loader: Loader, seconds: float, fleet: bool,
-                fraction: float) -> bytes | None:
+    def _reload(self, key: str, loader: Loader, plan: Plan) -> bytes | None:
         """Load ``key`` again and store it over the current value.
 
         Returns:
@@ -199,21 +271,21 @@ class Loading:
             the fleet lock, the loader failed, L2 refused, or the key was invalidated
             meanwhile); the current value then stays in place until its hard expiry.
         """
-        token = self._fleet.acquire(key) if fleet else _NO_LOCK
+        token = self._fleet.acquire(key) if plan.fleet else _NO_LOCK
         if token is None:
             self.refresh.postpone(key, BACKOFF_FIRST)  # another process refreshes
             return None
         try:
             untrusted = not self._tiers.trusted
             with self._tiers.l1.ticket([key]) as ticket:
-                return self._reload_under(ticket, key, loader, seconds, fraction, untrusted)
+                return self._reload_under(ticket, key, loader, plan, untrusted)
         finally:
             if token is not _NO_LOCK:
                 self._fleet.release(key, token)
 
-    def _reload_under(self, ticket: Ticket, key: str, loader: Loader, seconds: float,
-                      fraction: float, untrusted: bool) -> bytes | None:
-        tiers = self._tiers
+    def _reload_under(self, ticket: Ticket, key: str, loader: Loader, plan: Plan,
+                      untrusted: bool) -> bytes | None:
+        tiers, seconds = self._tiers, plan.seconds
         try:
             value = self._call_loader(key, loader)
         except Exception:
@@ -235,98 +307,16 @@ class Loading:
             return None
         ticket.write({key: value}, deadline)
         self.refresh.succeeded(key)
-        if value is not NEGATIVE:
-            self.refresh.schedule(key, start, life, seconds, fraction)
+        self.stale.loaded(key, value)
+        if value is not NEGATIVE and plan.fraction is not None:
+            self.refresh.schedule(key, start, life, seconds, plan.fraction)
         return value
 
-    # -- batch loads ------------------------------------------------------------------------
-
-    def get_or_load_many(self, keys: list[str], loader_many: ManyLoader, seconds: float
+    def get_or_load_many(self, keys: list[str], loader_many: ManyLoader, options: Options
                          ) -> dict[str, bytes]:
-        """Values of the distinct ``keys``: L1, then one L2 round trip, then one
-        ``loader_many`` call for what is still missing (keys another caller in this process
-        is loading are waited for). Omitted and negative keys are absent."""
-        tiers = self._tiers
-        found = tiers.l1.get_many(keys)
-        missing = [key for key in keys if key not in found]
-        if missing:
-            found.update(tiers.read_through(missing))
-            missing = [key for key in missing if key not in found]
-        if missing:
-            found.update(self._load_many(missing, loader_many, seconds))
-        return {key: value for key, value in found.items() if value is not NEGATIVE}
-
-    def _load_many(self, keys: list[str], loader_many: ManyLoader, seconds: float
-                   ) -> dict[str, bytes]:
-        led: dict[str, Any] = {}
-        waits: list[tuple[str, Any]] = []
-        for key in keys:
-            flight, leader = self.flights.claim(key)
-            if leader:
-                led[key] = flight
-            else:
-                waits.append((key, flight))
-        results = self._lead(led, loader_many, seconds) if led else {}
-        for key, flight in waits:
-            value = self.flights.wait(flight)
-            if value is not None:
-                results[key] = value
-        return results
-
-    def _lead(self, led: dict[str, Any], loader_many: ManyLoader, seconds: float
-              ) -> dict[str, bytes]:
-        """Load the keys whose flights we lead, and finish every one of those flights."""
-        flights = self.flights
-        # Another load may have stored some of these between our L2 read and our claim.
-        results = self._tiers.read_through(list(led))
-        for key, value in results.items():
-            flights.finish(key, led.pop(key), value=value)
-        if not led:
-            return results
-        mine = list(led)
-        untrusted = not self._tiers.trusted
-        try:
-            with self._tiers.l1.ticket(mine) as ticket:
-                loaded = self._call_loader_many(mine, loader_many)
-                self._store_many(loaded, self._tiers.store_life(seconds, untrusted), ticket)
-        except BaseException as exc:
-            for key, flight in led.items():
-                flights.finish(key, flight, error=exc)
-            raise
-        for key, flight in led.items():
-            flights.finish(key, flight, value=loaded.get(key))
-        results.update(loaded)
-        return results
-
-    def _call_loader_many(self, keys: list[str], loader_many: ManyLoader) -> dict[str, bytes]:
-        self._count_load()
-        answer = loader_many(list(keys))
-        loaded: dict[str, bytes] = {}
-        for key in keys:
-            value = answer.get(key)
-            if value is not None and not isinstance(value, bytes):
-                raise TypeError(f"loader_many returned {type(value).__name__} for key "
-                                f"{key!r}, expected bytes")
-            if value is not None:
-                loaded[key] = value
-        return loaded
-
-    def _store_many(self, values: dict[str, bytes], seconds: float, ticket: Ticket) -> None:
-        """Store a batch (SET NX each, one round trip) and fill L1 with what was stored."""
-        tiers = self._tiers
-        fresh = {key: value for key, value in values.items() if not ticket.stale(key)}
-        if not fresh:
-            return
-        start = tiers.l1.timer()
-        deadline = tiers.deadline(start, seconds)
-        fills: dict[str, Entry]
-        try:
-            stored = tiers.l2.set_many_if_absent(fresh, seconds, tiers.announce(list(fresh)))
-            fills = {key: (fresh[key], deadline) for key in stored}
-        except CacheUnavailableError:
-            local = tiers.deadline(start, seconds, degraded=True)
-            fills = {key: (value, local) for key, value in fresh.items()}
-        ticket.fill(fills)
+        """Values of the distinct ``keys``, one loader call for the missing ones (see
+        :meth:`BatchLoading.get_or_load_many`)."""
+        return self.batch.get_or_load_many(keys, loader_many, options[0], options[3])
 
     # -- introspection ----------------------------------------------------------------------
 
@@ -351,4 +341,5 @@ class Loading:
         with self._lock:
             decode_failures = self._decode_failures
         return {"refreshes": refresh.refreshes, "refresh_failures": refresh.failures,
-                "sync_refreshes": refresh.sync_refreshes, "decode_failures": decode_failures}
+                "sync_refreshes": refresh.sync_refreshes, "decode_failures": decode_failures,
+                "stale_served": self.stale.served_count}

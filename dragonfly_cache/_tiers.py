@@ -120,10 +120,12 @@ class Tiers:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def fetch(self, keys: Sequence[str]) -> tuple[dict[str, bytes], dict[str, Entry]]:
+    def fetch(self, keys: Sequence[str], *, strict: bool = False
+              ) -> tuple[dict[str, bytes], dict[str, Entry]]:
         """Read ``keys`` from L2 (GET+PTTL, or MGET+PTTLs): the values found (decompressed),
-        and the L1 entries they allow (value, deadline). L2 failures and frames that do not
-        decode read as misses (counted and logged where they happened)."""
+        and the L1 entries they allow (value, deadline). L2 failures read as misses (the L2
+        tier counted and logged them), or with ``strict`` raise ``CacheUnavailableError``;
+        frames that do not decode read as misses (counted and logged)."""
         start = self.l1.timer()
         # The longest any entry read now may live, taken before the request (an
         # invalidation sent while the listener was not yet subscribed may have been missed).
@@ -140,6 +142,8 @@ class Tiers:
         try:
             replies = [self.l2.get(keys[0])] if len(keys) == 1 else self.l2.get_many(keys)
         except CacheUnavailableError:
+            if strict:
+                raise
             return found, fills
         decode = self.l2.compression.decode
         for key, (value, pttl) in zip(keys, replies, strict=True):
@@ -158,15 +162,16 @@ class Tiers:
             # -2: the key vanished between GET and PTTL; answer, but don't keep it
         return found, fills
 
-    def read_through(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """Fetch L1-missing keys from L2 in one round trip and fill L1 with them.
+    def read_through(self, keys: Sequence[str], *, strict: bool = False) -> dict[str, bytes]:
+        """Fetch L1-missing keys from L2 in one round trip and fill L1 with them (an L2
+        failure: a miss, or ``CacheUnavailableError`` with ``strict``).
 
         The ticket is taken before the request, so an invalidation that arrives while it
         is in flight wins over the fill.
         """
         self.listen()
         with self.l1.ticket(keys) as ticket:
-            found, fills = self.fetch(keys)
+            found, fills = self.fetch(keys, strict=strict)
             ticket.fill(fills)
         return found
 

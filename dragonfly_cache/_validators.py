@@ -52,6 +52,14 @@ def parse_duration(value: object, name: str = "duration") -> float:
     Raises:
         ConfigError: the value is not a duration or is not positive.
     """
+    seconds = _seconds(value, name)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{name}={value!r}: duration must be positive and finite")
+    return seconds
+
+
+def _seconds(value: object, name: str) -> float:
+    """A duration's seconds, whatever their sign (parse_duration's parsing)."""
     seconds: float
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
@@ -74,13 +82,25 @@ def parse_duration(value: object, name: str = "duration") -> float:
             seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     else:
         raise ConfigError(f"{name}={value!r}: expected a duration, got {type(value).__name__}")
-    if not seconds > 0 or seconds == float("inf"):
-        raise ConfigError(f"{name}={value!r}: duration must be positive and finite")
     return seconds
 
 
 def duration(name: str, value: object) -> float:
     return parse_duration(value, name)
+
+
+def optional_duration(name: str, value: object) -> float | None:
+    """A duration, or None for off: 0, and "", "off", "none" in text (a negative one is an
+    error, not off)."""
+    # False too: YAML reads a bare `off` as a boolean.
+    if value is None or value is False or (isinstance(value, str)
+                                           and value.strip().lower() in _OFF):
+        return None
+    text = isinstance(value, str) and value.strip().startswith("-")
+    seconds = -1.0 if text else _seconds(value, name)
+    if not 0 <= seconds < float("inf"):  # NaN fails the comparison too
+        raise ConfigError(f"{name}={value!r}: expected a duration >= 0 (0 or off: off)")
+    return seconds or None
 
 
 def int_at_least(minimum: int) -> Validator:

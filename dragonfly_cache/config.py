@@ -172,6 +172,7 @@ class L2Config:
     fleet_lock_ttl: float = 10.0
     compression: str = "off"
     compress_min_size: int = 1024
+    stale_if_error: float | None = None
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("ttl", "CACHE_L2_TTL", v.duration, "default TTL of keys written to L2"),
@@ -197,6 +198,10 @@ class L2Config:
                "stored in L2 (readers decode every form whatever their own setting)"),
         Option("compress_min_size", "CACHE_COMPRESS_MIN_SIZE", v.byte_size_at_least(0),
                "smallest value that is compressed: an int, or a size such as 1KiB"),
+        Option("stale_if_error", "CACHE_STALE_IF_ERROR", v.optional_duration,
+               "when a get_or_load reload fails (the loader raises, or L2 cannot be reached), "
+               "answer with the value L1 held if it expired less than this long ago; "
+               "0/off/none: never (the default)"),
     )
 
     def __post_init__(self) -> None:

@@ -108,6 +108,10 @@ class _Families:
         self.coalesced = Counter(
             "dragonfly_cache_coalesced", "get_or_load callers that shared another's load.",
             registry=None)
+        self.stale_served = Counter(
+            "dragonfly_cache_stale_served",
+            "get_or_load answers with a stale value after a failed reload (stale_if_error).",
+            registry=None)
         self.breaker_state = Gauge(
             "dragonfly_cache_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.",
             registry=None, multiprocess_mode="livemax")
@@ -163,6 +167,7 @@ _COUNTERS: list[tuple[str, Callable[[Stats], float], Any, dict[str, str]]] = [
      {"reason": "expired"}),
     ("loads", lambda s: s["singleflight"]["loads"], METRICS.loads, {}),
     ("coalesced", lambda s: s["singleflight"]["coalesced"], METRICS.coalesced, {}),
+    ("stale_served", lambda s: s["loading"]["stale_served"], METRICS.stale_served, {}),
     ("breaker_opened", lambda s: s["breaker"]["opened"], METRICS.breaker_opened, {}),
     ("received", lambda s: s["coherence"].get("received", 0), METRICS.invalidations,
      {"stage": "received"}),

@@ -40,6 +40,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import __version__
+from ._batch import BatchLoading
 from ._loading import Loading
 from ._tiers import Tiers
 from .exceptions import NotFound
@@ -147,12 +148,12 @@ def _traced(operation: str, original: Callable[..., Any], tracer: trace.Tracer,
 
 def _fetch_hook(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    def fetch(self: Tiers, keys: Any) -> Any:
+    def fetch(self: Tiers, keys: Any, **options: Any) -> Any:
         call = _call.get()
         if call is None:
-            return original(self, keys)
+            return original(self, keys, **options)
         call.open()  # a read's span starts with its L2 round trip
-        found, fills = original(self, keys)
+        found, fills = original(self, keys, **options)
         call.reached("l2" if found else "miss")
         return found, fills
 
@@ -161,7 +162,7 @@ def _fetch_hook(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _loader_hook(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    def call_loader(self: Loading, *args: Any) -> Any:
+    def call_loader(self: Loading | BatchLoading, *args: Any) -> Any:
         call = _call.get()
         if call is not None:
             call.reached("loader")
@@ -190,7 +191,7 @@ def instrument(tracer_provider: trace.TracerProvider | None = None, *,
                                            eager=l1_hits or name in _ROUND_TRIPS))
     for owner, name, hook in ((Tiers, "fetch", _fetch_hook),
                               (Loading, "_call_loader", _loader_hook),
-                              (Loading, "_call_loader_many", _loader_hook)):
+                              (BatchLoading, "_call_loader_many", _loader_hook)):
         original = getattr(owner, name)
         _originals[(owner, name)] = original
         setattr(owner, name, hook(original))

@@ -19,9 +19,9 @@ from typing import Any, ParamSpec, TypeVar
 from . import _fork, codecs
 from ._fleet import FleetMutex
 from ._glob import compile_glob
-from ._keys import check_delta, check_fraction, check_key, check_keys, check_ttl, check_value
+from ._keys import check_delta, check_key, check_keys, check_mapping, check_ttl, check_value
 from ._l2 import L2
-from ._loading import Loader, Loading, ManyLoader
+from ._loading import Loader, Loading, ManyLoader, load_options
 from ._memoize import memoize
 from ._probe import health
 from ._tiers import NEGATIVE, Tiers
@@ -159,12 +159,7 @@ class TieredCache:
             TypeError / ValueError: any bad key, value or ttl (nothing is changed).
             CacheUnavailableError: L2 did not take the writes (L1 was updated).
         """
-        if not isinstance(mapping, Mapping):
-            raise TypeError(f"mapping must be a Mapping of str to bytes, "
-                            f"got {type(mapping).__name__}")
-        values = dict(mapping)
-        for key in check_keys(values):
-            check_value(key, values[key])
+        values = check_mapping(mapping)
         seconds = self._ttl(ttl)
         if values:
             self._tiers.write(values, seconds)
@@ -274,14 +269,16 @@ class TieredCache:
     # -- loading -------------------------------------------------------------------------
 
     def get_or_load(self, key: str, loader: Loader, ttl: TTL = None, *,
-                    lock: bool | None = None, refresh_ahead: float | None = None) -> bytes:
+                    lock: bool | None = None, refresh_ahead: float | None = None,
+                    stale_if_error: TTL = None) -> bytes:
         """Return the cached value, or call ``loader()`` once to produce and cache it.
 
         Concurrent misses on one key in this process share one ``loader()`` call; its
         exception reaches every waiter and nothing is cached. A :class:`NotFound` from it
         is cached for ``l2.negative_ttl`` (later calls raise it without loading). With L2
         unreachable the loader's value is returned, kept in L1 at most ``l1.degraded_ttl``:
-        this never raises ``CacheUnavailableError``.
+        this never raises ``CacheUnavailableError``. With ``stale_if_error`` a failed reload
+        returns the last good value for a while (docs/loading.md, "Serve stale on error").
 
         Args:
             key: the cache key.
@@ -291,39 +288,40 @@ class TieredCache:
                 (default ``l2.fleet_lock``).
             refresh_ahead: refresh in the background during the last fraction of the
                 entry's life, in (0, 1) (default ``l2.refresh_ahead``; None: off).
+            stale_if_error: seconds or timedelta, >= 0 (default ``l2.stale_if_error``).
 
         Raises:
             TypeError: bad key, a non-callable loader, or a loader returning non-bytes.
-            ValueError: empty key, bad ttl or refresh_ahead.
+            ValueError: empty key, bad ttl, refresh_ahead or stale_if_error.
             NotFound: the loader said (now or within ``negative_ttl``) there is no record.
-            Exception: whatever ``loader`` raised.
+            Exception: whatever ``loader`` raised (unless a stale value answers).
         """
         check_key(key)
         if not callable(loader):
             raise TypeError(f"loader must be callable, got {type(loader).__name__}")
-        seconds = self._ttl(ttl)
-        fraction = check_fraction(refresh_ahead, self.config.l2.refresh_ahead)
-        fleet = self.config.l2.fleet_lock if lock is None else bool(lock)
-        return self._loading.get_or_load(key, loader, seconds, fleet, fraction)
+        options = load_options(self.config.l2, ttl, lock, refresh_ahead, stale_if_error)
+        return self._loading.get_or_load(key, loader, options)
 
     def get_or_load_many(self, keys: Iterable[str], loader_many: ManyLoader,
-                         ttl: TTL = None) -> dict[str, bytes]:
+                         ttl: TTL = None, *, stale_if_error: TTL = None) -> dict[str, bytes]:
         """Values of ``keys``, loading every missing one with one ``loader_many`` call.
 
         L1 first, then one L2 round trip for the L1 misses, then ``loader_many(missing)``
         once for what is still missing. A key another caller (here, in this process) is
         already loading is waited for, not loaded twice. Keys the loader omits, and keys
-        with a cached negative answer, are absent from the result.
+        with a cached negative answer, are absent from the result. ``stale_if_error``: as in
+        :meth:`get_or_load`; a failed loader call is answered stale if all its keys can be.
 
         Raises:
-            TypeError / ValueError: bad keys or ttl, or the loader returned non-bytes.
+            TypeError / ValueError: bad keys, ttl or stale_if_error; non-bytes loaded.
             Exception: whatever ``loader_many`` raised (also in every caller waiting on
                 one of its keys); nothing is cached then.
         """
         distinct = check_keys(keys)
         if not callable(loader_many):
             raise TypeError(f"loader_many must be callable, got {type(loader_many).__name__}")
-        return self._loading.get_or_load_many(distinct, loader_many, self._ttl(ttl))
+        options = load_options(self.config.l2, ttl, stale_if_error=stale_if_error)
+        return self._loading.get_or_load_many(distinct, loader_many, options)
 
     def memoize(self, ttl: TTL = None, *, key: Callable[..., str] | None = None,
                 codec: codecs.Codec | str | None = "json", lock: bool | None = None
@@ -381,7 +379,7 @@ class TieredCache:
 
     def stats(self) -> Stats:
         """Counters: ``l1_stats``, ``l2_stats``, ``singleflight``, ``breaker``, ``coherence``,
-        ``loading`` (refreshes, their failures, undecodable values), ``journal``."""
+        ``loading`` (refreshes, failures, undecodable values, stale answers), ``journal``."""
         return {
             "l1_stats": self._l1.stats(),
             "l2_stats": self._l2.stats(),

@@ -156,12 +156,13 @@ class CoherenceStats(_CoherenceState, total=False):
 
 
 class LoadingStats(TypedDict):
-    """``stats()["loading"]``: early refreshes and undecodable memoized values."""
+    """``stats()["loading"]``: early refreshes, undecodable memoized values, stale answers."""
 
     refreshes: int
     refresh_failures: int
     sync_refreshes: int
     decode_failures: int
+    stale_served: int  # get_or_load answers with a stale value after a failed reload
 
 
 class JournalStats(TypedDict):

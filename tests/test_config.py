@@ -73,6 +73,7 @@ def test_l2_defaults() -> None:
     assert cfg.negative_ttl == 30.0
     assert cfg.refresh_ahead is None
     assert cfg.fleet_lock is False
+    assert cfg.stale_if_error is None  # off
 
 
 def test_cache_defaults() -> None:
@@ -541,6 +542,7 @@ FULL_ENV = {
     "CACHE_REFRESH_JITTER": "0.5",
     "CACHE_REFRESH_SYNC": "0.1",
     "CACHE_FLEET_LOCK_TTL": "3s",
+    "CACHE_STALE_IF_ERROR": "5m",
     "CACHE_L1_MAX_BYTES": "16MiB",
     "CACHE_L1_MAX_ENTRY_SHARE": "0.25",
     "CACHE_COMPRESSION": "zlib",
@@ -573,7 +575,8 @@ def _assert_full_env(cfg: CacheConfig) -> None:
                               max_bytes=16 * 2**20, max_entry_share=0.25)
     assert cfg.l2 == L2Config(ttl=7200.0, negative_ttl=45.0, refresh_ahead=0.25, fleet_lock=True,
                               refresh_jitter=0.5, refresh_sync=0.1, fleet_lock_ttl=3.0,
-                              compression="zlib", compress_min_size=2048)
+                              compression="zlib", compress_min_size=2048,
+                              stale_if_error=300.0)
     assert cfg.key_prefix == "app:v1:"
     assert cfg.admin_token == TOKEN
     assert cfg.codec == "pickle"
@@ -1198,6 +1201,34 @@ cache:
     cfg = CacheConfig.from_yaml(doc, environ={"SIGNING_KEY": PICKLE_SECRET})
     assert cfg.l2 == L2Config(negative_ttl=5.0, refresh_ahead=0.1, fleet_lock=True)
     assert (cfg.codec, cfg.pickle_secret) == ("pickle", PICKLE_SECRET)
+
+
+@pytest.mark.parametrize(("value", "expected"),
+                         [("30s", 30.0), ("1m30s", 90.0), ("2.5", 2.5), ("0", None),
+                          ("0s", None), ("off", None), ("none", None), ("", None)])
+def test_stale_if_error_is_a_duration_or_off(value: str, expected: float | None) -> None:
+    assert CacheConfig.from_env({"CACHE_STALE_IF_ERROR": value}).l2.stale_if_error == expected
+    yaml_value = value or '""'
+    doc = f"cache:\n  l2:\n    stale_if_error: {yaml_value}\n"
+    assert CacheConfig.from_yaml(doc, environ={}).l2.stale_if_error == expected
+    assert L2Config(stale_if_error=timedelta(seconds=7)).stale_if_error == 7.0
+    assert L2Config(stale_if_error=0).stale_if_error is None
+    assert CacheConfig.from_yaml("cache:\n  l2:\n    stale_if_error: off\n",
+                                 environ={}).l2.stale_if_error is None  # YAML's False
+
+
+@pytest.mark.parametrize("value", ["-1s", "-5", " -0.5 ", "soon", "1x", "inf"])
+def test_a_negative_or_malformed_stale_if_error_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^CACHE_STALE_IF_ERROR="):
+        CacheConfig.from_env({"CACHE_STALE_IF_ERROR": value})
+    with pytest.raises(ConfigError, match=r"^cache\.l2\.stale_if_error="):
+        CacheConfig.from_yaml(f"cache:\n  l2:\n    stale_if_error: '{value}'\n", environ={})
+
+
+@pytest.mark.parametrize("value", [-1, -0.001, timedelta(seconds=-3), float("nan"), True])
+def test_a_negative_stale_if_error_field_names_the_field(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"^L2Config\.stale_if_error="):
+        L2Config(stale_if_error=value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("yaml_value", ["off", "false", "none", "null", "~", '""', "OFF"])

@@ -6,7 +6,7 @@ L1; ``invalidate`` clears matches in both tiers; a write reaches other caches' L
 here to 100 ms); concurrent misses share one load and a loader's error is never cached;
 bad input changes nothing; losing the server of a key turns reads into misses and makes
 writes raise; the loading features (batch loads, negative caching, the fleet lock,
-memoize) work.
+memoize, serve stale on error) work.
 
 Each test runs three times: on a standalone redis-server, on one reached over TLS only, and
 on a 3-primary Redis Cluster given as its seed addresses (see ``tests/helpers/backends.py``).
@@ -379,3 +379,28 @@ def test_loading_batch_loads_negative_caching_fleet_lock_and_memoize(
     assert [square(3), square(3), square(4)] == [9, 9, 16] and calls == 2
     square.invalidate(3)
     assert square(3) == 9 and calls == 3
+
+
+def test_stale_if_error_serves_the_last_value_until_a_delete(make: Make, backend: Backend
+                                                             ) -> None:
+    cache, other = make(), make()
+    failing = [False]
+
+    def loader() -> bytes:
+        if failing[0]:
+            raise RuntimeError("database down")
+        return b"v1"
+
+    assert cache.get_or_load("k", loader, ttl=0.3, stale_if_error=60) == b"v1"
+    failing[0] = True
+    time.sleep(0.5)  # the key expired in both tiers
+    assert backend.raw().get("app:k") is None
+    assert cache.get_or_load("k", loader, ttl=0.3, stale_if_error=60) == b"v1"
+    with pytest.raises(RuntimeError, match="database down"):
+        cache.get_or_load("k", loader, ttl=0.3)  # off by default
+    applied = cache.stats()["coherence"]["applied"]
+    other.delete("k")  # a delete anywhere ends it
+    wait_until(lambda: cache.stats()["coherence"]["applied"] > applied)
+    with pytest.raises(RuntimeError, match="database down"):
+        cache.get_or_load("k", loader, ttl=0.3, stale_if_error=60)
+    assert cache.stats()["loading"]["stale_served"] == 1

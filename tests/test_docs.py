@@ -82,7 +82,9 @@ def test_the_reference_gives_each_option_its_type_and_default(key: str, env: str
     row = next(line for line in REFERENCE.splitlines() if line.startswith(f"| `{key}` |"))
     cells = [cell.strip() for cell in row.strip("|").split(" | ")]
     fraction = option.parse.__name__ in ("unit_fraction", "optional_fraction", "share")
-    assert cells[2] == ("fraction" if fraction else TYPE_WORDS[str(field.type)]), row
+    duration = option.parse.__name__ == "optional_duration"  # float | None, None: off
+    expected = "fraction" if fraction else "duration" if duration else TYPE_WORDS[str(field.type)]
+    assert cells[2] == expected, row
     default = sections[section]()
     value = getattr(default, field_name)
     documented = cells[3]

@@ -260,3 +260,63 @@ def test_a_value_over_the_entry_limit_is_not_kept_and_drops_an_older_one() -> No
         ticket.fill({"k": (b"z" * 5000, clock.now + 60)})
     assert l1.peek("k") is None  # neither the large value nor the old small one
     assert l1.stats()["too_large"] == 1 and l1.stats()["bytes"] == 0
+
+
+# -- expired entries kept for stale_if_error -------------------------------------------------
+
+
+def test_a_kept_entry_is_a_miss_to_reads_and_stale_until_the_window_ends() -> None:
+    l1, clock = make_l1()
+    l1.keep_expired(30.0)
+    put(l1, {"k": b"v", "other": b"w"}, life=10.0)
+    clock.advance(10.0)  # at its deadline: expired
+    assert l1.get("k") is None and l1.get_many(["other"]) == {} and l1.peek("k") is None
+    assert l1.stale("k", 30.0) == (b"v", 1010.0)
+    assert l1.stale("k", 5.0) is not None  # 0 s past the deadline
+    clock.advance(29.9)
+    assert l1.stale("k", 30.0) == (b"v", 1010.0)
+    assert l1.stale("k", 20.0) is None  # a caller with a shorter window
+    assert len(l1) == 2 and l1.stats()["expirations"] == 0  # still held, not yet counted
+    clock.advance(0.1)  # exactly 30 s past: never served, and dropped by the next read
+    assert l1.stale("k", 30.0) is None
+    assert l1.get("k") is None and l1.get_many(["other"]) == {}
+    assert len(l1) == 0 and l1.stats()["expirations"] == 2
+
+
+def test_kept_entries_count_against_the_bounds_and_invalidations_remove_them() -> None:
+    clock = FakeClock()
+    l1 = L1(100, clock, max_bytes=3 * (100 + ENTRY_OVERHEAD))
+    l1.keep_expired(60.0)
+    put(l1, {"a": b"a" * 100, "b": b"b" * 100, "c": b"c" * 100}, life=1.0)
+    clock.advance(2.0)
+    assert l1.stats()["bytes"] == 3 * (100 + ENTRY_OVERHEAD)  # kept values use the budget
+    put(l1, {"d": b"d" * 100})
+    assert l1.stale("a", 60.0) is None and l1.stats()["evictions_by_cause"]["bytes"] == 1
+    l1.invalidate(["b"])
+    l1.invalidate_matching(lambda key: key == "c")
+    assert l1.stale("b", 60.0) is None and l1.stale("c", 60.0) is None
+    put(l1, {"e": b"e"}, life=1.0)
+    clock.advance(2.0)
+    l1.clear()
+    assert l1.stale("e", 60.0) is None and len(l1) == 0
+
+
+def test_replacing_or_dropping_a_kept_entry_counts_one_expiration() -> None:
+    l1, clock = make_l1()
+    l1.keep_expired(30.0)
+    put(l1, {"k": b"old", "n": b"x"}, life=1.0)
+    clock.advance(2.0)
+    assert l1.get("k") is None and l1.get("k") is None  # two reads of the kept entry
+    put(l1, {"k": b"new"})  # the refill replaces it
+    assert l1.get("k") == b"new" and l1.stats()["expirations"] == 1
+    l1.drop_expired("k")  # live: stays
+    l1.drop_expired("n")  # kept: goes
+    assert l1.get("k") == b"new" and l1.stale("n", 30.0) is None
+    assert l1.stats()["expirations"] == 2
+
+
+def test_without_keep_expired_nothing_is_kept() -> None:
+    l1, clock = make_l1()
+    put(l1, {"k": b"v"}, life=1.0)
+    clock.advance(1.0)
+    assert l1.get("k") is None and len(l1) == 0 and l1.stats()["expirations"] == 1

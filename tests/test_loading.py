@@ -1,17 +1,20 @@
-"""Loading features: negative caching, batch loads, memoize, the fleet lock, early refresh."""
+"""Loading features: negative caching, batch loads, memoize, the fleet lock, early refresh,
+serve stale on error."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from dragonfly_cache import NotFound, codecs
 from dragonfly_cache._loading import NEGATIVE
-from tests.helpers import CacheFactory, FakeClock, run_threads, wait_until
+from tests.helpers import CacheFactory, FakeClock, metric, run_threads, wait_until
 from tests.helpers.loading_worker import fleet_member, memo_key
 
 # -- negative caching ------------------------------------------------------------------
@@ -540,3 +543,302 @@ def test_invalidation_and_negative_answers_drop_refresh_schedules(
     cache.get_or_load("p:1", lambda: b"v", ttl=10, refresh_ahead=0.5)
     cache.invalidate("p:*")
     assert "p:1" not in cache._loading.refresh
+
+
+# -- serve stale on error --------------------------------------------------------------
+#
+# The L1 deadlines run on a fake clock; a key's expiry in L2 is played by a raw DEL, which
+# (like a real expiry) announces nothing to the caches.
+
+STALE = {"stale_if_error": 30.0}
+
+
+class Flaky:
+    """A loader returning ``value`` until ``failing`` is set; counts its calls."""
+
+    def __init__(self, value: bytes = b"v1") -> None:
+        self.value, self.failing, self.calls = value, False, 0
+
+    def __call__(self) -> bytes:
+        self.calls += 1
+        if self.failing:
+            raise RuntimeError("database down")
+        return self.value
+
+
+def expire(redis_server: Any, clock: FakeClock, seconds: float, *keys: str) -> None:
+    """Move the clock ``seconds`` on and take ``keys`` out of L2 as their expiry would."""
+    clock.advance(seconds)
+    redis_server.client().delete(*keys)
+
+
+def test_a_failing_reload_serves_the_old_value_within_the_bound_and_raises_past_it(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
+    cache = cache_factory(timer=fake_clock, l2=STALE)
+    plain = cache_factory(timer=fake_clock)  # stale_if_error off: the default
+    loader = Flaky()
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"  # L1 deadline: 10 s from now
+    assert plain.get_or_load("p", loader, ttl=10) == b"v1"
+    loader.failing = True
+    expire(redis_server, fake_clock, 15.0, "k", "p")  # expired 5 s ago
+    with pytest.raises(RuntimeError, match="database down"):
+        plain.get_or_load("p", loader, ttl=10)
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    fake_clock.advance(24.9)  # 29.9 s past expiry, past the backoff: the load is tried again
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    assert loader.calls == 5
+    fake_clock.advance(0.1)  # 30 s past expiry: never served
+    with pytest.raises(RuntimeError, match="database down"):
+        cache.get_or_load("k", loader, ttl=10)
+    assert loader.calls == 6  # within the backoff, but with nothing to serve: loaded
+    assert cache.get("k") is None and redis_server.client().exists("k") == 0
+    assert cache.stats()["loading"]["stale_served"] == 2
+    assert plain.stats()["loading"]["stale_served"] == 0
+
+
+def test_not_found_is_never_turned_into_a_stale_value(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
+    cache = cache_factory(timer=fake_clock, l2=STALE)
+    loader = Flaky()
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    expire(redis_server, fake_clock, 15.0, "k")
+
+    def gone() -> bytes:
+        raise NotFound("deleted upstream")
+
+    with pytest.raises(NotFound):  # the record is gone: the old value is not served
+        cache.get_or_load("k", gone, ttl=10)
+    loader.failing = True
+    with pytest.raises(NotFound):  # the negative answer stays one
+        cache.get_or_load("k", loader, ttl=10)
+    expire(redis_server, fake_clock, 31.0, "k")  # the negative answer (30 s) expired 1 s ago
+    with pytest.raises(RuntimeError, match="database down"):  # neither v1 nor NotFound
+        cache.get_or_load("k", loader, ttl=10)
+    with pytest.raises(RuntimeError):
+        cache.get_or_load_many(["k"], lambda keys: loader() and {})
+    assert cache.stats()["loading"]["stale_served"] == 0
+
+
+@pytest.mark.parametrize("remove", ["delete", "delete_many", "invalidate", "clear", "set",
+                                    "delete elsewhere", "invalidate elsewhere"])
+def test_nothing_serves_a_value_that_a_delete_removed(
+        remove: str, cache_factory: CacheFactory, fake_clock: FakeClock,
+        redis_server: Any) -> None:
+    cache = cache_factory(timer=fake_clock, l2=STALE)
+    other = cache_factory(l2=STALE)  # another process
+    loader = Flaky()
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    loader.failing = True
+    expire(redis_server, fake_clock, 15.0, "k")
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"  # stale, until ...
+    applied = cache.stats()["coherence"]["applied"]
+    {"delete": lambda: cache.delete("k"),
+     "delete_many": lambda: cache.delete_many(["k", "x"]),
+     "invalidate": lambda: cache.invalidate("k*"),
+     "clear": cache.clear,
+     "set": lambda: cache.set("k", b"v2", ttl=1),  # a newer value, expired in turn below
+     "delete elsewhere": lambda: other.delete("k"),
+     "invalidate elsewhere": lambda: other.invalidate("*")}[remove]()
+    if remove.endswith("elsewhere"):
+        wait_until(lambda: cache.stats()["coherence"]["applied"] > applied)
+    if remove == "set":
+        assert cache.get_or_load("k", loader, ttl=10) == b"v2"
+        expire(redis_server, fake_clock, 2.0, "k")
+        assert cache.get_or_load("k", loader, ttl=10) == b"v2"  # the last good value now
+        cache.delete("k")
+    with pytest.raises(RuntimeError, match="database down"):
+        cache.get_or_load("k", loader, ttl=10)
+
+
+def test_l2_unreachable_during_a_reload_serves_stale_without_calling_the_loader(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
+    # Coherence off: with it on, losing the server also loses the invalidation channel,
+    # and L1 (stale values too) is flushed (next test).
+    cache = cache_factory(timer=fake_clock, invalidation=False, l2=STALE)
+    loader = Flaky()
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    fake_clock.advance(15.0)
+    redis_server.stop()
+    loader.value = b"v2"
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    assert loader.calls == 1  # no load: every process would load on its own meanwhile
+    fake_clock.advance(1.0)  # the backoff passed: one caller tries L2 again, still away
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    assert loader.calls == 1
+    assert cache.stats()["l2_stats"]["errors"] >= 2
+    fake_clock.advance(30.0)  # past the bound: as without stale_if_error, the loader answers
+    assert cache.get_or_load("k", loader, ttl=10) == b"v2"
+    assert loader.calls == 2
+    assert cache.stats()["loading"]["stale_served"] == 3
+
+
+def test_no_stale_value_once_the_invalidation_channel_is_lost(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
+    cache = cache_factory(timer=fake_clock, l2=STALE)
+    loader = Flaky()
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    fake_clock.advance(15.0)
+    redis_server.stop()
+    # A delete may be missed from now on: L1 is flushed, kept values with it.
+    wait_until(lambda: cache.stats()["coherence"]["state"] != "subscribed")
+    loader.value = b"v2"
+    assert cache.get_or_load("k", loader, ttl=10) == b"v2"
+    assert cache.stats()["loading"]["stale_served"] == 0
+
+
+def test_a_failing_loader_is_retried_with_backoff_counted_and_logged(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from dragonfly_cache.metrics import CacheMetrics, register
+
+    registry = CollectorRegistry()
+    register(registry)
+
+    def exported() -> float:
+        return metric(generate_latest(registry).decode(), "dragonfly_cache_stale_served_total")
+
+    before = exported()
+    cache = cache_factory(timer=fake_clock, l2=STALE)
+    loader = Flaky()
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    loader.failing = True
+    expire(redis_server, fake_clock, 11.0, "k")
+    with caplog.at_level(logging.WARNING, logger="dragonfly_cache._stale"):
+        for _ in range(10):
+            assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    assert loader.calls == 2  # the first load, and one failed reload
+    [record] = caplog.records  # one line per failed reload, not per answer
+    assert "'k'" in record.getMessage() and "RuntimeError: database down" in record.getMessage()
+    for wait in (1.0, 2.0, 4.0):  # the wait doubles after each failed try
+        calls = loader.calls
+        fake_clock.advance(wait / 2)
+        assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+        assert loader.calls == calls
+        fake_clock.advance(wait / 2)
+        assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+        assert loader.calls == calls + 1
+    loader.failing, loader.value = False, b"v2"
+    fake_clock.advance(8.0)
+    assert cache.get_or_load("k", loader, ttl=10) == b"v2"  # recovered: stored again
+    assert cache.get_or_load("k", loader, ttl=10) == b"v2"
+    assert loader.calls == 6
+    assert cache.stats()["loading"]["stale_served"] == 16
+    CacheMetrics(cache).sync()
+    assert exported() - before == 16
+
+
+def test_after_the_backoff_one_caller_tries_again_while_the_others_get_the_stale_value(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
+    cache = cache_factory(timer=fake_clock, l2=STALE)
+    loader = Flaky()
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    loader.failing = True
+    expire(redis_server, fake_clock, 15.0, "k")
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    fake_clock.advance(1.0)
+    tries: list[bool] = []
+    served: list[bytes] = []
+
+    def slow_and_failing() -> bytes:
+        try:
+            wait_until(lambda: len(served) >= 15)  # the others do not wait for this try
+            tries.append(True)
+        except AssertionError:
+            tries.append(False)  # they did
+        raise RuntimeError("database down")
+
+    def reader(_: int) -> None:
+        served.append(cache.get_or_load("k", slow_and_failing, ttl=10))
+
+    run_threads(16, reader)
+    assert served == [b"v1"] * 16
+    assert tries == [True]
+
+
+def test_no_stale_value_while_the_listener_is_not_subscribed(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
+    cache = cache_factory(timer=fake_clock, l2=STALE)
+    cache.close()  # the listener stops: a delete elsewhere would now go unheard
+    loader = Flaky()
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"  # kept l1.degraded_ttl (1 s)
+    loader.failing = True
+    expire(redis_server, fake_clock, 2.0, "k")
+    with pytest.raises(RuntimeError, match="database down"):
+        cache.get_or_load("k", loader, ttl=10)
+
+
+def test_stale_if_error_per_call_and_bad_values(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
+    cache = cache_factory(timer=fake_clock)  # off in the configuration
+    loader = Flaky()
+    assert cache.get_or_load("k", loader, ttl=10) == b"v1"
+    loader.failing = True
+    expire(redis_server, fake_clock, 15.0, "k")
+    assert cache.get_or_load("k", loader, ttl=10, stale_if_error=timedelta(seconds=30)) == b"v1"
+    with pytest.raises(RuntimeError):
+        cache.get_or_load("k", loader, ttl=10, stale_if_error=0)  # off for this call
+    assert cache.get_or_load("k", loader, ttl=10, stale_if_error=30) == b"v1"
+    with pytest.raises(RuntimeError):
+        cache.get_or_load("k", loader, ttl=10, stale_if_error=5)  # 15 s is too old for it
+    for bad in (-1, -0.5, timedelta(seconds=-1), float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="stale_if_error"):
+            cache.get_or_load("new", lambda: b"x", stale_if_error=bad)
+        with pytest.raises(ValueError, match="stale_if_error"):
+            cache.get_or_load_many(["new"], lambda keys: {}, stale_if_error=bad)
+    for wrong in ("30s", True, [30]):
+        with pytest.raises(TypeError, match="stale_if_error"):
+            cache.get_or_load("new", lambda: b"x", stale_if_error=wrong)  # type: ignore[arg-type]
+    assert cache.get("new") is None and redis_server.client().exists("new") == 0
+
+
+def test_get_or_load_many_serves_stale_values_only_for_all_of_a_failed_batch(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
+    cache = cache_factory(timer=fake_clock, l2=STALE)
+    calls: list[list[str]] = []
+    failing = [False]
+
+    def load(keys: list[str]) -> dict[str, bytes]:
+        calls.append(sorted(keys))
+        if failing[0]:
+            raise RuntimeError("database down")
+        return {key: key.encode() for key in keys}
+
+    assert cache.get_or_load_many(["a", "b"], load, ttl=10) == {"a": b"a", "b": b"b"}
+    failing[0] = True
+    expire(redis_server, fake_clock, 15.0, "a", "b")
+    assert cache.get_or_load_many(["a", "b"], load, ttl=10) == {"a": b"a", "b": b"b"}
+    assert cache.get_or_load_many(["b", "a"], load, ttl=10) == {"a": b"a", "b": b"b"}
+    assert calls == [["a", "b"], ["a", "b"]]  # the second call backed off
+    with pytest.raises(RuntimeError):  # "c" has no stale value: the error is not hidden
+        cache.get_or_load_many(["a", "c"], load, ttl=10)
+    assert calls[-1] == ["c"]  # "a" still backs off
+    fake_clock.advance(5.0)
+
+    def gone(keys: list[str]) -> dict[str, bytes]:
+        raise NotFound("no such records")
+
+    with pytest.raises(NotFound):
+        cache.get_or_load_many(["a", "b"], gone, ttl=10)
+    assert cache.stats()["loading"]["stale_served"] == 4  # answers given: not the raised "a"
+
+
+def test_get_or_load_many_with_l2_unreachable_serves_what_is_stale_and_loads_the_rest(
+        cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
+    cache = cache_factory(timer=fake_clock, invalidation=False, l2=STALE)
+    calls: list[list[str]] = []
+    version = [1]
+
+    def load(keys: list[str]) -> dict[str, bytes]:
+        calls.append(sorted(keys))
+        return {key: b"%s v%d" % (key.encode(), version[0]) for key in keys}
+
+    assert cache.get_or_load_many(["a"], load, ttl=10) == {"a": b"a v1"}
+    fake_clock.advance(15.0)
+    redis_server.stop()
+    version[0] = 2
+    assert cache.get_or_load_many(["a", "z"], load, ttl=10) == {"a": b"a v1", "z": b"z v2"}
+    assert calls == [["a"], ["z"]]
+    assert cache.stats()["loading"]["stale_served"] == 1
