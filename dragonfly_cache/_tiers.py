@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 
 from ._coherence import Coherence, weakly
 from ._flushwatch import FlushWatch
-from ._journal import Journal, Pending
+from ._journal import REAPPLY_WINDOW, Journal, Pending
 from ._l1 import L1, Entry
 from ._l2 import L2
+from ._switchover import Switchover
 from .config import L1Config
 from .exceptions import CacheUnavailableError
 from .types import CoherenceStats, JournalStats
@@ -52,7 +53,7 @@ class Tiers:
         self.l2 = l2
         self._ttl = config.ttl
         self._degraded_ttl = config.degraded_ttl
-        self.journal = Journal(self._replay)
+        self.journal = Journal(self._replay, window=REAPPLY_WINDOW if l2.router.sentinel else None)
         self.coherence = (Coherence(self.l1, l2.coherence_nodes, l2.subscription,
                                     watch=FlushWatch(l2.router).flushed,
                                     on_subscribed=weakly(self.journal.wake),
@@ -60,6 +61,7 @@ class Tiers:
                           if config.invalidation else None)
         if self.coherence is not None:
             self.l1.yield_interval = YIELD_INTERVAL
+        l2.router.on_switch = Switchover(self.journal, self.l1, self.coherence)
 
     def listen(self) -> None:
         """Start the invalidation listener in this process, if coherence is on and it is
