@@ -8,7 +8,7 @@ from L2 until its TTL. So the keys of every failed write (or the pattern of a fa
 from L2 (announced, like any delete) as soon as L2 takes it: it retries by itself, with
 backoff from ``RETRY_FIRST`` to ``RETRY_CAP`` seconds, and is woken at once when the
 invalidation listener subscribes again. Until then those keys are misses for this process:
-its L2 reads skip them.
+its L2 reads skip them (and a read that a failover's switch overtook counts as a miss).
 
 Bounded: at most ``SIZE`` entries (a key or a pattern each; a pending ``clear`` makes
 everything else moot). Past that the oldest entry is dropped, counted in ``dropped``
@@ -17,24 +17,38 @@ A successful ``set`` or ``delete`` of a key settles its entry (L2 holds what it 
 though a replay already under way may still delete a value written meanwhile: a miss,
 never a stale value; the next read loads it.
 The journal is per process and in memory: a process that exits before L2 is back loses it.
+
+Failovers (Sentinel). Replication is asynchronous: writes the old primary acknowledged just
+before it died (or, in a manual failover, after its replica was promoted) may be missing
+on the new one, which then serves the values they replaced. So a journal made with a
+``window`` also remembers the writes L2 took (``settled``, ``took_pattern``,
+``took_clear``) for ``window`` seconds, counted back from the newest of them (a primary
+that died took nothing after it died). :meth:`Journal.switching`, around the switch, turns
+them into pending entries: read as misses at once, deleted on the new primary by the
+replay thread. A write acknowledged during the switch, or sent before it and acknowledged
+after, may have reached the old primary only: it becomes pending too. At most ``SIZE``
+remembered writes (the oldest go).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .exceptions import CacheUnavailableError
 from .types import JournalStats
 
-__all__ = ["RETRY_CAP", "RETRY_FIRST", "SIZE", "Journal", "Pending"]
+__all__ = ["REAPPLY_WINDOW", "RETRY_CAP", "RETRY_FIRST", "SIZE", "Journal", "Pending"]
 
 logger = logging.getLogger(__name__)
 
 SIZE = 10_000
 RETRY_FIRST, RETRY_CAP = 0.05, 1.0
+REAPPLY_WINDOW = 5.0  # seconds of taken writes a failover re-applies (Sentinel)
 
 
 @dataclass
@@ -52,6 +66,27 @@ class Pending:
         return len(self.keys) + len(self.patterns) + (self.clear is not None)
 
 
+@dataclass
+class _Taken:
+    """Writes L2 took lately, each with the time it was acknowledged (oldest first)."""
+
+    keys: dict[str, float] = field(default_factory=dict)
+    patterns: dict[str, tuple[float, Callable[[str], bool]]] = field(default_factory=dict)
+    clear: float | None = None
+    newest: float = 0.0
+
+    def prune(self, window: float, size: int) -> None:
+        cutoff = self.newest - window
+        while self.keys and (len(self.keys) > size or next(iter(self.keys.values())) < cutoff):
+            del self.keys[next(iter(self.keys))]
+        while self.patterns and (len(self.patterns) > size
+                                 or next(iter(self.patterns.values()))[0] < cutoff):
+            del self.patterns[next(iter(self.patterns))]
+        if self.clear is not None and self.clear < cutoff:
+            self.clear = None
+
+
+
 class Journal:
     """The pending invalidations of one cache in one process, and the thread replaying them.
 
@@ -60,14 +95,25 @@ class Journal:
             returns what it did (all, or part: what a server still away holds stays
             pending); raises :class:`CacheUnavailableError` if it could do nothing.
         size: the most entries kept.
+        window: seconds of taken writes to remember for :meth:`switching` (None: none).
+        timer: the clock of ``window``.
     """
 
-    def __init__(self, replay: Callable[[Pending], Pending], size: int = SIZE) -> None:
+    def __init__(self, replay: Callable[[Pending], Pending], size: int = SIZE,
+                 window: float | None = None, timer: Callable[[], float] = time.monotonic
+                 ) -> None:
         self._replay = replay
         self._size = size
+        self._window = window
+        self._timer = timer
         self._lock = threading.Lock()
         self._pending = Pending()
+        self._taken = _Taken()
         self._record = 0  # the number of the last record
+        self._switched = 0  # writes sent before this record may have reached an old primary
+        self._switching = False  # a move to a new primary is under way
+        self.switches = 0  # moves begun: a read that spans one may have missed its entries
+        self._moves = 0  # counts the starts and ends of moves (a replay spanning one is void)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -122,13 +168,116 @@ class Journal:
     def settled(self, keys: Iterable[str], mark: int) -> None:
         """``keys`` were written or deleted in L2 by a write sent after record ``mark``:
         their entries recorded up to then are done with. A failure recorded later (another
-        thread's delete that failed while this write was in flight) stays pending."""
-        if self._pending.keys:
+        thread's delete that failed while this write was in flight) stays pending.
+
+        With a ``window``, the write is remembered for :meth:`switching`; one that may
+        have reached an old primary only (see :meth:`switching`) is pending now."""
+        if self._window is not None:
+            self._took(list(keys), mark)
+        elif self._pending.keys:
             with self._lock:
                 pending = self._pending.keys
                 for key in keys:
                     if pending.get(key, mark + 1) <= mark:
                         del pending[key]
+
+    def _took(self, keys: list[str], mark: int) -> None:
+        with self._lock:
+            pending = self._pending.keys
+            for key in keys:
+                if pending.get(key, mark + 1) <= mark:
+                    del pending[key]
+            untrusted = self._switching or mark < self._switched
+            if untrusted:  # it may have reached the old primary only
+                self._record += 1
+                for key in keys:
+                    pending.pop(key, None)
+                    pending[key] = self._record
+                self._bound()
+            else:
+                taken = self._taken
+                taken.newest = now = self._timer()
+                for key in keys:
+                    taken.keys.pop(key, None)
+                    taken.keys[key] = now
+                taken.prune(self._window or 0.0, self._size)
+        if untrusted:
+            self._start()
+
+    def took_pattern(self, pattern: str, matches: Callable[[str], bool]) -> None:
+        """L2 took an ``invalidate(pattern)``: remembered for :meth:`switching` (with a
+        ``window``)."""
+        if self._window is None:
+            return
+        with self._lock:
+            untrusted = self._switching
+            if untrusted:
+                self._record += 1
+                self._pending.patterns.pop(pattern, None)
+                self._pending.patterns[pattern] = (self._record, matches)
+            else:
+                taken = self._taken
+                taken.newest = now = self._timer()
+                taken.patterns.pop(pattern, None)
+                taken.patterns[pattern] = (now, matches)
+                taken.prune(self._window, self._size)
+        if untrusted:
+            self._start()
+
+    def took_clear(self) -> None:
+        """L2 took a ``clear()``: remembered for :meth:`switching` (with a ``window``)."""
+        if self._window is None:
+            return
+        with self._lock:
+            untrusted = self._switching
+            if untrusted:
+                self._record += 1
+                self._pending = Pending(clear=self._record)
+            else:
+                self._taken.newest = self._taken.clear = self._timer()
+                self._taken.prune(self._window, self._size)
+        if untrusted:
+            self._start()
+
+    @contextlib.contextmanager
+    def switching(self) -> Iterator[int]:
+        """Around the move to a new primary; yields how many entries became pending.
+
+        On entry the writes L2 took in the window (see the module docs) become pending:
+        read as misses from now on, deleted by the replay thread. Until the block ends,
+        every write L2 acknowledges becomes pending too (it may have gone to the old
+        primary), and so does, later, every write sent before the block ended."""
+        with self._lock:
+            self._record += 1
+            self._switched = record = self._record
+            self._switching = True
+            self._moves += 1
+            self.switches += 1
+            taken, self._taken = self._taken, _Taken()
+            taken.prune(self._window or 0.0, self._size)
+            if taken.clear is not None:
+                self._pending = Pending(clear=record)  # the rest is part of it
+                count = 1
+            else:
+                pending = self._pending
+                for key in taken.keys:
+                    pending.keys.pop(key, None)
+                    pending.keys[key] = record
+                for pattern, (_, matches) in taken.patterns.items():
+                    pending.patterns.pop(pattern, None)
+                    pending.patterns[pattern] = (record, matches)
+                count = len(taken.keys) + len(taken.patterns)
+                self._bound()
+        try:
+            yield count
+        finally:
+            with self._lock:
+                self._record += 1
+                self._switched = self._record
+                self._switching = False
+                self._moves += 1
+            self._start()  # replays go to the new primary from now on
+            self._wake.set()
 
     def _bound(self) -> None:
         pending = self._pending
@@ -155,6 +304,11 @@ class Journal:
             return {key for key in keys
                     if key in pending.keys or any(matches(key) for matches in matchers)}
 
+    def unblocked(self, keys: Sequence[str]) -> list[str]:
+        """``keys`` without those :meth:`blocked` names, in order."""
+        blocked = self.blocked(keys)
+        return [key for key in keys if key not in blocked]
+
     # -- replaying -------------------------------------------------------------------------
 
     def wake(self) -> None:
@@ -178,6 +332,11 @@ class Journal:
                 if not snapshot or self._stopped:
                     self._thread = None
                     return
+                moves, switching = self._moves, self._switching
+            if switching:  # replayed on the old primary, it would be lost with it: wait
+                self._wake.wait(RETRY_FIRST)
+                self._wake.clear()
+                continue
             try:
                 done = self._replay(snapshot)
             except CacheUnavailableError:
@@ -188,7 +347,7 @@ class Journal:
                 self._wake.clear()
                 continue
             if done:
-                self._settle(done)
+                self._settle(done, moves)
             if len(done) < len(snapshot):  # some of it (a server still away): later
                 self._wake.wait(delay)
                 self._wake.clear()
@@ -196,9 +355,13 @@ class Journal:
             else:
                 delay = RETRY_FIRST
 
-    def _settle(self, done: Pending) -> None:
-        """Remove what ``done`` replayed, unless a failure recorded it again meanwhile."""
+    def _settle(self, done: Pending, moves: int) -> None:
+        """Remove what ``done`` replayed, unless a failure recorded it again meanwhile, or
+        a move to a new primary began since the replay did (it may have gone to the old
+        one: the next round replays it again)."""
         with self._lock:
+            if self._moves != moves:
+                return
             pending = self._pending
             settled = 0
             if done.clear is not None and pending.clear == done.clear:

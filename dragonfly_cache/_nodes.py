@@ -113,8 +113,9 @@ class Nodes:
 
     Args:
         config: connection settings.
-        on_unreachable: called when a node could not be reached (a cluster then refreshes
-            its slot map: a failover may have moved the node's slots).
+        on_unreachable: called when a node could not be reached, or answered READONLY (a
+            cluster then refreshes its slot map, Sentinel asks for the primary: a failover
+            may have moved the node's slots, or made it a replica).
     """
 
     def __init__(self, config: DragonflyConfig, on_unreachable: Callable[[], None]) -> None:
@@ -196,14 +197,21 @@ class Nodes:
         finally:
             connections.close()
 
-    def client(self, address: str) -> redis.Redis:
+    def client(self, address: str, **overrides: Any) -> redis.Redis:
         """A new redis-py client on its own connection to ``address`` that never retries
-        (the invalidation listener must see every drop: messages may be lost in it)."""
+        (the invalidation listener must see every drop: messages may be lost in it);
+        ``overrides`` replace connection options (a sentinel's own credentials)."""
         # A pool of our connection class: redis.Redis(ssl=True) would use redis-py's.
         pool = redis.ConnectionPool(connection_class=self.connection_class,
                                     **{**self._options_for(address),
-                                       "retry": Retry(NoBackoff(), 0)})
+                                       "retry": Retry(NoBackoff(), 0), **overrides})
         return redis.Redis.from_pool(pool)  # closing the client disconnects its pool
+
+    def connections(self, address: str, **overrides: Any) -> Connections:
+        """Connections of their own to ``address``, outside every node and breaker, that
+        never retry; ``overrides`` replace connection options (for the sentinels)."""
+        return Connections(self.connection_class, {**self._options_for(address), **overrides},
+                           Retry(NoBackoff(), 0))
 
     def _options_for(self, address: str) -> dict[str, Any]:
         host, port = split_address(address)
@@ -290,6 +298,9 @@ class Nodes:
         """Record a failed call on ``node`` in its breaker and the counters."""
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             node.breaker.failure()  # the server could not be reached (or refused our login)
+            self._on_unreachable()
+        elif isinstance(exc, redis.ReadOnlyError):
+            node.breaker.success()  # it answered: as a replica now (a demoted primary)
             self._on_unreachable()
         elif isinstance(exc, redis.RedisError):
             node.breaker.success()  # it answered, with an error (e.g. out of memory)

@@ -1,5 +1,6 @@
-"""The health report: PING + INFO of every server, what kind of server answered, and the
-state of the breaker, the listener and the counters."""
+"""The health report: PING + INFO of every server, what kind of server answered, what the
+sentinels say (with sentinels), and the state of the breaker, the listener and the
+counters."""
 
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def probe(router: Router) -> DragonflyHealth:
 
     Returns:
         ``{"connected": True, "server": "dragonfly"|"redis"|"valkey", "version": str,
-        "mode": "standalone"|"cluster"}``; a cluster adds ``nodes`` (address -> "ok" or
-        the failure) and, when some primary failed, ``error``.
+        "mode": "standalone"|"cluster"|"sentinel"}``; a cluster adds ``nodes`` (address ->
+        "ok" or the failure) and, when some primary failed, ``error``.
 
     Raises:
         CacheUnavailableError: no server answered.
@@ -66,8 +67,9 @@ def probe(router: Router) -> DragonflyHealth:
         if info is None:
             server, version = detect_server(parse_info(server_info))
             cluster_enabled = parse_info(cluster_info).get("cluster_enabled") == "1"
+            mode = "cluster" if cluster_enabled else "standalone"
             info = {"connected": True, "server": server, "version": version,
-                    "mode": "cluster" if cluster_enabled else "standalone"}
+                    "mode": "sentinel" if router.sentinel is not None else mode}
     if info is None:
         raise failures[0]
     if router.is_cluster():
@@ -83,10 +85,17 @@ def health(tiers: Tiers) -> Health:
     report, not an error), the breaker's and the listener's states, and the counters."""
     dragonfly: DragonflyHealth
     tiers.listen()
+    sentinel = tiers.l2.router.sentinel
+    # The sentinels first: the probe then reaches the primary they name now. Their
+    # trouble alone (the last known primary answers) leaves the cache healthy.
+    sentinels = sentinel.report() if sentinel is not None else None
     try:
         dragonfly = probe(tiers.l2.router)
     except CacheUnavailableError as exc:
         dragonfly = {"connected": False, "version": None, "error": str(exc)}
+    if sentinels is not None:
+        dragonfly["mode"] = "sentinel"
+        dragonfly["sentinel"] = sentinels
     return {
         # A cluster with some primary unreachable is connected but not healthy.
         "status": "healthy" if dragonfly["connected"] and "error" not in dragonfly

@@ -8,11 +8,14 @@ commands), :meth:`~Router.batch` (many keys' commands, one round trip per node),
 retries, counting, logging) is :mod:`dragonfly_cache._nodes`'s; the slot map is
 :mod:`dragonfly_cache._topology`'s.
 
-In a cluster (several addresses, or one server reporting ``cluster_enabled:1``, or
-``mode="cluster"``) each key goes to the primary serving its slot. Commands are driven over
-our own per-node connections (see :mod:`dragonfly_cache._connections` for why not redis-py's
-pipeline), so a batch is sent to every node before any reply is read; MOVED and ASK are
-followed up to ``_REDIRECTS`` times per call. A call then takes at most the time bound of
+With sentinels (``DRAGONFLY_SENTINELS``) the one server is the primary they name, and a
+failover moves every command to the new one (:mod:`dragonfly_cache._sentinel`);
+``on_switch`` lets the tiers act around that move. In a cluster (several addresses, or one
+server reporting ``cluster_enabled:1``, or ``mode="cluster"``) each key goes to the primary
+serving its slot. Commands are driven over our own per-node connections (see
+:mod:`dragonfly_cache._connections` for why not redis-py's pipeline), so a batch is sent to
+every node before any reply is read; MOVED and ASK are followed up to ``_REDIRECTS`` times
+per call. A call then takes at most the time bound of
 :mod:`dragonfly_cache._nodes`, plus one slot-map refresh and those redirections.
 """
 
@@ -24,9 +27,10 @@ from typing import Any, TypeVar
 import redis
 from redis.exceptions import AskError, MovedError
 
-from ._breaker import BreakerState
+from ._breaker import BreakerState, CircuitBreaker
 from ._connections import Command, Connections
 from ._nodes import Node, Nodes, format_address
+from ._sentinel import Sentinel
 from ._topology import SlotMap, Topology
 from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
@@ -39,6 +43,8 @@ T = TypeVar("T")
 
 Group = tuple[str | bytes, list[Command]]  # a key (or channel), the commands about it
 Result = list[Any] | CacheUnavailableError  # a group's replies, or why they failed
+# Runs around a move to a new primary; it must call the move it is given, once.
+SwitchHandler = Callable[[Callable[[], None]], None]
 
 
 class Router:
@@ -46,20 +52,68 @@ class Router:
 
     Args:
         config: connection settings. One address is a standalone server unless it reports
-            ``cluster_enabled:1`` (or ``mode`` says otherwise); several are cluster seeds.
+            ``cluster_enabled:1`` (or ``mode`` says otherwise); several are cluster seeds;
+            with ``sentinels``, the server is the primary they name.
     """
 
     def __init__(self, config: DragonflyConfig) -> None:
         self.config = config
         self.address = ",".join(config.addresses)
-        self._first = config.addresses[0]  # the standalone server (or the first seed)
-        self.nodes = Nodes(config, on_unreachable=lambda: self.topology.mark_stale())
+        # The standalone server (or the first seed); with sentinels, the primary they name
+        # (None until they were asked).
+        self._first: str | None = config.addresses[0]
+        self.nodes = Nodes(config, on_unreachable=self._unreachable)
         self.topology = Topology(config, self.nodes)
+        self.on_switch: SwitchHandler | None = None  # set by the tiers of this process
+        self.sentinel: Sentinel | None = None
+        if config.sentinels:
+            self._first = None
+            self.address = f"{config.sentinel_master} via {','.join(config.sentinels)}"
+            self.sentinel = Sentinel(config, self.nodes, self._switch)
 
     def after_fork_in_child(self) -> None:
-        """Drop the parent's connections, locks, breaker state and counters."""
+        """Drop the parent's connections, locks, breaker state, counters and threads."""
         self.nodes.start_process_state()
         self.topology.start_process_state()
+        if self.sentinel is not None:
+            self.sentinel.start_process_state()
+
+    def _unreachable(self) -> None:
+        self.topology.mark_stale()
+        if self.sentinel is not None:
+            self.sentinel.suspect()
+
+    def _server(self) -> str:
+        """The standalone server: the configured one, or the primary the sentinels name.
+
+        Raises:
+            CacheUnavailableError: no sentinel named a primary yet.
+        """
+        address = self._first
+        if address is None:
+            if self.sentinel is None:  # pragma: no cover - _first is None only with sentinels
+                raise CacheUnavailableError("no server configured")
+            try:
+                return self.sentinel.current()
+            except CacheUnavailableError as exc:  # counted and logged like any failure
+                raise self.nodes.failure("SENTINEL", self.address, str(exc)) from exc
+        return address
+
+    def _switch(self, address: str, previous: str | None) -> None:
+        """Route to ``address`` from now on (the sentinels' new primary), with
+        ``on_switch`` run around the move."""
+
+        def move() -> None:
+            # The sentinels vouch for it: a breaker that opened while it was down or a
+            # replica must not hold writes back now.
+            self.nodes.node(address).breaker.success()
+            self._first = address
+
+        handler = self.on_switch
+        if previous is None or handler is None:
+            move()  # the first primary found: nothing to move from
+        else:
+            handler(move)
 
     # -- the surface ----------------------------------------------------------------------
 
@@ -71,13 +125,13 @@ class Router:
         """The addresses of every primary (the one server when standalone)."""
         if self.is_cluster():
             return list(self.topology.current().primaries)
-        return [self._first]
+        return [self._first or self._server()]
 
     def route(self, name: str | bytes) -> str:
         """The address serving key (or shard channel) ``name``."""
         if self.is_cluster():
             return self.topology.current().owner_of(name)
-        return self._first
+        return self._first or self._server()
 
     @property
     def sharded(self) -> bool:
@@ -92,8 +146,9 @@ class Router:
         Raises:
             CacheUnavailableError: it failed (any cause; chained).
         """
-        node = self.nodes.node(address if address is not None else self._first)
-        return self.nodes.call(operation, node, do)
+        if address is None:
+            address = self._first or self._server()
+        return self.nodes.call(operation, self.nodes.node(address), do)
 
     def keyed(self, operation: str, name: str | bytes, commands: list[Command]) -> list[Any]:
         """Send one key's ``commands`` to the node serving it; their replies.
@@ -102,7 +157,7 @@ class Router:
             CacheUnavailableError: it failed, or a command got an error reply.
         """
         if self.topology.clustered is False:  # the common case, kept short
-            return self.nodes.call(operation, self.nodes.node(self._first),
+            return self.nodes.call(operation, self.nodes.node(self._first or self._server()),
                                    lambda c: c.roundtrip(commands))
         return replies_of(self.batch(operation, [(name, commands)])[0])
 
@@ -133,6 +188,10 @@ class Router:
         """The breaker's state and counters; in a cluster, the worst node's state, summed
         counters and ``nodes`` (address -> state)."""
         slot_map = self.topology.slot_map
+        if self._first is None:  # no primary known yet: no breaker has judged it
+            config = self.config
+            return CircuitBreaker(config.breaker_threshold, config.breaker_cooldown,
+                                  config.breaker_max_cooldown).stats()
         if self.topology.clustered is not True or slot_map is None:
             return self.nodes.node(self._first).breaker.stats()
         # The current primaries only: a node that left the cluster must not look open forever.
@@ -150,7 +209,9 @@ class Router:
         }
 
     def close(self) -> None:
-        """Close every idle connection."""
+        """Close every idle connection; stop following the sentinels."""
+        if self.sentinel is not None:
+            self.sentinel.stop()
         self.nodes.close()
 
 

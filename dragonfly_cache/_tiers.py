@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 
 from ._coherence import Coherence, weakly
 from ._flushwatch import FlushWatch
-from ._journal import Journal, Pending
+from ._journal import REAPPLY_WINDOW, Journal, Pending
 from ._l1 import L1, Entry
 from ._l2 import L2
+from ._switchover import Switchover
 from .config import L1Config
 from .exceptions import CacheUnavailableError
 from .types import CoherenceStats, JournalStats
@@ -52,7 +53,7 @@ class Tiers:
         self.l2 = l2
         self._ttl = config.ttl
         self._degraded_ttl = config.degraded_ttl
-        self.journal = Journal(self._replay)
+        self.journal = Journal(self._replay, window=REAPPLY_WINDOW if l2.router.sentinel else None)
         self.coherence = (Coherence(self.l1, l2.coherence_nodes, l2.subscription,
                                     watch=FlushWatch(l2.router).flushed,
                                     on_subscribed=weakly(self.journal.wake),
@@ -60,6 +61,7 @@ class Tiers:
                           if config.invalidation else None)
         if self.coherence is not None:
             self.l1.yield_interval = YIELD_INTERVAL
+        l2.router.on_switch = Switchover(self.journal, self.l1, self.coherence)
 
     def listen(self) -> None:
         """Start the invalidation listener in this process, if coherence is on and it is
@@ -134,17 +136,17 @@ class Tiers:
         latest = self.deadline(start)
         found: dict[str, bytes] = {}
         fills: dict[str, Entry] = {}
-        if self.journal:  # L2 may hold what a failed write should have removed: a miss
-            blocked = self.journal.blocked(keys)
-            keys = [key for key in keys if key not in blocked]
-            if not keys:
-                return found, fills
+        switches = self.journal.switches
+        if self.journal and not (keys := self.journal.unblocked(keys)):
+            return found, fills  # all pending: L2 may hold what a failed write removed
         try:
             replies = [self.l2.get(keys[0])] if len(keys) == 1 else self.l2.get_many(keys)
         except CacheUnavailableError:
             if strict:
                 raise
             return found, fills
+        if self.journal.switches != switches:  # a failover began meanwhile: keys checked
+            return found, fills  # before it may be pending now
         decode = self.l2.compression.decode
         for key, (value, pttl) in zip(keys, replies, strict=True):
             if value is None:
@@ -308,9 +310,11 @@ class Tiers:
         Raises:
             CacheUnavailableError: L2 could not be scanned (L1 matches were removed).
         """
-        return self._remove(lambda: self.l1.invalidate_matching(matches),
-                            lambda: self.l2.invalidate(pattern, self.announce_pattern(pattern)),
-                            lambda: self.journal.pattern(pattern, matches))
+        removed = self._remove(lambda: self.l1.invalidate_matching(matches),
+                               lambda: self.l2.invalidate(pattern, self.announce_pattern(pattern)),
+                               lambda: self.journal.pattern(pattern, matches))
+        self.journal.took_pattern(pattern, matches)
+        return removed
 
     def clear(self) -> int:
         """Remove every key under the prefix from L2 (announced: every other L1 empties)
@@ -319,14 +323,15 @@ class Tiers:
         Raises:
             CacheUnavailableError: L2 could not be scanned (L1 is empty all the same).
         """
-        return self._remove(self.l1.clear,
-                            lambda: self.l2.invalidate("*", self.announce_clear()),
-                            self.journal.clear)
+        removed = self._remove(self.l1.clear,
+                               lambda: self.l2.invalidate("*", self.announce_clear()),
+                               self.journal.clear)
+        self.journal.took_clear()
+        return removed
 
     def _remove(self, drop_from_l1: Callable[[], object], remove_from_l2: Callable[[], int],
                 remember: Callable[[], None]) -> int:
-        """Drop from L1, remove from L2; if L2 did not take it, ``remember`` it in the
-        journal (replayed once L2 is back)."""
+        """Drop from L1, remove from L2; what L2 did not take, ``remember`` (replayed)."""
         self.listen()
         # Before L2 too: a load about to store one of these keys must see the removal coming.
         drop_from_l1()

@@ -285,7 +285,7 @@ _ADDRESS = re.compile(
 )
 
 
-def _address(name: str, item: object) -> str:
+def _address(name: str, item: object, default_port: int = 6379) -> str:
     if not isinstance(item, str) or not item.strip():
         raise ConfigError(f"{name}={item!r}: expected 'host:port'")
     text = item.strip()
@@ -294,7 +294,7 @@ def _address(name: str, item: object) -> str:
         raise ConfigError(f"{name}={item!r}: expected 'host:port' (IPv6 as '[::1]:6379')")
     host = match["v6"] or match["host"]
     port_text = match["p6"] if match["v6"] else match["port"]
-    port = 6379
+    port = default_port
     if port_text is not None:
         if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
             raise ConfigError(f"{name}={item!r}: port must be an integer in 1..65535")
@@ -302,7 +302,7 @@ def _address(name: str, item: object) -> str:
     return f"[{host}]:{port}" if match["v6"] else f"{host}:{port}"
 
 
-def addresses(name: str, value: object) -> list[str]:
+def _address_list(name: str, value: object, default_port: int) -> list[str]:
     items: Iterable[object]
     if isinstance(value, str):
         items = [part for part in value.split(",") if part.strip()]
@@ -310,10 +310,33 @@ def addresses(name: str, value: object) -> list[str]:
         items = value
     else:
         raise ConfigError(f"{name}={value!r}: expected a list of 'host:port' strings")
-    addresses = [_address(name, item) for item in items]
-    if not addresses:
+    return [_address(name, item, default_port) for item in items]
+
+
+def addresses(name: str, value: object) -> list[str]:
+    found = _address_list(name, value, 6379)
+    if not found:
         raise ConfigError(f"{name}={value!r}: at least one address is required")
-    return addresses
+    return found
+
+
+def sentinel_addresses(name: str, value: object) -> list[str]:
+    """Sentinels' ``host:port`` list (the port defaults to Sentinel's 26379), or empty
+    (``None`` or "" too): no Sentinel."""
+    if value is None:
+        return []
+    found = _address_list(name, value, 26379)
+    if len(set(found)) != len(found):
+        raise ConfigError(f"{name}={value!r}: a sentinel is listed twice")
+    return found
+
+
+def service_name(name: str, value: object) -> str | None:
+    """A Sentinel service name (``sentinel monitor <name> ...``): no spaces, or None."""
+    checked = optional_text(name, value)
+    if checked is not None and (checked.strip() != checked or len(checked.split()) != 1):
+        raise ConfigError(f"{name}={value!r}: a Sentinel service name has no spaces")
+    return checked
 
 
 def section(cls: type) -> Validator:

@@ -57,6 +57,10 @@ class DragonflyConfig:
     tls_key_file: str | None = None
     tls_check_hostname: bool = True
     mode: str = "auto"
+    sentinels: list[str] = field(default_factory=list)
+    sentinel_master: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = field(default=None, repr=False)
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("addresses", "DRAGONFLY_ADDRESSES", v.addresses,
@@ -93,6 +97,15 @@ class DragonflyConfig:
         Option("mode", "DRAGONFLY_MODE", v.one_of("auto", "standalone", "cluster"),
                "auto: cluster when several addresses are given or the server reports "
                "cluster_enabled:1; standalone or cluster force it"),
+        Option("sentinels", "DRAGONFLY_SENTINELS", v.sentinel_addresses,
+               "comma-separated host:port list of Redis Sentinels (port 26379 by default); "
+               "the primary is the one they name, followed through failovers"),
+        Option("sentinel_master", "DRAGONFLY_SENTINEL_MASTER", v.service_name,
+               "the service name the sentinels monitor (required with sentinels)"),
+        Option("sentinel_password", "DRAGONFLY_SENTINEL_PASSWORD", v.secret,
+               "the sentinels' own AUTH password; never logged"),
+        Option("sentinel_username", "DRAGONFLY_SENTINEL_USERNAME", v.secret,
+               "the sentinels' own ACL user (with sentinel_password); never logged"),
     )
 
     def __post_init__(self) -> None:
@@ -112,11 +125,15 @@ class DragonflyConfig:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("DRAGONFLY_TLS_CERT_FILE and DRAGONFLY_TLS_KEY_FILE "
                               "(DragonflyConfig.tls_cert_file/tls_key_file) go together")
+        _check_sentinels(self)
 
     @property
     def clustered(self) -> bool | None:
-        """True for cluster mode, False for standalone, None when the server decides
-        (``mode="auto"`` with one address: cluster if it reports ``cluster_enabled:1``)."""
+        """True for cluster mode, False for standalone (always, with sentinels), None when
+        the server decides (``mode="auto"`` with one address: cluster if it reports
+        ``cluster_enabled:1``)."""
+        if self.sentinels:
+            return False
         if self.mode == "auto":
             return True if len(self.addresses) > 1 else None
         return self.mode == "cluster"
@@ -126,6 +143,33 @@ class DragonflyConfig:
         # can be dict keys and lru_cache arguments like any frozen value.
         return hash(tuple((f, tuple(v) if isinstance(v, list) else v)
                           for f, v in vars(self).items()))
+
+
+def _check_sentinels(config: DragonflyConfig) -> None:
+    """Sentinel settings go together, and only with one standalone server to find."""
+    with_sentinels = "DRAGONFLY_SENTINELS (DragonflyConfig.sentinels)"
+    if not config.sentinels:
+        given = [name for name, value in (
+            ("DRAGONFLY_SENTINEL_MASTER", config.sentinel_master),
+            ("DRAGONFLY_SENTINEL_PASSWORD", config.sentinel_password),
+            ("DRAGONFLY_SENTINEL_USERNAME", config.sentinel_username)) if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} set but {with_sentinels} is empty: "
+                              "list the sentinels, or drop the Sentinel settings")
+        return
+    if config.sentinel_master is None:
+        raise ConfigError(f"{with_sentinels} set but DRAGONFLY_SENTINEL_MASTER "
+                          "(DragonflyConfig.sentinel_master) is not: name the service the "
+                          "sentinels monitor")
+    if len(config.addresses) > 1:
+        raise ConfigError(
+            f"{with_sentinels} and DRAGONFLY_ADDRESSES (DragonflyConfig.addresses) with "
+            f"{len(config.addresses)} servers: the sentinels name the one primary to use; "
+            "drop the addresses, or drop the sentinels to use a cluster")
+    if config.mode == "cluster":
+        raise ConfigError(
+            f"{with_sentinels} and DRAGONFLY_MODE=cluster (DragonflyConfig.mode): Sentinel "
+            "manages a primary and its replicas, not a cluster; choose one")
 
 
 @dataclass(frozen=True)

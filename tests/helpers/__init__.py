@@ -14,6 +14,8 @@ The harness is imported from its own submodule:
 
 * ``servers``: throw-away redis-server processes (:class:`~tests.helpers.servers.RedisServer`).
 * ``cluster``: a throw-away 3-primary Redis Cluster (:class:`~tests.helpers.cluster.LocalCluster`).
+* ``sentinel``: a throw-away primary + replica watched by three Redis sentinels
+  (:class:`~tests.helpers.sentinel.LocalSentinels`).
 * ``backends``: where the contract suite runs (one server, TLS, a cluster).
 * ``proxy``: a fault-injecting TCP proxy in front of a server.
 * ``pki``: a throw-away PKI for the TLS tests.
