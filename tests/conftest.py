@@ -60,6 +60,7 @@ SERVER_FIXTURES = frozenset(
         "auth_redis_server",
         "redis_cluster_session",
         "redis_cluster",
+        "replicated_cluster",
         "backend",
         "sentinel_binary",
         "redis_sentinels",
@@ -360,6 +361,24 @@ def redis_cluster(redis_cluster_session: LocalCluster) -> Iterator[LocalCluster]
         yield cluster
     finally:
         cluster.close_clients()
+
+
+@pytest.fixture
+def replicated_cluster(redis_binary: str) -> Iterator[LocalCluster]:
+    """A fresh cluster of 3 primaries with 1 replica each, for failover tests (each test
+    promotes replicas, so none is shared). ``cluster-node-timeout`` is 500 ms, so a killed
+    primary's replica is promoted within about 1-2 s; forming it takes about a second."""
+    problem = None
+    try:
+        cluster = LocalCluster(redis_binary, replicas=1, node_timeout_ms=500).start()
+    except RedisServerError as exc:
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 # -- Redis Sentinel ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A throw-away Redis Cluster for the tests: N primaries, no replicas, on 127.0.0.1.
+"""A throw-away Redis Cluster for the tests: N primaries (and R replicas of each) on 127.0.0.1.
 
 :class:`LocalCluster` starts N :class:`ClusterNode` processes (a :class:`RedisServer` with
 ``--cluster-enabled yes`` and a private ``nodes-PORT.conf``), forms the cluster as
@@ -10,6 +10,12 @@ then polls ``CLUSTER INFO`` / ``CLUSTER SLOTS`` on every node until all of them 
 Readiness has two levels. A node answers PING (and the harness's INFO probe) as soon as it
 listens, long before it belongs to a cluster, so :meth:`RedisServer.start` only means "the
 process is up"; :meth:`LocalCluster.wait_healthy` is what means "the cluster serves keys".
+
+With ``replicas=R``, R more nodes per primary are started, meet the others, and are made
+replicas with ``CLUSTER REPLICATE``; healthy then also means every replica's link to its
+primary is up. A killed primary's replica is promoted by the cluster itself (after
+``cluster-node-timeout`` plus a random delay of up to 500 ms), and the killed node, once
+restarted, rejoins as a replica of it.
 
 Nodes run with ``--cluster-require-full-coverage no``. With no replicas, a killed primary's
 slots have no one to fail over to; with the default (``yes``) every surviving node would turn
@@ -200,7 +206,8 @@ class ClusterNode(RedisServer):
 
 
 class LocalCluster:
-    """A Redis Cluster of ``size`` primaries (no replicas) on 127.0.0.1; see the module docs.
+    """A Redis Cluster of ``size`` primaries (and ``replicas`` of each) on 127.0.0.1; see the
+    module docs.
 
     Use as a context manager, or call :meth:`start` and :meth:`close`. Nothing is started by
     the constructor. A node may be killed, paused or restarted through :attr:`nodes`;
@@ -209,6 +216,7 @@ class LocalCluster:
     Args:
         binary: path of redis-server or valkey-server (default: :func:`find_redis_server`).
         size: number of primaries.
+        replicas: replicas of each primary.
         node_timeout_ms: ``cluster-node-timeout`` of every node.
         extra_args: more redis-server arguments for every node.
     """
@@ -220,13 +228,17 @@ class LocalCluster:
         binary: str | None = None,
         *,
         size: int = 3,
+        replicas: int = 0,
         node_timeout_ms: int = NODE_TIMEOUT_MS,
         extra_args: Collection[str] = (),
     ) -> None:
         if size < 1:
             raise ValueError(f"a cluster needs at least 1 primary, not {size}")
+        if replicas < 0:
+            raise ValueError(f"replicas must be at least 0, not {replicas}")
         self.binary = binary if binary is not None else find_redis_server()
         self.size = size
+        self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
         self.extra_args = tuple(extra_args)
         self._nodes: list[ClusterNode] = []
@@ -243,8 +255,30 @@ class LocalCluster:
 
     @property
     def nodes(self) -> list[ClusterNode]:
-        """The nodes, in the order the cluster was created (``nodes[0]`` seeds :meth:`client`)."""
+        """The nodes, in the order the cluster was created (``nodes[0]`` seeds :meth:`client`):
+        the ``size`` first primaries, then their replicas."""
         return list(self._nodes)
+
+    def primaries(self) -> list[ClusterNode]:
+        """The nodes that own slots now (a running node's view of ``CLUSTER SLOTS``), in
+        slot order: after a failover, the promoted replica in its primary's place."""
+        ports = dict.fromkeys(port for _, _, port in self._running_node().cluster_slots())
+        return [self._node_on_port(port) for port in ports]
+
+    def replica_of(self, primary: ClusterNode) -> ClusterNode:
+        """A running replica of ``primary`` (as that replica reports it: INFO replication).
+
+        Raises:
+            ClusterError: it has none.
+        """
+        for node in self._nodes:
+            if node is primary or not node.is_running() or node.is_paused:
+                continue
+            with contextlib.suppress(redis.RedisError):
+                info = node.command("INFO", "replication")  # parsed: a dict
+                if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary.port:
+                    return node
+        raise ClusterError(f"{primary.address} has no running replica")
 
     @property
     def kind(self) -> str:
@@ -276,7 +310,7 @@ class LocalCluster:
         if self._nodes:
             raise ClusterError(f"{self!r} is already started; close() it first")
         try:
-            for _ in range(self.size):
+            for _ in range(self.size * (1 + self.replicas)):
                 self._nodes.append(self._start_node())
             self._create()
             self.wait_healthy(timeout)
@@ -414,19 +448,28 @@ class LocalCluster:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _create(self) -> None:
-        """What ``redis-cli --cluster create --cluster-replicas 0`` sends: an equal share of
-        the slots and a distinct config epoch for each node (no epoch collision to resolve
-        later), then one node meets the others; gossip does the rest."""
-        size = len(self._nodes)
+        """What ``redis-cli --cluster create --cluster-replicas R`` sends: an equal share of
+        the slots and a distinct config epoch for each primary (no epoch collision to
+        resolve later), then one node meets the others (gossip does the rest), then each
+        replica follows its primary."""
+        size = self.size
         bounds = [HASH_SLOTS * index // size for index in range(size + 1)]
         try:
-            for epoch, node in enumerate(self._nodes, start=1):
+            for epoch, node in enumerate(self._nodes[:size], start=1):
                 first, last = bounds[epoch - 1], bounds[epoch] - 1
                 node.command("CLUSTER", "ADDSLOTSRANGE", str(first), str(last))
                 node.command("CLUSTER", "SET-CONFIG-EPOCH", str(epoch))
             seed = self._nodes[0]
             for node in self._nodes[1:]:
                 seed.command("CLUSTER", "MEET", node.host, str(node.port))
+            for index, replica in enumerate(self._nodes[size:]):
+                primary = self._nodes[index % size]
+                primary_id = primary.node_id()
+                # A replica can follow a primary only once gossip has told it of that node.
+                wait_for(lambda r=replica, p=primary_id: p in r.command("CLUSTER", "NODES"),
+                         timeout=HEALTHY_TIMEOUT, what=f"{replica.address} to learn of "
+                         f"{primary.address}")
+                replica.command("CLUSTER", "REPLICATE", primary_id)
         except redis.RedisError as exc:
             raise ClusterError(f"forming the cluster {self!r} failed: "
                                f"{type(exc).__name__}: {exc}") from None
@@ -444,12 +487,17 @@ class LocalCluster:
                 ):
                     return False
                 views.add(tuple(node.cluster_slots()))
+                replication = node.command("INFO", "replication")  # parsed: a dict
+                if (replication.get("role") == "slave"
+                        and replication.get("master_link_status") != "up"):
+                    return False
         except redis.RedisError:
             return False
         if len(views) != 1:
             return False
         owners = {port for _, _, port in views.pop()}
-        return owners == {node.port for node in self._nodes}
+        # Any `size` of the nodes may own the slots: after a failover, the promoted ones.
+        return len(owners) == self.size and owners <= {node.port for node in self._nodes}
 
     def _describe(self) -> str:
         lines = []
