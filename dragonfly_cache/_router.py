@@ -64,6 +64,7 @@ class Router:
         self._first: str | None = config.addresses[0]
         self.nodes = Nodes(config, on_unreachable=self._unreachable)
         self.topology = Topology(config, self.nodes)
+        self.topology.on_switch = self._around_switch
         self.on_switch: SwitchHandler | None = None  # set by the tiers of this process
         self.sentinel: Sentinel | None = None
         if config.sentinels:
@@ -109,9 +110,17 @@ class Router:
             self.nodes.node(address).breaker.success()
             self._first = address
 
-        handler = self.on_switch
-        if previous is None or handler is None:
+        if previous is None:
             move()  # the first primary found: nothing to move from
+        else:
+            self._around_switch(move)
+
+    def _around_switch(self, move: Callable[[], None]) -> None:
+        """``move()`` to a new primary (the sentinels', or a cluster's promoted replica),
+        with ``on_switch`` run around it."""
+        handler = self.on_switch
+        if handler is None:
+            move()
         else:
             handler(move)
 

@@ -53,7 +53,10 @@ class Tiers:
         self.l2 = l2
         self._ttl = config.ttl
         self._degraded_ttl = config.degraded_ttl
-        self.journal = Journal(self._replay, window=REAPPLY_WINDOW if l2.router.sentinel else None)
+        # The writes of the last seconds, re-applied after a failover (Sentinel's, or a
+        # cluster replica's promotion): off only for a server known to be standalone.
+        failover = l2.router.sentinel is not None or l2.router.topology.clustered is not False
+        self.journal = Journal(self._replay, window=REAPPLY_WINDOW if failover else None)
         self.coherence = (Coherence(self.l1, l2.coherence_nodes, l2.subscription,
                                     watch=FlushWatch(l2.router).flushed,
                                     on_subscribed=weakly(self.journal.wake),

@@ -129,6 +129,8 @@ class Topology:
         self._stale = False  # a MOVED or a lost node: refresh the map before routing
         self._refreshed_at = -math.inf
         self.sharded = False  # the cluster has SPUBLISH/SSUBSCRIBE (Redis 7+, Dragonfly)
+        # Run around the move to a slot map with a new primary (set by the router).
+        self.on_switch: Callable[[Callable[[], None]], None] | None = None
         self.start_process_state()
 
     def start_process_state(self) -> None:
@@ -241,14 +243,30 @@ class Topology:
                 problems.append(str(exc))
                 continue
             self.sharded = isinstance(spublish, list) and spublish[:1] != [None]
-            self.slot_map, self._stale = slot_map, False
-            self._refreshed_at = time.monotonic()
+            self._install(slot_map)
             return slot_map
         self._refreshed_at = time.monotonic()
         if self.slot_map is not None:
             return self.slot_map  # keep routing with what we had
         raise CacheUnavailableError(
             "no cluster node answered CLUSTER SLOTS: " + "; ".join(problems))
+
+
+    def _install(self, slot_map: SlotMap) -> None:
+        """Route with ``slot_map`` from now on. A primary that was not one before (a
+        replica promoted by a failover) is a switch: ``on_switch`` runs around the move,
+        as for a Sentinel failover (writes the old primary took may be lost with it)."""
+        old = self.slot_map
+
+        def move() -> None:
+            self.slot_map, self._stale = slot_map, False
+            self._refreshed_at = time.monotonic()
+
+        handler = self.on_switch
+        if handler is None or old is None or set(slot_map.primaries) <= set(old.primaries):
+            move()
+        else:
+            handler(move)
 
 
 def _ask_topology(connections: Connections) -> list[Any]:

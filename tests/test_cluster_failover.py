@@ -175,3 +175,39 @@ def test_the_replicated_cluster_fixture(replicated_cluster: LocalCluster) -> Non
     owner = cluster.node_for_key("fixture:key")
     replica = cluster.replica_of(owner)
     wait_for(lambda: replica.command("DBSIZE") == 1, timeout=5, what="the write replicated")
+
+
+def test_a_delete_the_promoted_replica_missed_is_applied_there_after_the_failover(
+        replicated_cluster: LocalCluster) -> None:
+    """A delete the old primary acknowledged but never sent to its replica (the link was
+    cut while the replica was paused, then the primary died): the promoted replica still
+    has the value. The cache re-applies its recent deletes there, and never serves it."""
+    cluster = replicated_cluster
+    cache, other = _cache(cluster), _cache(cluster)
+    try:
+        wait_subscribed(cache)
+        wait_subscribed(other)
+        victim = cluster.primaries()[1]
+        replica = cluster.replica_of(victim)
+        key = cluster.key_for_node(victim, "lost:")
+        cache.set(key, b"old")
+        wait_for(lambda: replica.command("DBSIZE") == 1, timeout=5, what="the value replicated")
+        replica.pause()
+        try:
+            victim.command("CLIENT", "KILL", "TYPE", "replica")  # the link is gone
+            cache.delete(key)  # acknowledged by the primary, never sent to the replica
+        finally:
+            victim.kill()
+            replica.resume()
+        wait_for(lambda: _is_primary(replica), timeout=15, what="the replica promoted")
+        for reader in (cache, other):
+            assert reader.get(key) is None
+            # Routing to the promoted replica: the failover noticed, the deletes re-applied.
+            wait_for(lambda r=reader: replica.address in r.health()["dragonfly"]["nodes"]
+                     and r.stats()["journal"]["pending"] == 0, timeout=10,
+                     what="the failover noticed and the recent deletes re-applied")
+            assert reader.get(key) is None
+        assert replica.command("EXISTS", key) == 0  # deleted there by the re-apply
+    finally:
+        cache.close()
+        other.close()
