@@ -1,4 +1,6 @@
-"""Cross-process L1 coherence: invalidation messages over pub/sub, listened to per server.
+"""Pub/sub mode of cross-process L1 coherence: invalidation messages, listened to per server
+(``l1.invalidation=pubsub``, or what ``auto`` runs where the server has no tracking: see
+:mod:`dragonfly_cache._invalidation`; tracking mode is :mod:`dragonfly_cache._tracking`).
 
 Every write (set, set_many, delete, invalidate, the store after a load) publishes a small
 JSON message on an invalidation channel (:mod:`dragonfly_cache._channels`), after the
@@ -14,10 +16,11 @@ read and an idle worker reports itself subscribed. The set follows the servers: 
 listener that loses its connection asks for the current primaries (a failover, a slot
 move) and the set is brought in line.
 
-Why pub/sub and not CLIENT TRACKING: Dragonfly supports tracking only in RESP3 without
-BCAST, PREFIX or REDIRECT; pub/sub works on Redis 6+, Valkey and Dragonfly alike. In
-cluster mode the channels go over sharded pub/sub (SPUBLISH/SSUBSCRIBE) where the cluster
-has it (Redis 7+, Dragonfly, whose real cluster mode refuses global pub/sub).
+Pub/sub works on Redis 6+, Valkey and Dragonfly alike, and with any server that has no
+tracking (the fake servers of ``dragonfly_cache.testing``); it hears only the writes of
+caches in pub/sub mode. In cluster mode the channels go over sharded pub/sub
+(SPUBLISH/SSUBSCRIBE) where the cluster has it (Redis 7+, Dragonfly, whose real cluster
+mode refuses global pub/sub).
 
 Trust. L1 entries live their full life only while every listener is subscribed; entries
 stored otherwise (starting up, reconnecting, a primary down) live at most

@@ -22,14 +22,15 @@ import contextlib
 import encodings.idna  # noqa: F401
 import socket
 import ssl
+import threading
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from redis.retry import Retry
 
-__all__ = ["Connections", "SSLConnection"]
+__all__ = ["PUSHED", "Connections", "SSLConnection", "Tracker"]
 
 Command = tuple[Any, ...]
 
@@ -78,6 +79,29 @@ def _close_tls_sockets_left_in(error: BaseException) -> None:
                     value.close()
 
 
+class Tracker(Protocol):
+    """What watches the connections of a pool in tracking mode (see
+    :mod:`dragonfly_cache._tracking`): each connection tracks the keys read through it, and
+    the server sends their invalidations on it, interleaved with replies."""
+
+    def adopt(self, connections: Connections, connection: redis.Connection) -> None:
+        """A new connection of ``connections``: turn tracking on whenever it connects."""
+
+    def taken(self, connection: redis.Connection) -> None:
+        """``connection`` left the idle list for a call: stop watching it."""
+
+    def returned(self, connections: Connections, connection: redis.Connection) -> None:
+        """``connection`` is idle again: watch it for invalidations."""
+
+    def dropped(self, connection: redis.Connection) -> None:
+        """``connection`` was disconnected: what it tracked is no longer tracked."""
+
+
+#: What a tracker's push handler answers for a push, so that a reader can tell pushes
+#: (applied as they are read) from replies.
+PUSHED = object()
+
+
 class Connections:
     """Idle connections of one process, and :meth:`roundtrip`.
 
@@ -87,21 +111,33 @@ class Connections:
         retry: retries of connection errors; a retried batch is sent again whole, which
             is safe for what we send (reads, SET/UNLINK of given values, PUBLISH of an
             invalidation, which receivers may apply twice).
+        tracker: in tracking mode, what turns tracking on for each connection and watches
+            the idle ones for invalidations (``options`` then ask for RESP3).
     """
 
     def __init__(self, connection_class: type[redis.Connection], options: dict[str, Any],
-                 retry: Retry) -> None:
+                 retry: Retry, tracker: Tracker | None = None) -> None:
         self._connection_class = connection_class
         self._options = options
         self._retry = retry
-        self._idle: list[redis.Connection] = []  # list.pop/append are atomic under the GIL
+        self._tracker = tracker
+        self._lock = threading.Lock()  # the idle list: callers and the tracker's poller
+        self._idle: list[redis.Connection] = []
         self._closed = False  # set by close(): from then on no connection is kept
 
     def _take(self) -> redis.Connection:
-        try:
-            connection = self._idle.pop()
-        except IndexError:
-            return self._connection_class(**self._options)
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
+        if connection is None:
+            connection = self._connection_class(**self._options)
+            if self._tracker is not None:
+                self._tracker.adopt(self, connection)
+            return connection
+        if self._tracker is not None:
+            # Readable while idle: invalidations arrived (or the server closed it).
+            self._tracker.taken(connection)
+            self.settle(connection)
+            return connection
         # A connection that is readable while idle was closed by the server (restart,
         # idle timeout) or carries a stray reply: start it afresh rather than fail a call.
         try:
@@ -111,6 +147,37 @@ class Connections:
         if stale:
             connection.disconnect()
         return connection
+
+    def settle(self, connection: redis.Connection, ping: bool = False) -> None:
+        """Apply the invalidations that arrived on an idle tracked ``connection`` (and,
+        with ``ping``, check that it answers): it leaves in step, or disconnected."""
+        try:
+            while connection.is_connected and connection.can_read(timeout=0):
+                # A push answers PUSHED (ours) or None (kinds redis-py drops); an idle
+                # connection has no reply due, so anything else means it is out of step.
+                if connection.read_response(push_request=True) not in (PUSHED, None):
+                    raise redis.ConnectionError("a reply nobody asked for: out of step")
+            if ping:
+                connection.send_command("PING", check_health=False)
+                connection.read_response()  # pushes before the PONG are applied on the way
+        except (redis.RedisError, OSError):
+            self.drop(connection)
+
+    def borrow(self, connection: redis.Connection) -> bool:
+        """Take this idle ``connection`` out of the idle list (for the tracker to read its
+        invalidations): False if a caller has it now. Give it back with :meth:`give_back`."""
+        with self._lock:
+            for index, idle in enumerate(self._idle):
+                if idle is connection:
+                    del self._idle[index]
+                    return True
+        return False
+
+    def drop(self, connection: redis.Connection) -> None:
+        """Disconnect ``connection`` (it reconnects on its next use)."""
+        connection.disconnect()
+        if self._tracker is not None:
+            self._tracker.dropped(connection)
 
     def roundtrip(self, commands: Sequence[Command]) -> list[Any]:
         """Send ``commands`` back to back on one connection and read every reply.
@@ -139,16 +206,24 @@ class Connections:
                 _send(connection, commands)
                 return _read(connection, len(commands))
 
-            replies = self._retry.call_with_retry(attempt, lambda _error: connection.disconnect())
+            replies = self._retry.call_with_retry(attempt, lambda _error: self.drop(connection))
             clean = True
             return replies
         finally:
-            self._release(connection, clean)
+            self.give_back(connection, clean)
 
-    def _release(self, connection: redis.Connection, clean: bool) -> None:
+    def give_back(self, connection: redis.Connection, clean: bool) -> None:
+        """Return a taken connection to the idle list (disconnected unless ``clean``)."""
         if not clean:  # replies may be left unread: start afresh next time
-            connection.disconnect()
-        self._idle.append(connection)
+            self.drop(connection)
+        elif self._tracker is not None:
+            # Pushes that came with the last reply may sit in the parser's buffer, where
+            # no poll of the socket can see them: apply them now.
+            self.settle(connection)
+        with self._lock:
+            self._idle.append(connection)
+        if self._tracker is not None:
+            self._tracker.returned(self, connection)
         # A connection in use while close() ran (a background refresh, the listener asking
         # for the slot map) must not outlive it. Read after the append: either close() has
         # set the flag by now, or it has yet to empty _idle and will find the connection.
@@ -160,11 +235,13 @@ class Connections:
         a closed cache still works, but keeps no connection open."""
         self._closed = True
         while True:
-            try:
+            with self._lock:
+                if not self._idle:
+                    return
                 connection = self._idle.pop()
-            except IndexError:  # another thread may empty it between a check and a pop
-                return
-            connection.disconnect()
+            if self._tracker is not None:
+                self._tracker.taken(connection)
+            self.drop(connection)
 
 
 def _send(connection: redis.Connection, commands: Sequence[Command]) -> None:
@@ -210,11 +287,11 @@ def exchange_all(batches: Sequence[tuple[Connections, Sequence[Command]]]
         if error is None:
             try:
                 results.append(_read(connection, len(commands)))
-                connections._release(connection, True)
+                connections.give_back(connection, True)
                 continue
             except Exception as exc:
                 error = exc
-        connections._release(connection, False)
+        connections.give_back(connection, False)
         if not isinstance(error, redis.ConnectionError):
             results.append(error)  # a timeout (or worse): not retried, as in exchange()
             continue

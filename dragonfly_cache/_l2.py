@@ -25,6 +25,8 @@ from ._connections import Command, Connections
 from ._glob import escape_glob
 from ._router import Group, Result, Router, replies_of
 from ._scripts import DELETE_IF_EQUAL, INCR, MGET_PTTL, MGET_PTTL_SHA
+from ._tracking import TRACKED_WRITES, exec_replies
+from ._tracking import tracked as track
 from .config import DragonflyConfig, L2Config
 from .exceptions import CacheUnavailableError
 from .types import BreakerStats, L2Stats, LatencyObserver
@@ -57,7 +59,8 @@ class L2:
         self.compression = Compression(policy.compression, policy.compress_min_size)
         self.prefix = key_prefix
         self.channel = channel_name(config.db, key_prefix)
-        self._channels = NodeChannels(self.channel)
+        self.channels = NodeChannels(self.channel)
+        self.tracked_writes = False  # tracking mode: writes that fill L1 also read the key
         self.router = Router(config)
         self.address = self.router.address
         self._scripting = True  # False once the server refused EVALSHA/SCRIPT LOAD
@@ -163,6 +166,9 @@ class L2:
                 heard about must be reported).
         """
         results: list[Result]
+        tracked = self.tracked_writes and operation in TRACKED_WRITES
+        if tracked:
+            groups = [(name, track(name, commands)) for name, commands in groups]
         if announce is None:
             results = self.router.batch(operation, groups)
         elif not self.router.is_cluster():
@@ -170,9 +176,12 @@ class L2:
             results = self.router.batch(operation, [*groups, publish])[:-1]
         else:
             results = self.router.batch(operation, groups)
-            announce_in_cluster(self.router, self._channels, announce, [
+            announce_in_cluster(self.router, self.channels, announce, [
                 name for (name, _), result in zip(groups, results, strict=True)
                 if not isinstance(result, Exception)], bool(groups))
+        if tracked:
+            fail = partial(self.router.nodes.failure, operation, self.address)
+            return [exec_replies(replies_of(result), fail) for result in results]
         return [replies_of(result) for result in results]
 
     def set_many(self, values: Mapping[str, bytes], ttl: float, announce: str | None = None
@@ -308,35 +317,6 @@ class L2:
                 yield names
             if int(cursor) == 0:
                 return
-
-    def coherence_nodes(self) -> dict[str, str]:
-        """The servers invalidation listeners subscribe on, each with its channel: the
-        server, or every primary of a cluster that has one (:mod:`dragonfly_cache._channels`)."""
-        if not self.router.is_cluster():
-            return dict.fromkeys(self.router.primaries(), self.channel)
-        return dict(self._channels.of(self.router.topology.current()))
-
-    def refresh_topology(self) -> None:
-        """In a cluster, fetch the slot map again before the next routing."""
-        if self.router.topology.clustered:
-            self.router.topology.refresh_soon()
-
-    def subscription(self, address: str) -> tuple[redis.Redis, bool, str]:
-        """A new client on its own connection to ``address`` for an invalidation listener,
-        whether to use sharded pub/sub (SSUBSCRIBE) on it, and the channel to listen to.
-
-        In a cluster the slot map is refreshed first (listeners reconnect after failovers
-        and slot moves). It never retries: redis-py's retry would reconnect and resubscribe
-        silently, and the listener must see every drop, since messages may have been lost.
-
-        Raises:
-            CacheUnavailableError: ``address`` is no longer a primary with a channel.
-        """
-        channel = self.channel
-        if self.router.is_cluster():
-            self.router.topology.refresh_soon()
-            channel = self._channels.channel(self.router.topology.current(), address)
-        return self.router.nodes.client(address), self.router.sharded, channel
 
     # -- introspection ---------------------------------------------------------------------
 

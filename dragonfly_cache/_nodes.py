@@ -30,7 +30,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from ._breaker import CircuitBreaker
-from ._connections import Command, Connections, SSLConnection, exchange_all
+from ._connections import Command, Connections, SSLConnection, Tracker, exchange_all
 from ._slots import FairSlots
 from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
@@ -161,6 +161,7 @@ class Nodes:
         (redis-py only shuts a socket down in the process that opened it).
         """
         self._nodes: dict[str, Node] = {}
+        self._tracker: Tracker | None = None  # the parent's tracks nothing here
         self._lock = threading.Lock()
         self._counter_lock = threading.Lock()
         self.errors = 0
@@ -174,10 +175,33 @@ class Nodes:
             with self._lock:
                 node = self._nodes.get(address)
                 if node is None:
-                    connections = Connections(self.connection_class,
-                                              self._options_for(address), self._retry)
-                    node = self._nodes[address] = Node(address, connections, self.config)
+                    node = self._nodes[address] = Node(address, self._pool(address),
+                                                       self.config)
         return node
+
+    def _pool(self, address: str) -> Connections:
+        options = self._options_for(address)
+        if self._tracker is not None:  # CLIENT TRACKING needs RESP3 on Dragonfly
+            options["protocol"] = 3
+        return Connections(self.connection_class, options, self._retry, self._tracker)
+
+    def track(self, tracker: Tracker | None) -> None:
+        """Make every pooled connection from now on a tracked one, watched by ``tracker``
+        (None: plain ones again). Pools made before are replaced: their connections close
+        as they come back, so no call is sent on an untracked connection once this returns
+        (one already sent is answered on it)."""
+        with self._lock:
+            self._tracker = tracker
+            replaced = []
+            for node in self._nodes.values():
+                replaced.append(node.connections)
+                node.connections = self._pool(node.address)
+        for connections in replaced:
+            connections.close()
+
+    def all(self) -> list[Node]:
+        """The nodes made so far."""
+        return list(self._nodes.values())
 
     def ask_unselected(self, operation: str, node: Node, commands: list[Command]) -> list[Any]:
         """``commands`` on a connection of their own that selects no database (db 0),

@@ -96,13 +96,15 @@ def health(tiers: Tiers) -> Health:
     if sentinels is not None:
         dragonfly["mode"] = "sentinel"
         dragonfly["sentinel"] = sentinels
+    coherence = tiers.coherence_stats()
     return {
         # A cluster with some primary unreachable is connected but not healthy.
         "status": "healthy" if dragonfly["connected"] and "error" not in dragonfly
         else "unhealthy",
         "dragonfly": dragonfly,
         "breaker": tiers.l2.breaker_stats()["state"],
-        "coherence": tiers.coherence_stats()["state"],
+        "coherence": coherence["state"],
+        "invalidation": coherence.get("mode", "off"),
         "l1_stats": tiers.l1.stats(),
         "l2_stats": tiers.l2.stats(),
     }

@@ -11,8 +11,9 @@ The router calls a :class:`Switchover` around its move to the new primary:
 2. the move: every command goes to the new primary from now on;
 3. L1 is flushed: invalidations other processes sent through the old primary around the
    failover may never have reached this one;
-4. the invalidation listener follows (:meth:`~dragonfly_cache._coherence.Coherence.follow`):
-   the old primary's listener stops, one on the new primary starts.
+4. coherence follows (:meth:`~dragonfly_cache._invalidation.Invalidation.follow`): in
+   pub/sub mode the old primary's listener stops and one on the new primary starts; in
+   tracking mode the new primary's pool is a tracked one from its first connection.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import weakref
 from collections.abc import Callable
 
-from ._coherence import Coherence
+from ._invalidation import Invalidation
 from ._journal import Journal
 from ._l1 import L1
 
@@ -40,10 +41,10 @@ class Switchover:
     Args:
         journal: the cache's journal (made with a ``window``).
         l1: the cache's L1.
-        coherence: its listeners (None: coherence off).
+        coherence: its coherence (None: off).
     """
 
-    def __init__(self, journal: Journal, l1: L1, coherence: Coherence | None) -> None:
+    def __init__(self, journal: Journal, l1: L1, coherence: Invalidation | None) -> None:
         self._journal = weakref.ref(journal)
         self._l1 = weakref.ref(l1)
         self._coherence = coherence

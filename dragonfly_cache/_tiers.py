@@ -16,8 +16,8 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
-from ._coherence import Coherence, weakly
-from ._flushwatch import FlushWatch
+from ._coherence import weakly
+from ._invalidation import Invalidation
 from ._journal import REAPPLY_WINDOW, Journal, Pending
 from ._l1 import L1, Entry
 from ._l2 import L2
@@ -57,11 +57,8 @@ class Tiers:
         # cluster replica's promotion): off only for a server known to be standalone.
         failover = l2.router.sentinel is not None or l2.router.topology.clustered is not False
         self.journal = Journal(self._replay, window=REAPPLY_WINDOW if failover else None)
-        self.coherence = (Coherence(self.l1, l2.coherence_nodes, l2.subscription,
-                                    watch=FlushWatch(l2.router).flushed,
-                                    on_subscribed=weakly(self.journal.wake),
-                                    refresh=l2.refresh_topology)
-                          if config.invalidation else None)
+        self.coherence = (None if config.invalidation == "off" else Invalidation(
+            config.invalidation, self.l1, l2, on_ready=weakly(self.journal.wake)))
         if self.coherence is not None:
             self.l1.yield_interval = YIELD_INTERVAL
         l2.router.on_switch = Switchover(self.journal, self.l1, self.coherence)
@@ -408,5 +405,5 @@ class Tiers:
     def coherence_stats(self) -> CoherenceStats:
         """The listener's state and counters (``{"state": "disabled"}`` when off)."""
         if self.coherence is None:
-            return {"state": "disabled"}
+            return {"state": "disabled", "mode": "off"}
         return self.coherence.stats()

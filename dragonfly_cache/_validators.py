@@ -128,6 +128,24 @@ def boolean(name: str, value: object) -> bool:
     raise ConfigError(f"{name}={value!r}: expected a boolean (true/false, 1/0, yes/no, on/off)")
 
 
+INVALIDATION_MODES = ("auto", "tracking", "pubsub", "off")
+
+
+def invalidation_mode(name: str, value: object) -> str:
+    """One of ``INVALIDATION_MODES``; the booleans of earlier versions (``true``/``false``,
+    1/0, yes/no, on/off) still mean ``auto``/``off``."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in INVALIDATION_MODES:
+            return word
+        if word in _TRUE | _FALSE:
+            return "auto" if word in _TRUE else "off"
+    raise ConfigError(f"{name}={value!r}: expected auto, tracking, pubsub or off "
+                      "(true/false still mean auto/off)")
+
+
 def text(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{name}={value!r}: expected a string, got {type(value).__name__}")

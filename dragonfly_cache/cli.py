@@ -193,7 +193,7 @@ def _load_config(args: argparse.Namespace) -> CacheConfig:
 
 def _one_shot(config: CacheConfig) -> CacheConfig:
     """The config with coherence off: a one-shot command starts no listener thread."""
-    return dataclasses.replace(config, l1=dataclasses.replace(config.l1, invalidation=False))
+    return dataclasses.replace(config, l1=dataclasses.replace(config.l1, invalidation="off"))
 
 
 def _confirm(prompt: str) -> bool:

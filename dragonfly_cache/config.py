@@ -178,7 +178,7 @@ class L1Config:
 
     max_size: int = 10000
     ttl: float = 300.0
-    invalidation: bool = True
+    invalidation: str = "auto"
     degraded_ttl: float = 1.0
     max_bytes: int = 64 * 1024 * 1024
     max_entry_share: float = 0.1
@@ -186,8 +186,10 @@ class L1Config:
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("max_size", "CACHE_L1_MAX_SIZE", v.int_at_least(1), "maximum entries in L1 (LRU)"),
         Option("ttl", "CACHE_L1_TTL", v.duration, "longest life of an L1 entry"),
-        Option("invalidation", "CACHE_L1_INVALIDATION", v.boolean,
-               "cross-process L1 invalidation over pub/sub"),
+        Option("invalidation", "CACHE_L1_INVALIDATION", v.invalidation_mode,
+               "cross-process L1 invalidation: auto (tracking where the server supports "
+               "it, else pubsub), tracking (CLIENT TRACKING), pubsub or off; true/false "
+               "mean auto/off"),
         Option("degraded_ttl", "CACHE_L1_DEGRADED_TTL", v.duration,
                "longest life of an L1 entry stored while the invalidation listener is not "
                "subscribed"),

@@ -136,6 +136,10 @@ class _Families:
             "dragonfly_cache_coherence_subscribed",
             "1 while the invalidation listener is subscribed (or coherence is off), else 0.",
             registry=None, multiprocess_mode="livemin")
+        self.coherence_mode = Gauge(
+            "dragonfly_cache_coherence_mode",
+            "Caches running each coherence mode (tracking, pubsub, off; auto while the "
+            "server is asked).", ["mode"], registry=None, multiprocess_mode="livesum")
 
     def all(self) -> list[Any]:
         return list(vars(self).values())
@@ -217,6 +221,7 @@ class CacheMetrics:
         self._pending = 0.0
         self.breaker_state = 0
         self.subscribed = 1
+        self._mode: str | None = None  # the mode this cache counts in coherence_mode
         # One observer function for every cache: a cache exported by two apps' extensions
         # is observed once.
         cache.add_latency_observer(_observe_latency)
@@ -231,7 +236,7 @@ class CacheMetrics:
         with _EXPORTING:
             if self._pid != os.getpid():
                 # A forked child: the cache's counters restarted from zero here.
-                self._pid, self._last = os.getpid(), {}
+                self._pid, self._last, self._mode = os.getpid(), {}, None
                 self._entries = self._bytes = self._pending = 0.0
             for name, read, counter, labels in _COUNTERS:
                 self._add(name, float(read(stats)), counter.labels(**labels) if labels
@@ -250,6 +255,12 @@ class CacheMetrics:
             self._pending = pending
             self.breaker_state = BreakerState(stats["breaker"]["state"]).severity
             self.subscribed = int(stats["coherence"]["state"] in ("subscribed", "disabled"))
+            mode = stats["coherence"].get("mode", "off")
+            if mode != self._mode:  # inc/dec: several caches add up
+                if self._mode is not None:
+                    METRICS.coherence_mode.labels(self._mode).dec()
+                METRICS.coherence_mode.labels(mode).inc()
+                self._mode = mode
             # The worst state among this process's caches, as of their last syncs.
             live = [metrics for metrics in list(_instances) if metrics._cache() is not None]
             METRICS.breaker_state.set(max(metrics.breaker_state for metrics in live))

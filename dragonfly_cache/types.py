@@ -154,6 +154,7 @@ class CoherenceStats(_CoherenceState, total=False):
     flushes: int  # whole-L1 flushes (lost connection, malformed message, stop)
     reconnects: int
     sharded: bool  # the last subscription used sharded pub/sub (SSUBSCRIBE)
+    mode: str  # "tracking", "pubsub", "off", or "auto" while the server is asked
 
 
 class LoadingStats(TypedDict):
@@ -225,5 +226,6 @@ class Health(TypedDict):
     dragonfly: DragonflyHealth
     breaker: str  # the breaker's state, as in stats()["breaker"]["state"]
     coherence: str  # the listener's state, as in stats()["coherence"]["state"]
+    invalidation: str  # the coherence mode, as in stats()["coherence"]["mode"]
     l1_stats: L1Stats
     l2_stats: L2Stats

@@ -268,9 +268,10 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
     **dragonfly)`` (``l1``/``l2``: more L1Config/L2Config fields).
 
     Builds a TieredCache on ``server`` (default: the per-test ``redis_server``); extra keyword
-    arguments are DragonflyConfig fields (``password`` defaults to the server's). Unless
-    ``subscribed=False`` (or ``invalidation=False``), the cache is returned with its
-    invalidation listener subscribed (:func:`tests.helpers.wait_subscribed`). Every cache
+    arguments are DragonflyConfig fields (``password`` defaults to the server's);
+    ``invalidation`` is the coherence mode (``l1.invalidation``). Unless
+    ``subscribed=False`` (or ``invalidation="off"``), the cache is returned with its
+    invalidation path ready (:func:`tests.helpers.wait_subscribed`). Every cache
     is closed at teardown.
     """
     from dragonfly_cache import CacheConfig, DragonflyConfig, L1Config, L2Config, TieredCache
@@ -287,7 +288,7 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
         l2_ttl: float = 3600.0,
         l2: dict[str, Any] | None = None,
         l1: dict[str, Any] | None = None,
-        invalidation: bool = True,
+        invalidation: str | bool = "auto",
         subscribed: bool = True,
         **dragonfly: Any,
     ) -> TieredCache:
@@ -302,7 +303,7 @@ def cache_factory(redis_server: RedisServer) -> Iterator[CacheFactory]:
         )
         cache = TieredCache(config, timer=timer)
         caches.append(cache)
-        if subscribed and invalidation:
+        if subscribed and invalidation not in (False, "off"):
             wait_subscribed(cache)
         return cache
 

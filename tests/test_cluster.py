@@ -3,7 +3,9 @@
 The contract itself runs on the cluster in test_contract.py; this file checks what is
 particular to a cluster: keys on every node, one round trip per node, SCAN on every
 primary, sharded pub/sub across processes, a dead primary costing only its own slots,
-MOVED/ASK during a resharding, and the listener following its channel's slot.
+MOVED/ASK during a resharding, the listener following its channel's slot, and tracking
+per node. Tests of the pub/sub machinery pin ``pubsub``; the others run in the mode
+``auto`` picks (tracking, on these servers).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dragonfly_cache import (
     DragonflyConfig,
     L1Config,
     TieredCache,
+    _invalidation,
 )
 from dragonfly_cache import _coherence as coherence_module
 from dragonfly_cache._channels import channel_name
@@ -42,16 +45,16 @@ BASE = channel_name(0, "app:")
 
 @pytest.fixture
 def make(redis_cluster: LocalCluster) -> Iterator[Make]:
-    """``make(addresses=None, subscribed=True, **dragonfly)``: a cache on the cluster
-    (prefix ``app:``), closed at teardown."""
+    """``make(addresses=None, subscribed=True, invalidation="auto", **dragonfly)``: a
+    cache on the cluster (prefix ``app:``), closed at teardown."""
     caches: list[TieredCache] = []
 
     def factory(addresses: list[str] | None = None, subscribed: bool = True,
-                **dragonfly: Any) -> TieredCache:
+                invalidation: str = "auto", **dragonfly: Any) -> TieredCache:
         config = CacheConfig(
             dragonfly=DragonflyConfig(addresses=addresses or redis_cluster.addresses,
                                       **dragonfly),
-            key_prefix="app:")
+            l1=L1Config(invalidation=invalidation), key_prefix="app:")
         cache = TieredCache(config)
         caches.append(cache)
         if subscribed:
@@ -181,17 +184,19 @@ def test_a_valkey_cluster_with_cluster_databases_serves_db_1(valkey_binary: str)
 # -- routing ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", ["pubsub", "tracking"])
 def test_keys_spread_over_every_node_and_batches_take_one_round_trip_per_node(
-        make: Make, redis_cluster: LocalCluster) -> None:
-    writer, reader = make(), make()
+        make: Make, redis_cluster: LocalCluster, mode: str) -> None:
+    writer, reader = make(invalidation=mode), make(invalidation=mode)
     values = {f"k{n}": b"v%d" % n for n in range(300)}
     operations: list[str] = []
     # The listener's once-a-second flush watch (INFO) may run meanwhile: not a batch of ours.
     writer.add_latency_observer(
         lambda operation, _seconds: operation != "INFO" and operations.append(operation))
     writer.set_many(values)
-    # One call for the writes (every node at once), then the announcement.
-    assert operations == ["SET", "PUBLISH"]
+    # One call for the writes (every node at once), then the announcement (pub/sub; in
+    # tracking mode the servers tell whoever read the keys).
+    assert operations == (["SET", "PUBLISH"] if mode == "pubsub" else ["SET"])
     sizes = [int(node.command("DBSIZE")) for node in redis_cluster.nodes]
     assert all(size > 50 for size in sizes) and sum(sizes) == 300, sizes
     for node in redis_cluster.nodes:
@@ -223,9 +228,9 @@ def test_invalidate_scans_every_primary(make: Make, redis_cluster: LocalCluster)
 
 def test_coherence_across_two_processes_over_sharded_pub_sub(
         make: Make, redis_cluster: LocalCluster) -> None:
-    a = make()
+    a = make(invalidation="pubsub")
     assert a.stats()["coherence"]["sharded"] is True
-    b = Worker(redis_cluster.addresses, "app:")
+    b = Worker(redis_cluster.addresses, "app:", "pubsub")
     try:
         assert b.coherence == "subscribed"
         # a's listeners and b's: one on every primary, each on its own channel there.
@@ -257,13 +262,14 @@ def test_coherence_across_two_processes_over_sharded_pub_sub(
 
 def test_killing_one_primary_degrades_only_its_slots(make: Make,
                                                       redis_cluster: LocalCluster) -> None:
-    cache = make(breaker_cooldown=0.2)
+    cache = make(breaker_cooldown=0.2, invalidation="pubsub")
     keys = keys_per_node(redis_cluster, 10)
     dead = redis_cluster.nodes[1]
     values = {key: b"v" for node_keys in keys.values() for key in node_keys}
     cache.set_many(values)
     dead.kill()
-    reader = make(subscribed=False)  # its listener on the dead primary cannot subscribe
+    # Its listener on the dead primary cannot subscribe.
+    reader = make(subscribed=False, invalidation="pubsub")
     alive = {key: b"v" for node, node_keys in keys.items() if node is not dead
              for key in node_keys}
     for _ in range(10):  # enough failures to open the dead node's breaker
@@ -302,12 +308,14 @@ def _writes(cache: TieredCache, key: str) -> bool:
     return True
 
 
+@pytest.mark.parametrize("mode", ["pubsub", "tracking"])
 @pytest.mark.parametrize("dead", [0, 1, 2])
 def test_killing_any_primary_leaves_writes_to_the_others_working_and_announced(
-        make: Make, redis_cluster: LocalCluster, dead: int) -> None:
+        make: Make, redis_cluster: LocalCluster, dead: int, mode: str) -> None:
     """No primary holds every invalidation: each write is announced on the channel of the
-    primary that took it. (The issue's "kill each of the 3 primaries in turn".)"""
-    writer, reader = make(), make()
+    primary that took it (pub/sub), or told by that primary (tracking). (The issue's "kill
+    each of the 3 primaries in turn".)"""
+    writer, reader = make(invalidation=mode), make(invalidation=mode)
     keys = keys_per_node(redis_cluster, 2)
     victim = redis_cluster.nodes[dead]
     writer.set_many({key: b"old" for node_keys in keys.values() for key in node_keys})
@@ -392,7 +400,7 @@ def test_the_listeners_follow_a_channel_whose_slot_moves(
     """lowest_to_highest: the receiving primary's own channel changes to a smaller number
     without any subscription ending there; the periodic check finds it."""
     monkeypatch.setattr(coherence_module, "FOLLOW_INTERVAL", 0.5)
-    a, b = make(), make()
+    a, b = make(invalidation="pubsub"), make(invalidation="pubsub")
     if direction == "first_to_second":
         source, target = redis_cluster.nodes[0], redis_cluster.nodes[1]
     else:
@@ -524,20 +532,44 @@ def test_a_prefix_with_a_hash_tag_has_one_channel_on_its_one_primary(
     """{app}: puts every key and every channel on one slot: one listener, on that primary,
     found at once (not by trying 65,536 names on every new slot map)."""
     config = CacheConfig(dragonfly=DragonflyConfig(addresses=redis_cluster.addresses),
-                         key_prefix="{app}:")
+                         l1=L1Config(invalidation="pubsub"), key_prefix="{app}:")
     with TieredCache(config) as a, TieredCache(config) as b:
         for cache in (a, b):
             wait_until(lambda cache=cache: cache.stats()["coherence"]["state"]
                        == "subscribed", timeout=5.0)
         holder = redis_cluster.node_for_key("{app}:k")
-        assert a._l2.coherence_nodes() == {holder.address: f"{channel_name(0, '{app}:')}:{{0}}"}
+        assert _invalidation.listening_servers(a._l2) == {
+            holder.address: f"{channel_name(0, '{app}:')}:{{0}}"}
         started = time.perf_counter()
-        a._l2._channels._derive(a._l2.router.topology.current())
+        a._l2.channels._derive(a._l2.router.topology.current())
         assert time.perf_counter() - started < 0.01
         b.set("k", b"old")
         assert a.get("k") == b"old"
         b.set("k", b"new")
         wait_until(lambda: a.get("k") == b"new", timeout=0.1)
+
+
+def test_tracking_runs_per_node_and_hears_raw_writes_on_every_primary(
+        make: Make, redis_cluster: LocalCluster) -> None:
+    """Each primary tracks the keys read from it on our connection to it, and tells that
+    connection, idle in the node's pool, when any client writes one of them."""
+    cache = make(invalidation="tracking")
+    assert cache.stats()["coherence"]["mode"] == "tracking"
+    keys = keys_per_node(redis_cluster, 2)
+    for node, (read, written) in keys.items():
+        node.command("SET", "app:" + read, "old")
+        assert cache.get(read) == b"old"
+        cache.set(written, b"mine")
+        clients = node.client().client_list()
+        assert [client["flags"] for client in clients if "t" in client["flags"]] == ["t"]
+    l1 = cache._tiers.l1
+    for node, (read, written) in keys.items():
+        for key in (read, written):
+            assert l1.peek(key) is not None
+            node.command("SET", "app:" + key, "theirs")  # a raw write on that primary
+            wait_until(lambda key=key: l1.peek(key) is None, timeout=0.1)
+            assert cache.get(key) == b"theirs"
+    assert cache.stats()["coherence"]["flushes"] == 0
 
 
 def test_a_replay_with_one_primary_away_settles_the_others_keys_once(

@@ -1,4 +1,8 @@
-"""Cross-process L1 coherence, with a second process started by multiprocessing spawn."""
+"""Cross-process L1 coherence, with a second process started by multiprocessing spawn.
+
+Tests about coherence in general run in both modes (``mode``: tracking and pub/sub); tests
+about the pub/sub machinery (the listener, its channel, its subscription) pin ``pubsub``.
+Tracking's own machinery is tested in tests/test_tracking.py."""
 
 from __future__ import annotations
 
@@ -12,16 +16,22 @@ from typing import Any
 
 import pytest
 
-from dragonfly_cache._l2 import L2
+from dragonfly_cache import _invalidation
 from tests.helpers import CacheFactory, fork, percentile, wait_until
 from tests.helpers.coherence_worker import Worker, measure
+
+
+@pytest.fixture(params=["tracking", "pubsub"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """The coherence mode of a test that holds in both."""
+    return str(request.param)
 
 
 @pytest.fixture
 def worker(redis_server: Any) -> Iterator[Callable[..., Worker]]:
     workers: list[Worker] = []
 
-    def start(prefix: str = "app:", invalidation: bool = True) -> Worker:
+    def start(prefix: str = "app:", invalidation: str | bool = "pubsub") -> Worker:
         worker = Worker(redis_server.address, prefix, invalidation)
         workers.append(worker)
         return worker
@@ -32,11 +42,11 @@ def worker(redis_server: Any) -> Iterator[Callable[..., Worker]]:
 
 
 def test_another_process_stops_serving_the_old_value_within_100ms(
-        cache_factory: CacheFactory, worker: Callable[..., Worker]) -> None:
-    a = cache_factory(key_prefix="app:")
+        cache_factory: CacheFactory, worker: Callable[..., Worker], mode: str) -> None:
+    a = cache_factory(key_prefix="app:", invalidation=mode)
     trials = 60
     a.set_many({f"user:{n}": b"old" for n in range(trials)})
-    b = worker()
+    b = worker(invalidation=mode)
     assert b.coherence == "subscribed"
     writes: list[tuple[str, Callable[[str], None], bytes | None]] = [
         ("set", lambda key: a.set(key, b"new"), b"new"),
@@ -65,11 +75,11 @@ def test_another_process_stops_serving_the_old_value_within_100ms(
     assert stats["applied"] >= trials
 
 
-def test_pattern_invalidation_reaches_the_other_process(cache_factory: CacheFactory,
-                                                        worker: Callable[..., Worker]) -> None:
-    a = cache_factory(key_prefix="app:")
+def test_pattern_invalidation_reaches_the_other_process(
+        cache_factory: CacheFactory, worker: Callable[..., Worker], mode: str) -> None:
+    a = cache_factory(key_prefix="app:", invalidation=mode)
     a.set_many({"user:1": b"old", "user:2": b"old", "post:1": b"old"})
-    b = worker()
+    b = worker(invalidation=mode)
     assert b.call("get_many", ["user:1", "user:2", "post:1"])[1] == {
         "user:1": b"old", "user:2": b"old", "post:1": b"old"}
     outcome, delay, value, _ = measure(a, b, "user:2", b"old", lambda: a.invalidate("user:*"))
@@ -82,9 +92,9 @@ def test_pattern_invalidation_reaches_the_other_process(cache_factory: CacheFact
 def test_without_coherence_the_other_process_stays_stale(
         cache_factory: CacheFactory, worker: Callable[..., Worker]) -> None:
     """The control: the measurement above is not passing by accident."""
-    a = cache_factory(key_prefix="app:", invalidation=False)
+    a = cache_factory(key_prefix="app:", invalidation="off")
     a.set("k", b"old")
-    b = worker(invalidation=False)
+    b = worker(invalidation="off")
     outcome, _, _, l2_lookups = measure(a, b, "k", b"old", lambda: a.set("k", b"new"),
                                         timeout=0.3)
     assert outcome == "timeout"
@@ -92,12 +102,13 @@ def test_without_coherence_the_other_process_stays_stale(
 
 
 def test_different_prefixes_do_not_invalidate_each_other(
-        cache_factory: CacheFactory, worker: Callable[..., Worker]) -> None:
-    a = cache_factory(key_prefix="a:")
-    b_side = cache_factory(key_prefix="b:")
+        cache_factory: CacheFactory, worker: Callable[..., Worker], mode: str) -> None:
+    a = cache_factory(key_prefix="a:", invalidation=mode)
+    b_side = cache_factory(key_prefix="b:", invalidation=mode)
     b_side.set("k", b"b-value")
-    b = worker(prefix="b:")
+    b = worker(prefix="b:", invalidation=mode)
     assert b.call("get", "k")[1] == b"b-value"
+    assert b.call("get", "sync")[1] is None  # tracking mode: B now hears of "sync" too
     for n in range(20):
         a.set("k", b"a-value-%d" % n)
         a.delete("other")
@@ -114,7 +125,7 @@ def test_different_prefixes_do_not_invalidate_each_other(
 def test_a_killed_listener_connection_flushes_l1(cache_factory: CacheFactory,
                                                  worker: Callable[..., Worker],
                                                  redis_server: Any) -> None:
-    a = cache_factory(key_prefix="app:")
+    a = cache_factory(key_prefix="app:", invalidation="pubsub")
     a.set("k", b"old")
     b = worker()
     assert b.call("get", "k")[1] == b"old"
@@ -138,10 +149,10 @@ def test_a_killed_listener_connection_flushes_l1(cache_factory: CacheFactory,
 
 def test_a_restarted_server_flushes_l1(cache_factory: CacheFactory,
                                        worker: Callable[..., Worker],
-                                       redis_server: Any) -> None:
-    a = cache_factory(key_prefix="app:")
+                                       redis_server: Any, mode: str) -> None:
+    a = cache_factory(key_prefix="app:", invalidation=mode)
     a.set("k", b"old")
-    b = worker()
+    b = worker(invalidation=mode)
     assert b.call("get", "k")[1] == b"old"
     redis_server.restart()  # the data is gone, and so is every subscription
     wait_until(lambda: b.stats()["coherence"]["flushes"] >= 1)
@@ -152,20 +163,23 @@ def test_a_restarted_server_flushes_l1(cache_factory: CacheFactory,
 
 
 def test_with_coherence_a_dead_server_leaves_no_l1_to_serve_stale(
-        cache_factory: CacheFactory, redis_server: Any) -> None:
-    cache = cache_factory()
+        cache_factory: CacheFactory, redis_server: Any, mode: str) -> None:
+    cache = cache_factory(invalidation=mode)
     cache.set("k", b"v")
     redis_server.kill()
-    # The state says "down" first (new entries are short-lived from then), then L1 empties.
+    # Pub/sub: the state says "down" first (new entries are short-lived from then), then
+    # L1 empties. Tracking: the poller sees the idle connection close, and L1 empties.
     wait_until(lambda: cache.stats()["coherence"]["flushes"] == 1)
-    assert cache.stats()["coherence"]["state"] == "down"
+    if mode == "pubsub":
+        assert cache.stats()["coherence"]["state"] == "down"
     assert cache.get("k") is None  # nobody can tell us about deletes now
-    assert cache.health()["coherence"] == "down"
+    if mode == "pubsub":
+        assert cache.health()["coherence"] == "down"
 
 
-def test_close_flushes_l1_so_nothing_stale_outlives_coherence(cache_factory: CacheFactory
-                                                              ) -> None:
-    cache, writer = cache_factory(), cache_factory()
+def test_close_flushes_l1_so_nothing_stale_outlives_coherence(
+        cache_factory: CacheFactory, mode: str) -> None:
+    cache, writer = cache_factory(invalidation=mode), cache_factory(invalidation=mode)
     cache.set("k", b"v1")
     assert cache.get("k") == b"v1"
     cache.close()
@@ -176,7 +190,7 @@ def test_close_flushes_l1_so_nothing_stale_outlives_coherence(cache_factory: Cac
 
 def test_a_malformed_invalidation_flushes_l1(cache_factory: CacheFactory,
                                              redis_server: Any) -> None:
-    cache = cache_factory()
+    cache = cache_factory(invalidation="pubsub")
     cache.set("k", b"v")
     redis_server.client().publish(cache._l2.channel, b"\xff not json")
     wait_until(lambda: cache.stats()["coherence"]["flushes"] == 1)
@@ -184,12 +198,12 @@ def test_a_malformed_invalidation_flushes_l1(cache_factory: CacheFactory,
     assert cache.stats()["coherence"]["state"] == "subscribed"
 
 
-def test_race_stress_readers_end_on_the_final_version(cache_factory: CacheFactory,
-                                                      worker: Callable[..., Worker]) -> None:
-    a = cache_factory(key_prefix="app:")
+def test_race_stress_readers_end_on_the_final_version(
+        cache_factory: CacheFactory, worker: Callable[..., Worker], mode: str) -> None:
+    a = cache_factory(key_prefix="app:", invalidation=mode)
     keys = [f"hot:{n}" for n in range(8)]
     a.set_many({key: b"v0" for key in keys})
-    b = worker()
+    b = worker(invalidation=mode)
     assert b.call("stress_start", keys, 8)[0] == "started"
     version = 0
     finish = time.monotonic() + 3.0
@@ -204,7 +218,7 @@ def test_race_stress_readers_end_on_the_final_version(cache_factory: CacheFactor
         else:
             a.set(keys[version % 8], value)
     final = a.get_many(keys)
-    other = cache_factory(key_prefix="app:")  # a fresh L1: what L2 holds
+    other = cache_factory(key_prefix="app:", invalidation=mode)  # a fresh L1: what L2 holds
     assert other.get_many(keys) == final
     reply = b.call("stress_check", final, 0.2, 0.5, timeout=30)
     assert reply[0] == "checked"
@@ -218,11 +232,12 @@ def test_race_stress_readers_end_on_the_final_version(cache_factory: CacheFactor
 
 
 def test_a_write_1_ms_after_another_process_first_read_is_seen_within_100_ms(
-        cache_factory: CacheFactory, worker: Callable[..., Worker]) -> None:
+        cache_factory: CacheFactory, worker: Callable[..., Worker], mode: str) -> None:
     """The other process makes a new cache and reads at once, its listener barely started;
-    a write 1 ms later must reach it (it used to live out l1.degraded_ttl: 1 s)."""
-    writer = cache_factory(key_prefix="app:")
-    b = worker()
+    a write 1 ms later must reach it (it used to live out l1.degraded_ttl: 1 s). With
+    "auto" the mode is not even known yet at that read."""
+    writer = cache_factory(key_prefix="app:", invalidation=mode)
+    b = worker(invalidation="auto" if mode == "tracking" else mode)
     delays, states = [], []
     for trial in range(10):
         key = f"first:{trial}"
@@ -242,24 +257,25 @@ def test_a_write_1_ms_after_another_process_first_read_is_seen_within_100_ms(
 
 
 def test_an_idle_cache_is_subscribed_within_a_second_without_any_call(
-        cache_factory: CacheFactory) -> None:
-    cache = cache_factory(subscribed=False)
+        cache_factory: CacheFactory, mode: str) -> None:
+    cache = cache_factory(subscribed=False, invalidation="auto" if mode == "tracking" else mode)
     wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed", timeout=1.0)
     lookups = cache.stats()["l2_stats"]
     assert lookups["hits"] == lookups["misses"] == 0  # nothing but the cache being made
+    assert cache.stats()["coherence"]["mode"] == mode  # auto chose tracking on this server
 
 
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Listeners made from now on cannot subscribe until the returned event is set."""
     opened = threading.Event()
-    subscription = L2.subscription
+    subscription = _invalidation.subscription
 
-    def held(self: L2, address: str) -> Any:
+    def held(l2: Any, address: str) -> Any:
         assert opened.wait(10)
-        return subscription(self, address)
+        return subscription(l2, address)
 
-    monkeypatch.setattr(L2, "subscription", held)
+    monkeypatch.setattr(_invalidation, "subscription", held)
     yield opened
     opened.set()
 
@@ -268,7 +284,7 @@ def test_an_entry_filled_before_the_subscription_is_confirmed_is_dropped_then(
         cache_factory: CacheFactory, redis_server: Any, gate: threading.Event) -> None:
     """While the listener cannot subscribe, a raw write is heard by nobody; the entry read
     before it must not outlive the confirmation (l1.degraded_ttl is 60 s here)."""
-    cache = cache_factory(subscribed=False, l1={"degraded_ttl": 60.0})
+    cache = cache_factory(subscribed=False, l1={"degraded_ttl": 60.0}, invalidation="pubsub")
     redis_server.client().set("k", b"old")
     assert cache.get("k") == b"old" and cache.get("k") == b"old"  # in L1
     assert cache.stats()["coherence"]["state"] == "connecting"
@@ -280,9 +296,10 @@ def test_an_entry_filled_before_the_subscription_is_confirmed_is_dropped_then(
     assert cache.stats()["coherence"]["flushes"] == 0  # not a lost connection
 
 
-def test_fork_parent_and_child_both_keep_coherence(cache_factory: CacheFactory) -> None:
-    writer = cache_factory(key_prefix="app:")
-    shared = cache_factory(key_prefix="app:")  # made before the fork
+def test_fork_parent_and_child_both_keep_coherence(cache_factory: CacheFactory, mode: str
+                                                   ) -> None:
+    writer = cache_factory(key_prefix="app:", invalidation=mode)
+    shared = cache_factory(key_prefix="app:", invalidation=mode)  # made before the fork
     writer.set_many({"parent-key": b"old", "child-key": b"old"})
     assert shared.get("parent-key") == b"old"
     ready_read, ready_write = os.pipe()
@@ -326,15 +343,16 @@ def test_fork_parent_and_child_both_keep_coherence(cache_factory: CacheFactory) 
 
 @pytest.mark.parametrize("flush", ["FLUSHDB", "FLUSHALL"])
 def test_a_flush_by_another_client_empties_every_l1_within_about_a_second(
-        cache_factory: CacheFactory, redis_server: Any, flush: str) -> None:
-    a, b = cache_factory(), cache_factory()
+        cache_factory: CacheFactory, redis_server: Any, flush: str, mode: str) -> None:
+    a, b = cache_factory(invalidation=mode), cache_factory(invalidation=mode)
     a.set("k", b"v")
     assert b.get("k") == b"v" and a.get("k") == b"v"  # in both L1s now
     time.sleep(1.2)  # past a watch run: no false alarm while nothing was flushed
     assert a.stats()["coherence"]["flushes"] == 0 and b.get("k") == b"v"
     redis_server.client().execute_command(flush)  # announced to nobody
     started = time.monotonic()
-    # The bound: one watch interval (1 s) plus a listener poll and a round trip.
+    # The bound: one watch interval (1 s) plus a listener poll and a round trip (pub/sub;
+    # tracking: the server's push, at once).
     wait_until(lambda: a.get("k") is None and b.get("k") is None, timeout=2.0)
     assert time.monotonic() - started < 2.0
     assert a.stats()["coherence"]["flushes"] == 1 and b.stats()["coherence"]["flushes"] == 1
@@ -344,10 +362,10 @@ def test_stopping_a_listener_whose_socket_refuses_the_wake_up_still_stops_it(
         cache_factory: CacheFactory) -> None:
     """fakeredis's socket raises ValueError from shutdown() while the listener thread reads
     from it (seen once in the docs' fake_cache example): close() must not raise."""
-    cache = cache_factory()
+    cache = cache_factory(invalidation="pubsub")
     coherence = cache._tiers.coherence
-    assert coherence is not None
-    (listener,) = coherence._listeners.values()
+    assert coherence is not None and coherence._pubsub is not None
+    (listener,) = coherence._pubsub._listeners.values()
 
     pubsub = listener._pubsub
     real = pubsub.connection._sock
@@ -376,7 +394,7 @@ def test_a_load_made_before_the_subscription_is_stored_in_l2_only_briefly(
         cache_factory: CacheFactory, redis_server: Any, gate: threading.Event) -> None:
     """Its loader may have read the database before a write whose delete nobody heard: the
     value lives in L2 at most l1.degraded_ttl, not l2.ttl (fleet-wide staleness bound)."""
-    cache = cache_factory(subscribed=False, l1={"degraded_ttl": 2.0})
+    cache = cache_factory(subscribed=False, l1={"degraded_ttl": 2.0}, invalidation="pubsub")
     assert cache.get_or_load("early", lambda: b"v", ttl=300) == b"v"
     assert 0 < redis_server.client().pttl("early") <= 2000
     gate.set()
@@ -385,18 +403,21 @@ def test_a_load_made_before_the_subscription_is_stored_in_l2_only_briefly(
     assert redis_server.client().pttl("later") > 290_000
 
 
-def test_a_cache_dropped_without_close_stops_its_listeners(redis_server_factory: Any) -> None:
+def test_a_cache_dropped_without_close_stops_its_listeners(redis_server_factory: Any, mode: str
+                                                           ) -> None:
     """Nothing the listener threads hold keeps the cache's L1 alive (the journal's wake-up,
     the set's callbacks, the loop's own locals): a dropped cache's threads end."""
     import gc
 
-    from dragonfly_cache import CacheConfig, DragonflyConfig, TieredCache
+    from dragonfly_cache import CacheConfig, DragonflyConfig, L1Config, TieredCache
     from tests.helpers import wait_subscribed
 
     server = redis_server_factory()
-    mine = f"dragonfly_cache-listener-{server.address}"
+    mine = (f"dragonfly_cache-listener-{server.address}" if mode == "pubsub"
+            else "dragonfly_cache-tracking")
     for _ in range(3):
-        cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(addresses=[server.address])))
+        cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(addresses=[server.address]),
+                                        l1=L1Config(invalidation=mode)))
         wait_subscribed(cache)
         del cache
     gc.collect()

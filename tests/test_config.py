@@ -560,7 +560,7 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     assert d.password == SECRET
     assert d.db == 0
     assert d.pool_size == 25
-    assert (cfg.l1.invalidation, cfg.l1.degraded_ttl) == (False, 0.25)
+    assert (cfg.l1.invalidation, cfg.l1.degraded_ttl) == ("off", 0.25)
     assert d.max_retries == 0
     assert (d.breaker_threshold, d.breaker_cooldown, d.breaker_max_cooldown) == (7, 0.5, 60.0)
     assert (d.tls_ca_file, d.tls_cert_file, d.tls_key_file) == (__file__, __file__, __file__)
@@ -571,7 +571,7 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     assert d.connect_timeout == 0.5
     assert d.socket_timeout == 2.0
     assert d.pool_timeout == 1.5
-    assert cfg.l1 == L1Config(max_size=123, ttl=90.0, invalidation=False, degraded_ttl=0.25,
+    assert cfg.l1 == L1Config(max_size=123, ttl=90.0, invalidation="off", degraded_ttl=0.25,
                               max_bytes=16 * 2**20, max_entry_share=0.25)
     assert cfg.l2 == L2Config(ttl=7200.0, negative_ttl=45.0, refresh_ahead=0.25, fleet_lock=True,
                               refresh_jitter=0.5, refresh_sync=0.1, fleet_lock_ttl=3.0,
@@ -1273,6 +1273,39 @@ def test_from_env_refresh_ahead(value: str, expected: float | None) -> None:
 @pytest.mark.parametrize(("value", "expected"), [("on", True), ("0", False), ("YES", True)])
 def test_from_env_fleet_lock(value: str, expected: bool) -> None:
     assert CacheConfig.from_env({"CACHE_FLEET_LOCK": value}).l2.fleet_lock is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("auto", "auto"), ("tracking", "tracking"), (" PubSub ", "pubsub"), ("off", "off"),
+     # the booleans of the versions that had pub/sub only
+     ("true", "auto"), ("1", "auto"), ("yes", "auto"), ("ON", "auto"),
+     ("false", "off"), ("0", "off"), ("no", "off")],
+)
+def test_from_env_invalidation_modes(value: str, expected: str) -> None:
+    assert CacheConfig.from_env({"CACHE_L1_INVALIDATION": value}).l1.invalidation == expected
+
+
+def test_invalidation_defaults_to_auto_and_takes_booleans_in_python_and_yaml() -> None:
+    assert L1Config().invalidation == "auto"
+    assert L1Config(invalidation=True).invalidation == "auto"  # type: ignore[arg-type]
+    assert L1Config(invalidation=False).invalidation == "off"  # type: ignore[arg-type]
+    for text, expected in (("off", "off"), ("false", "off"), ("true", "auto"),
+                           ("tracking", "tracking"), ("pubsub", "pubsub")):
+        config = CacheConfig.from_yaml(f"cache:\n  l1:\n    invalidation: {text}\n",
+                                       environ={})
+        assert config.l1.invalidation == expected, text
+
+
+@pytest.mark.parametrize("value", ["", "sometimes", "broadcast", "2"])
+def test_a_bad_invalidation_mode_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^CACHE_L1_INVALIDATION=.*expected auto, "
+                                          r"tracking, pubsub or off"):
+        CacheConfig.from_env({"CACHE_L1_INVALIDATION": value})
+    with pytest.raises(ConfigError, match=r"^cache\.l1\.invalidation=.*expected auto"):
+        CacheConfig.from_yaml(f"cache:\n  l1:\n    invalidation: '{value}'\n", environ={})
+    with pytest.raises(ConfigError, match=r"^L1Config\.invalidation="):
+        L1Config(invalidation=value)
 
 
 @pytest.mark.parametrize(("value", "expected"), [("250ms", 0.25), ("2m", 120.0), ("10", 10.0)])

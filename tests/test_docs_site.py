@@ -229,8 +229,15 @@ def _acl_line(page: str) -> tuple[list[str], str, str, str]:
     return command, command[2], password, prefix
 
 
-def exercise_acl_user(config: CacheConfig) -> None:
-    """Every operation, and the invalidation listener, with no error counted anywhere."""
+def exercise_acl_user(config: CacheConfig, mode: str) -> None:
+    """Every operation, and coherence in ``mode``, with no error counted anywhere; and
+    ``auto`` would pick tracking for this user."""
+    auto = dataclasses.replace(config, l1=dataclasses.replace(config.l1, invalidation="auto"))
+    with TieredCache(auto) as probe:
+        deadline = time.monotonic() + 5
+        while probe.stats()["coherence"]["mode"] == "auto" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert probe.stats()["coherence"]["mode"] == "tracking"
     with TieredCache(config) as writer, TieredCache(config) as reader:
         writer.set("a", b"1")
         assert reader.get("a") == b"1"
@@ -257,6 +264,7 @@ def exercise_acl_user(config: CacheConfig) -> None:
             stats = cache.stats()
             assert stats["l2_stats"]["errors"] == 0, stats["l2_stats"]
             assert stats["coherence"]["state"] == "subscribed"
+            assert stats["coherence"]["mode"] == mode
         # The last invalidations reach the reader asynchronously: wait for one (bounded).
         deadline = time.monotonic() + 5
         while reader.stats()["coherence"]["applied"] < 1 and time.monotonic() < deadline:
@@ -264,8 +272,11 @@ def exercise_acl_user(config: CacheConfig) -> None:
         assert reader.stats()["coherence"]["applied"] >= 1
 
 
-def test_acl_user_from_operations_can_do_everything(redis_server_factory: Any) -> None:
-    """The least-privilege ACL line in operations.md is enough for every operation."""
+@pytest.mark.parametrize("mode", ["tracking", "pubsub"])
+def test_acl_user_from_operations_can_do_everything(redis_server_factory: Any, mode: str
+                                                    ) -> None:
+    """The least-privilege ACL line in operations.md is enough for every operation, in
+    both coherence modes (and auto picks tracking with it)."""
     command, user, password, prefix = _acl_line("operations.md")
     server = redis_server_factory()
     with redis.Redis.from_url(f"redis://{server.address}") as admin:
@@ -273,11 +284,13 @@ def test_acl_user_from_operations_can_do_everything(redis_server_factory: Any) -
     exercise_acl_user(CacheConfig(
         dragonfly=DragonflyConfig(addresses=[server.address], username=user, password=password,
                                   db=1),  # db 1 needs SELECT too
-        l1=L1Config(invalidation=True), l2=L2Config(ttl=60.0), key_prefix=prefix))
+        l1=L1Config(invalidation=mode), l2=L2Config(ttl=60.0), key_prefix=prefix), mode)
 
 
-def test_acl_user_from_scaling_out_can_do_everything_on_a_cluster(redis_cluster: Any) -> None:
-    """The cluster ACL line in scaling-out.md, set on every node, is enough."""
+@pytest.mark.parametrize("mode", ["tracking", "pubsub"])
+def test_acl_user_from_scaling_out_can_do_everything_on_a_cluster(redis_cluster: Any,
+                                                                  mode: str) -> None:
+    """The cluster ACL line in scaling-out.md, set on every node, is enough (both modes)."""
     command, user, password, prefix = _acl_line("scaling-out.md")
     for node in redis_cluster.nodes:
         node.command(*command)
@@ -285,7 +298,7 @@ def test_acl_user_from_scaling_out_can_do_everything_on_a_cluster(redis_cluster:
         exercise_acl_user(CacheConfig(
             dragonfly=DragonflyConfig(addresses=redis_cluster.addresses, username=user,
                                       password=password),
-            l1=L1Config(invalidation=True), l2=L2Config(ttl=60.0), key_prefix=prefix))
+            l1=L1Config(invalidation=mode), l2=L2Config(ttl=60.0), key_prefix=prefix), mode)
     finally:
         for node in redis_cluster.nodes:
             node.command("ACL", "DELUSER", user)

@@ -126,11 +126,14 @@ def test_a_partition_that_heals_recovers_without_restarting_the_app(
     assert cache.get("k") == b"after"
 
 
+@pytest.mark.parametrize("mode", ["pubsub", "tracking"])
 def test_listener_that_stops_answering_ping_flushes_l1(
         through: Callable[..., TieredCache], proxy: FaultProxy,
-        cache_factory: CacheFactory) -> None:
-    cache = through()
-    direct = cache_factory()  # the writer does not go through the partition
+        cache_factory: CacheFactory, mode: str) -> None:
+    """Pub/sub: the listener's connection; tracking: the idle pooled connection that
+    tracks the key (the poller PINGs it)."""
+    cache = through(invalidation=mode)
+    direct = cache_factory(invalidation=mode)  # the writer does not go through the partition
     direct.set("k", b"old")
     assert cache.get("k") == b"old"
     assert cache.stats()["coherence"]["state"] == "subscribed"
@@ -142,7 +145,8 @@ def test_listener_that_stops_answering_ping_flushes_l1(
     detected = time.monotonic() - stalled
     print(f"\nsilent partition detected and L1 flushed after {detected:.2f} s")
     assert detected <= PING_INTERVAL + PONG_TIMEOUT + 0.5
-    assert cache.stats()["coherence"]["state"] == "down"
+    if mode == "pubsub":  # tracking: the next call connects, tracked, at once
+        assert cache.stats()["coherence"]["state"] == "down"
     assert cache._tiers.l1.get("k") is None  # nothing stale left to serve
     proxy.reset()
     proxy.passthrough()

@@ -220,10 +220,13 @@ def test_metrics_export_the_cache_series(make_app: Callable[..., Flask]) -> None
     assert metric(text, "dragonfly_cache_l2_latency_seconds_count", operation="SET") >= 1
     assert metric(text, "dragonfly_cache_l1_entries") >= 1
     assert metric(text, "dragonfly_cache_breaker_state") == 0
+    assert metric(text, "dragonfly_cache_coherence_mode", mode="tracking") >= 1
+    assert metric(text, "dragonfly_cache_coherence_mode", mode="pubsub") == 0
     assert metric(text, "flask_http_request_total") >= 1
     for name in ("dragonfly_cache_l2_errors_total", "dragonfly_cache_loads_total",
                  "dragonfly_cache_coalesced_total", "dragonfly_cache_invalidations_total",
-                 "dragonfly_cache_l1_evictions_total", "dragonfly_cache_coherence_subscribed"):
+                 "dragonfly_cache_l1_evictions_total", "dragonfly_cache_coherence_subscribed",
+                 "dragonfly_cache_coherence_mode"):
         assert f"# TYPE {name.removesuffix('_total')}" in text
 
 

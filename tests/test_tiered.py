@@ -12,17 +12,20 @@ from typing import Any
 
 import pytest
 
-from dragonfly_cache import CacheError, CacheUnavailableError, TieredCache
+from dragonfly_cache import CacheError, CacheUnavailableError, TieredCache, _invalidation
 from tests.helpers import CacheFactory, FakeClock, command_calls, run_threads, wait_until
 
 
-def received(cache: TieredCache, count: int) -> None:
-    """Wait until ``cache``'s listener has applied ``count`` invalidations from others.
+def received(cache: TieredCache, count: int, *, read_before: bool = False) -> None:
+    """Wait until ``cache`` has applied ``count`` invalidations from others.
 
     A write's invalidation may reach another cache after that cache already read the new
     value; tests that count L1 hits wait for it so the late message can't land mid-test.
+    In tracking mode the server tells a cache only of keys it read: unless it read them
+    ``read_before`` the write, nothing comes, and there is nothing to wait for.
     """
-    wait_until(lambda: cache.stats()["coherence"]["received"] >= count)
+    if read_before or cache.stats()["coherence"].get("mode") != "tracking":
+        wait_until(lambda: cache.stats()["coherence"]["received"] >= count)
 
 
 # -- round trips -----------------------------------------------------------------------
@@ -466,7 +469,7 @@ def test_stats_counters_and_shape(cache_factory: CacheFactory) -> None:
     cache, other = cache_factory(l1_max_size=7), cache_factory()
     assert cache.get("k") is None  # L1 miss, L2 miss
     other.set("k", b"v")
-    received(cache, 1)
+    received(cache, 1, read_before=True)
     assert cache.get("k") == b"v"  # L1 miss, L2 hit
     assert cache.get("k") == b"v"  # L1 hit
     stats = cache.stats()
@@ -478,7 +481,8 @@ def test_stats_counters_and_shape(cache_factory: CacheFactory) -> None:
     assert stats["l2_stats"] == {"hits": 1, "misses": 1, "hit_rate": 0.5, "errors": 0,
                                  "errors_by_operation": {}, "rejected": 0, "corrupt": 0}
     assert stats["coherence"] == {"state": "subscribed", "received": 1, "applied": 1,
-                                  "flushes": 0, "reconnects": 0, "sharded": False}
+                                  "flushes": 0, "reconnects": 0, "sharded": False,
+                                  "mode": "tracking"}  # what auto picks on this server
     assert stats["singleflight"] == {"loads": 0, "coalesced": 0}
     json.dumps(stats)
 
@@ -491,8 +495,9 @@ def test_health_against_a_live_server(cache_factory: CacheFactory, redis_server:
     assert report["status"] == "healthy"
     assert report["dragonfly"] == {"connected": True, "server": redis_server.kind,
                                    "version": redis_server.version, "mode": "standalone"}
-    assert set(report) == {"status", "dragonfly", "breaker", "coherence", "l1_stats",
-                           "l2_stats"}
+    assert set(report) == {"status", "dragonfly", "breaker", "coherence", "invalidation",
+                           "l1_stats", "l2_stats"}
+    assert (report["coherence"], report["invalidation"]) == ("subscribed", "tracking")
     assert report["breaker"] == "closed"
     json.dumps(report)
 
@@ -782,7 +787,7 @@ def test_tls_flag_selects_the_connection_class(tls: bool, connection_class: str)
 
     cache = TieredCache(CacheConfig(dragonfly=DragonflyConfig(tls=tls, mode="standalone")))
     assert cache._l2.router.nodes.connection_class.__name__ == connection_class
-    client = cache._l2.subscription(cache._l2.address)[0]
+    client = _invalidation.subscription(cache._l2, cache._l2.address)[0]
     assert client.connection_pool.connection_class.__name__ == connection_class
     cache.close()
 

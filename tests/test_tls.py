@@ -23,6 +23,7 @@ from dragonfly_cache import (
     DragonflyConfig,
     L1Config,
     TieredCache,
+    _invalidation,
 )
 from tests.helpers import wait_until
 from tests.helpers.pki import tls_server_args
@@ -169,7 +170,8 @@ def test_a_connection_reset_before_the_tls_handshake_leaves_no_socket_open(
             if path == "pool":
                 assert cache.get("k") is None  # the read degrades to a miss
             else:
-                client, _sharded, _channel = cache._l2.subscription(cache._l2.address)
+                client, _sharded, _channel = _invalidation.subscription(cache._l2,
+                                                                        cache._l2.address)
                 with pytest.raises(redis.ConnectionError):
                     client.ping()
                 client.close()

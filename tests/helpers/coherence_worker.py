@@ -91,7 +91,7 @@ class _Stress:
         return self.wrong, self.reads
 
 
-def worker_main(address: str | list[str], prefix: str, invalidation: bool,
+def worker_main(address: str | list[str], prefix: str, invalidation: str | bool,
                 conn: Connection) -> None:
     """Entry point of the spawned process (``address``: one, or a cluster's list)."""
     addresses = address if isinstance(address, list) else [address]
@@ -101,7 +101,8 @@ def worker_main(address: str | list[str], prefix: str, invalidation: bool,
     stress: _Stress | None = None
     try:
         deadline = time.monotonic() + 5
-        while (invalidation and cache.stats()["coherence"]["state"] != "subscribed"
+        while (invalidation not in (False, "off")
+               and cache.stats()["coherence"]["state"] != "subscribed"
                and time.monotonic() < deadline):
             time.sleep(0.005)
         conn.send(("started", cache.stats()["coherence"]["state"]))
@@ -140,8 +141,8 @@ def worker_main(address: str | list[str], prefix: str, invalidation: bool,
 class Worker(Spawned):
     """Process B: a TieredCache in a spawned process, driven over a pipe."""
 
-    def __init__(self, address: str | list[str], prefix: str, invalidation: bool = True
-                 ) -> None:
+    def __init__(self, address: str | list[str], prefix: str,
+                 invalidation: str | bool = "auto") -> None:
         super().__init__(worker_main, address, prefix, invalidation)
         assert self.started[0] == "started", self.started
         self.coherence = self.started[1]
