@@ -308,6 +308,9 @@ class Nodes:
         """Pass the node's breaker and take one of its connection slots, or raise."""
         breaker = node.breaker
         if not breaker.allow():
+            # Still unreachable: in a cluster its slots may have gone to a promoted replica
+            # meanwhile (the map is fetched again at most every 0.5 s).
+            self._on_unreachable()
             raise CacheUnavailableError(
                 f"{operation} on {node.address} not attempted: circuit breaker open "
                 f"(probing again within {breaker.stats()['cooldown']:g}s; last failure: "
