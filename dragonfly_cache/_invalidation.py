@@ -32,7 +32,7 @@ from ._coherence import Coherence
 from ._flushwatch import FlushWatch
 from ._l1 import L1
 from ._l2 import L2
-from ._listener import CONNECTING, DOWN, STOPPED, SUBSCRIBED
+from ._listener import CONNECTING, DOWN, STOPPED, SUBSCRIBED, state_changed
 from ._tracking import Tracking
 from .exceptions import CacheUnavailableError
 from .types import CoherenceStats
@@ -81,6 +81,13 @@ def subscription(l2: L2, address: str) -> tuple[redis.Redis, bool, str]:
         l2.router.topology.refresh_soon()
         channel = l2.channels.channel(l2.router.topology.current(), address)
     return l2.router.nodes.client(address), l2.router.sharded, channel
+
+
+def _primaries_now(l2: L2) -> list[str]:
+    """The primaries now: in a cluster, under a slot map fetched again."""
+    if l2.router.topology.clustered:
+        l2.router.topology.refresh_soon()
+    return l2.router.primaries()
 
 
 def _refresh_topology(l2: L2) -> None:
@@ -154,7 +161,8 @@ class Invalidation:
         target = self._target()
         if target is None:
             return
-        tracking = Tracking(target, self._l2.router.nodes, self._l2.prefix)
+        tracking = Tracking(target, self._l2.router.nodes, self._l2.prefix,
+                            functools.partial(_primaries_now, self._l2))
         with self._lock:
             if self._stopped:
                 return
@@ -174,6 +182,7 @@ class Invalidation:
             self._start_tracking()
         elif self._pubsub is not None:
             self._pubsub.ensure_started()
+            state_changed()  # the mode is known: the gauges say which
 
     def follow(self) -> None:
         """The primaries changed (a failover): pub/sub listeners follow them. Tracking

@@ -25,7 +25,7 @@ import redis
 from ._glob import compile_glob
 
 __all__ = ["CONNECTING", "DOWN", "STATE_CHANGES", "STOPPED", "SUBSCRIBED", "InvalidationTarget",
-           "Listener"]
+           "Listener", "state_changed"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +39,15 @@ STOPPED, CONNECTING, SUBSCRIBED, DOWN = "stopped", "connecting", "subscribed", "
 
 Connect = Callable[[str], tuple[redis.Redis, bool, str]]
 
-#: Called (in the listener's thread) whenever a listener subscribes or loses its server:
+#: Called (in the listener's thread) whenever a listener subscribes or loses its server (and
+#: when tracking starts or its poller fails, and when ``auto`` has chosen a mode):
 #: the metrics module refreshes this process's gauges then, so an idle worker's
 #: ``coherence_subscribed`` does not keep the value of its last request.
 STATE_CHANGES: list[Callable[[], None]] = []
 
 
-def _state_changed() -> None:
+def state_changed() -> None:
+    """Tell the observers a coherence state changed (a listener's, or tracking's)."""
     for observer in list(STATE_CHANGES):
         try:
             observer()
@@ -165,7 +167,7 @@ class Listener:
             target.drop_untrusted()
         del target  # this loop must not keep a dropped cache's L1 alive
         self.state = SUBSCRIBED
-        _state_changed()
+        state_changed()
         if self._on_subscribed is not None:
             self._on_subscribed()
         last_heard = watched = time.monotonic()
@@ -244,7 +246,7 @@ class Listener:
         if was_subscribed:
             # Messages may be lost from here on: nothing in L1 can be vouched for.
             self.flush()
-            _state_changed()
+            state_changed()
             logger.warning("invalidation listener on %s lost its connection (%s: %s); "
                            "L1 flushed, reconnecting", self.channel, type(exc).__name__, exc)
         elif self.reconnects == 1 and self.address:

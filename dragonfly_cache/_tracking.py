@@ -21,7 +21,10 @@ connection, as a push frame between replies. So:
   connection idle for ``PING_INTERVAL``: one that died silently (a partition: no FIN, no
   RST) must not hide lost invalidations; no answer within ``socket_timeout`` is a loss.
 - A tracked connection that is lost, reset or closed takes its tracking with it: L1 is
-  flushed (the simplest answer that cannot leave a stale entry). A push with no keys (a
+  flushed (the simplest answer that cannot leave a stale entry). In a cluster the poller
+  then asks for the slot map again, with backoff, until that server answers again or is
+  no longer a primary (a failover: the promoted replica takes its slots), as the pub/sub
+  listeners do. A push with no keys (a
   FLUSHALL or FLUSHDB) flushes L1 too.
 - Pushes go through the same door as the listener's messages (``InvalidationTarget``: the
   L1, whose invalidations stamp tickets in flight, so a racing read never installs a value
@@ -52,8 +55,16 @@ from typing import Any
 import redis
 
 from ._connections import PUSHED, Command, Connections
-from ._listener import CONNECTING, DOWN, PING_INTERVAL, STOPPED, SUBSCRIBED, InvalidationTarget
-from ._nodes import Nodes
+from ._listener import (
+    CONNECTING,
+    DOWN,
+    PING_INTERVAL,
+    STOPPED,
+    SUBSCRIBED,
+    InvalidationTarget,
+    state_changed,
+)
+from ._nodes import Nodes, format_address
 from ._slots import FairSlots
 from .exceptions import CacheUnavailableError
 from .types import CoherenceStats
@@ -65,6 +76,7 @@ logger = logging.getLogger(__name__)
 _POLL = 0.25  # seconds between the poller's checks for stop and for connections to PING
 _FALLBACK_POLL = 0.01  # without epoll: how often the set of idle sockets is rebuilt
 _LOG_EVERY = 10.0  # seconds between two warnings about lost tracked connections
+_BACKOFF_FIRST, _BACKOFF_CAP = 0.05, 2.0  # asking for the primaries after a loss
 _ONE_SHOT = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
 
 #: The write operations whose value then goes to L1, sent as :func:`tracked` writes.
@@ -102,9 +114,14 @@ class Tracking:
         target: the L1 to invalidate (held weakly: a dropped cache stops its poller).
         nodes: the servers; their pools become tracked ones when :meth:`start` runs.
         prefix: the key prefix (pushes name keys with it).
+        primaries: the primaries now (in a cluster, under a fresh slot map): asked after
+            a server was lost, until it is back or no primary any more.
     """
 
-    def __init__(self, target: InvalidationTarget, nodes: Nodes, prefix: str) -> None:
+    def __init__(self, target: InvalidationTarget, nodes: Nodes, prefix: str,
+                 primaries: Callable[[], list[str]] | None = None) -> None:
+        self._primaries = primaries
+        self._away: dict[str, tuple[float, float]] = {}  # lost server -> next check, backoff
         self._target = weakref.ref(target)
         self._nodes = nodes
         self._prefix = prefix.encode()
@@ -142,6 +159,7 @@ class Tracking:
             self._thread = threading.Thread(target=self._run, daemon=True,
                                             name="dragonfly_cache-tracking")
             self._thread.start()
+        state_changed()
 
     def stop(self, timeout: float = 2.0) -> bool:
         """Stop the poller and the tracking of new connections (idempotent); whether it
@@ -187,6 +205,7 @@ class Tracking:
                     "(auto picks pubsub where the server refuses it)") from exc
             with self._lock:
                 self._tracked.add(connection)
+                self._away.pop(format_address(connection.host, connection.port), None)
             return
 
     def taken(self, connection: redis.Connection) -> None:
@@ -231,6 +250,9 @@ class Tracking:
         with self._lock:
             self.flushes += 1
             self.reconnects += 1
+            if self._primaries is not None:
+                self._away[format_address(connection.host, connection.port)] = (
+                    time.monotonic(), _BACKOFF_FIRST)
         now = time.monotonic()
         if now - self._warned_at >= _LOG_EVERY:
             self._warned_at = now
@@ -280,6 +302,8 @@ class Tracking:
                            if fd >= 0 and now - since >= PING_INTERVAL]
                 for connection in due:
                     self._tend(connection, ping=True)
+                if self._away:
+                    self._follow(now)
         except Exception:  # a bug: say so, and stop vouching for L1
             logger.exception("the invalidation poller failed; L1 entries now live "
                              "l1.degraded_ttl at most")
@@ -287,9 +311,33 @@ class Tracking:
             target = self._target()
             if target is not None:
                 target.clear()
+            state_changed()
         finally:
             if self._epoll is not None:
                 self._epoll.close()
+
+    def _follow(self, now: float) -> None:
+        """Ask for the primaries again for each lost server that is due (see the module
+        docs): a failover moves its slots elsewhere, and routing must follow."""
+        assert self._primaries is not None  # only then is anything away
+        with self._lock:
+            due = [address for address, (when, _) in self._away.items() if when <= now]
+        if not due:
+            return
+        try:
+            primaries = set(self._primaries())
+        except CacheUnavailableError:
+            primaries = set(due)  # no answer: ask again later
+        with self._lock:
+            for address in due:
+                entry = self._away.get(address)
+                if entry is None:
+                    continue
+                if address not in primaries:  # its slots are served elsewhere now
+                    del self._away[address]
+                else:
+                    backoff = min(entry[1] * 2, _BACKOFF_CAP)
+                    self._away[address] = (now + entry[1], backoff)
 
     def _readable(self) -> list[redis.Connection]:
         """Idle connections with something to read, waiting up to ``_POLL`` for one."""

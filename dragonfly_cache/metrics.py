@@ -18,6 +18,7 @@ Several caches in one process add into the same series.
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import weakref
@@ -146,6 +147,7 @@ class _Families:
 
 
 METRICS = _Families()
+_MODES = ("tracking", "pubsub", "off", "auto")  # coherence_mode's labels, 0 when unused
 # livemin over every live process that imported this module, synced or not (a gunicorn
 # master with preload_app counts): start at the neutral value, "no cache is unsubscribed".
 METRICS.coherence_subscribed.set(1)
@@ -221,7 +223,7 @@ class CacheMetrics:
         self._pending = 0.0
         self.breaker_state = 0
         self.subscribed = 1
-        self._mode: str | None = None  # the mode this cache counts in coherence_mode
+        self.mode = "auto"  # the coherence mode, as of the last sync
         # One observer function for every cache: a cache exported by two apps' extensions
         # is observed once.
         cache.add_latency_observer(_observe_latency)
@@ -236,7 +238,7 @@ class CacheMetrics:
         with _EXPORTING:
             if self._pid != os.getpid():
                 # A forked child: the cache's counters restarted from zero here.
-                self._pid, self._last, self._mode = os.getpid(), {}, None
+                self._pid, self._last = os.getpid(), {}
                 self._entries = self._bytes = self._pending = 0.0
             for name, read, counter, labels in _COUNTERS:
                 self._add(name, float(read(stats)), counter.labels(**labels) if labels
@@ -255,16 +257,14 @@ class CacheMetrics:
             self._pending = pending
             self.breaker_state = BreakerState(stats["breaker"]["state"]).severity
             self.subscribed = int(stats["coherence"]["state"] in ("subscribed", "disabled"))
-            mode = stats["coherence"].get("mode", "off")
-            if mode != self._mode:  # inc/dec: several caches add up
-                if self._mode is not None:
-                    METRICS.coherence_mode.labels(self._mode).dec()
-                METRICS.coherence_mode.labels(mode).inc()
-                self._mode = mode
+            self.mode = stats["coherence"].get("mode", "off")
             # The worst state among this process's caches, as of their last syncs.
             live = [metrics for metrics in list(_instances) if metrics._cache() is not None]
             METRICS.breaker_state.set(max(metrics.breaker_state for metrics in live))
             METRICS.coherence_subscribed.set(min(metrics.subscribed for metrics in live))
+            modes = collections.Counter(metrics.mode for metrics in live)
+            for mode in (*_MODES, *modes):
+                METRICS.coherence_mode.labels(mode).set(modes.get(mode, 0))
 
     def _add(self, name: str, value: float, counter: Any) -> None:
         """Increment ``counter`` by the growth of the cumulative ``value`` since last time."""

@@ -39,15 +39,15 @@ Make = Callable[..., TieredCache]
 
 @pytest.fixture
 def make(backend: Backend) -> Iterator[Make]:
-    """``make(key_prefix="app:", l1_ttl=300.0, l2_ttl=3600.0, **dragonfly)``: a cache on the
-    backend, its invalidation listener subscribed. Closed at teardown."""
+    """``make(key_prefix="app:", l1_ttl=300.0, l2_ttl=3600.0, invalidation="auto",
+    **dragonfly)``: a cache on the backend, its coherence ready. Closed at teardown."""
     caches: list[TieredCache] = []
 
     def factory(key_prefix: str = "app:", l1_ttl: float = 300.0, l2_ttl: float = 3600.0,
-                **dragonfly: Any) -> TieredCache:
+                invalidation: str = "auto", **dragonfly: Any) -> TieredCache:
         config = CacheConfig(dragonfly=DragonflyConfig(**{**backend.options(), **dragonfly}),
-                             l1=L1Config(ttl=l1_ttl), l2=L2Config(ttl=l2_ttl),
-                             key_prefix=key_prefix)
+                             l1=L1Config(ttl=l1_ttl, invalidation=invalidation),
+                             l2=L2Config(ttl=l2_ttl), key_prefix=key_prefix)
         cache = TieredCache(config)
         caches.append(cache)
         cache.exists("warm-up")  # starts the listener (and a connection) as a real call would
@@ -387,7 +387,9 @@ def test_loading_batch_loads_negative_caching_fleet_lock_and_memoize(
 
 def test_stale_if_error_serves_the_last_value_until_a_delete(make: Make, backend: Backend
                                                              ) -> None:
-    cache, other = make(), make()
+    """In pub/sub mode, where an expiry announces nothing (in tracking mode the server's
+    expiry push ends the kept value: tests/test_tracking.py)."""
+    cache, other = make(invalidation="pubsub"), make(invalidation="pubsub")
     failing = [False]
 
     def loader() -> bytes:

@@ -221,7 +221,6 @@ def test_metrics_export_the_cache_series(make_app: Callable[..., Flask]) -> None
     assert metric(text, "dragonfly_cache_l1_entries") >= 1
     assert metric(text, "dragonfly_cache_breaker_state") == 0
     assert metric(text, "dragonfly_cache_coherence_mode", mode="tracking") >= 1
-    assert metric(text, "dragonfly_cache_coherence_mode", mode="pubsub") == 0
     assert metric(text, "flask_http_request_total") >= 1
     for name in ("dragonfly_cache_l2_errors_total", "dragonfly_cache_loads_total",
                  "dragonfly_cache_coalesced_total", "dragonfly_cache_invalidations_total",
@@ -325,26 +324,30 @@ def test_a_prometheus_multiproc_dir_that_names_no_directory_is_refused(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("mode", ["pubsub", "tracking"])
 def test_an_idle_workers_subscribed_gauge_follows_its_listener_without_requests(
-        redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first request syncs the gauges while the listener still connects (0); with no
-    request after it, the listener's subscription itself brings this worker's value to 1
-    (it stayed 0 for as long as the worker was idle)."""
+        redis_server: Any, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """The first request syncs the gauges while coherence still connects (0); with no
+    request after it, the listener's subscription (pub/sub) or the start of tracking (auto,
+    once the server answered) itself brings this worker's value to 1 (it stayed 0 for as
+    long as the worker was idle)."""
     import threading
 
-    from dragonfly_cache._l2 import L2
+    from dragonfly_cache import _invalidation
 
     gate = threading.Event()
-    subscription = L2.subscription
+    held_name = "subscription" if mode == "pubsub" else "supports_tracking"
+    real = getattr(_invalidation, held_name)
 
-    def held(self: L2, address: str) -> Any:
+    def held(*args: Any) -> Any:
         assert gate.wait(10)
-        return subscription(self, address)
+        return real(*args)
 
-    monkeypatch.setattr(L2, "subscription", held)
+    monkeypatch.setattr(_invalidation, held_name, held)
     app = Flask("idle_worker")
     # Its own prefix: a new cache of the process (not one an earlier test left subscribed).
-    app.config.update(DRAGONFLY_ADDRESSES=redis_server.address, CACHE_KEY_PREFIX="idle:")
+    app.config.update(DRAGONFLY_ADDRESSES=redis_server.address, CACHE_KEY_PREFIX="idle:",
+                      CACHE_L1_INVALIDATION="pubsub" if mode == "pubsub" else "auto")
     DragonflyCache(app)
     exported = app.extensions["dragonfly_cache.metrics"][1]
     try:
@@ -352,6 +355,7 @@ def test_an_idle_workers_subscribed_gauge_follows_its_listener_without_requests(
         assert exported.subscribed == 0  # synced after that request, while connecting
         gate.set()
         wait_until(lambda: exported.subscribed == 1, timeout=2.0)  # no request since
+        assert app.extensions["dragonfly_cache"].stats()["coherence"]["mode"] == mode
     finally:
         gate.set()
         app.extensions["dragonfly_cache"].close()
@@ -399,5 +403,5 @@ def test_a_listener_never_waits_for_the_metrics(make_app: Callable[..., Flask]) 
     make_app()
     with metrics._EXPORTING:
         started = clock.monotonic()
-        _listener._state_changed()  # what a listener calls on subscribing
+        _listener.state_changed()  # what a listener calls on subscribing
         assert clock.monotonic() - started < 0.5

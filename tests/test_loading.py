@@ -549,7 +549,9 @@ def test_invalidation_and_negative_answers_drop_refresh_schedules(
 # -- serve stale on error --------------------------------------------------------------
 #
 # The L1 deadlines run on a fake clock; a key's expiry in L2 is played by a raw DEL, which
-# (like a real expiry) announces nothing to the caches.
+# (like a real expiry) announces nothing to the caches in pub/sub mode: these tests pin
+# it. In tracking mode the server announces the expiry too, which ends the kept value
+# (tests/test_tracking.py, test_an_expiry_push_ends_a_kept_stale_value).
 
 STALE = {"stale_if_error": 30.0}
 
@@ -575,8 +577,8 @@ def expire(redis_server: Any, clock: FakeClock, seconds: float, *keys: str) -> N
 
 def test_a_failing_reload_serves_the_old_value_within_the_bound_and_raises_past_it(
         cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
-    cache = cache_factory(timer=fake_clock, l2=STALE)
-    plain = cache_factory(timer=fake_clock)  # stale_if_error off: the default
+    cache = cache_factory(timer=fake_clock, l2=STALE, invalidation="pubsub")
+    plain = cache_factory(timer=fake_clock, invalidation="pubsub")  # stale_if_error off
     loader = Flaky()
     assert cache.get_or_load("k", loader, ttl=10) == b"v1"  # L1 deadline: 10 s from now
     assert plain.get_or_load("p", loader, ttl=10) == b"v1"
@@ -599,7 +601,7 @@ def test_a_failing_reload_serves_the_old_value_within_the_bound_and_raises_past_
 
 def test_not_found_is_never_turned_into_a_stale_value(
         cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
-    cache = cache_factory(timer=fake_clock, l2=STALE)
+    cache = cache_factory(timer=fake_clock, l2=STALE, invalidation="pubsub")
     loader = Flaky()
     assert cache.get_or_load("k", loader, ttl=10) == b"v1"
     expire(redis_server, fake_clock, 15.0, "k")
@@ -625,8 +627,8 @@ def test_not_found_is_never_turned_into_a_stale_value(
 def test_nothing_serves_a_value_that_a_delete_removed(
         remove: str, cache_factory: CacheFactory, fake_clock: FakeClock,
         redis_server: Any) -> None:
-    cache = cache_factory(timer=fake_clock, l2=STALE)
-    other = cache_factory(l2=STALE)  # another process
+    cache = cache_factory(timer=fake_clock, l2=STALE, invalidation="pubsub")
+    other = cache_factory(l2=STALE, invalidation="pubsub")  # another process
     loader = Flaky()
     assert cache.get_or_load("k", loader, ttl=10) == b"v1"
     loader.failing = True
@@ -676,7 +678,7 @@ def test_l2_unreachable_during_a_reload_serves_stale_without_calling_the_loader(
 
 def test_no_stale_value_once_the_invalidation_channel_is_lost(
         cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
-    cache = cache_factory(timer=fake_clock, l2=STALE)
+    cache = cache_factory(timer=fake_clock, l2=STALE, invalidation="pubsub")
     loader = Flaky()
     assert cache.get_or_load("k", loader, ttl=10) == b"v1"
     fake_clock.advance(15.0)
@@ -702,7 +704,7 @@ def test_a_failing_loader_is_retried_with_backoff_counted_and_logged(
         return metric(generate_latest(registry).decode(), "dragonfly_cache_stale_served_total")
 
     before = exported()
-    cache = cache_factory(timer=fake_clock, l2=STALE)
+    cache = cache_factory(timer=fake_clock, l2=STALE, invalidation="pubsub")
     loader = Flaky()
     assert cache.get_or_load("k", loader, ttl=10) == b"v1"
     loader.failing = True
@@ -733,7 +735,7 @@ def test_a_failing_loader_is_retried_with_backoff_counted_and_logged(
 
 def test_after_the_backoff_one_caller_tries_again_while_the_others_get_the_stale_value(
         cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
-    cache = cache_factory(timer=fake_clock, l2=STALE)
+    cache = cache_factory(timer=fake_clock, l2=STALE, invalidation="pubsub")
     loader = Flaky()
     assert cache.get_or_load("k", loader, ttl=10) == b"v1"
     loader.failing = True
@@ -761,7 +763,7 @@ def test_after_the_backoff_one_caller_tries_again_while_the_others_get_the_stale
 
 def test_no_stale_value_while_the_listener_is_not_subscribed(
         cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
-    cache = cache_factory(timer=fake_clock, l2=STALE)
+    cache = cache_factory(timer=fake_clock, l2=STALE, invalidation="pubsub")
     cache.close()  # the listener stops: a delete elsewhere would now go unheard
     loader = Flaky()
     assert cache.get_or_load("k", loader, ttl=10) == b"v1"  # kept l1.degraded_ttl (1 s)
@@ -773,7 +775,7 @@ def test_no_stale_value_while_the_listener_is_not_subscribed(
 
 def test_stale_if_error_per_call_and_bad_values(
         cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
-    cache = cache_factory(timer=fake_clock)  # off in the configuration
+    cache = cache_factory(timer=fake_clock, invalidation="pubsub")  # off in the configuration
     loader = Flaky()
     assert cache.get_or_load("k", loader, ttl=10) == b"v1"
     loader.failing = True
@@ -797,7 +799,7 @@ def test_stale_if_error_per_call_and_bad_values(
 
 def test_get_or_load_many_serves_stale_values_only_for_all_of_a_failed_batch(
         cache_factory: CacheFactory, fake_clock: FakeClock, redis_server: Any) -> None:
-    cache = cache_factory(timer=fake_clock, l2=STALE)
+    cache = cache_factory(timer=fake_clock, l2=STALE, invalidation="pubsub")
     calls: list[list[str]] = []
     failing = [False]
 

@@ -249,6 +249,30 @@ def test_a_restarted_server_flushes_l1(cache_factory: CacheFactory, redis_server
     assert cache.get("k") is None  # the restarted server is empty
 
 
+def test_an_expiry_push_ends_a_kept_stale_value(cache_factory: CacheFactory,
+                                                redis_server: Any) -> None:
+    """stale_if_error in tracking mode: the server announces the key's expiry like any
+    change, and nothing tells an expiry from a delete, so the kept value goes with it (the
+    safe side: never a value a delete removed). The pub/sub behaviour, where an expiry
+    announces nothing, is tested in tests/test_loading.py and tests/test_contract.py."""
+    cache = cache_factory(invalidation="tracking", l2={"stale_if_error": 60.0})
+    failing = [False]
+
+    def loader() -> bytes:
+        if failing[0]:
+            raise RuntimeError("database down")
+        return b"v1"
+
+    assert cache.get_or_load("k", loader, ttl=0.2) == b"v1"
+    failing[0] = True
+    applied = cache.stats()["coherence"]["applied"]
+    wait_until(lambda: cache.stats()["coherence"]["applied"] > applied)  # the expiry
+    assert redis_server.client().get("k") is None
+    with pytest.raises(RuntimeError, match="database down"):
+        cache.get_or_load("k", loader, ttl=0.2)
+    assert cache.stats()["loading"]["stale_served"] == 0
+
+
 # -- own writes --------------------------------------------------------------------------------
 
 
