@@ -19,6 +19,7 @@ in tracking mode. Every process sharing a server and key prefix should run the s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -34,10 +35,23 @@ from ._l1 import L1
 from ._l2 import L2
 from ._listener import CONNECTING, DOWN, STOPPED, SUBSCRIBED, state_changed
 from ._tracking import Tracking
+from .config import CacheConfig, L1Config
 from .exceptions import CacheUnavailableError
 from .types import CoherenceStats
 
-__all__ = ["Invalidation", "listening_servers", "subscription", "supports_tracking"]
+__all__ = ["Invalidation", "l1_settings", "listening_servers", "subscription",
+           "supports_tracking"]
+
+
+def l1_settings(config: CacheConfig) -> L1Config:
+    """The L1 settings a cache runs: ``auto`` with ``l2.stale_if_error`` configured runs
+    pub/sub. In tracking mode the server announces a key's expiry as it announces a
+    delete (they cannot be told apart), which would end every kept value when its L2 key
+    expires: the configured serve-stale-on-error would hardly ever serve."""
+    l1 = config.l1
+    if l1.invalidation == "auto" and config.l2.stale_if_error:
+        return dataclasses.replace(l1, invalidation="pubsub")
+    return l1
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 from . import _fork, codecs
 from ._fleet import FleetMutex
 from ._glob import compile_glob
+from ._invalidation import l1_settings
 from ._keys import check_delta, check_key, check_keys, check_mapping, check_ttl, check_value
 from ._l2 import L2
 from ._loading import Loader, Loading, ManyLoader, load_options
@@ -57,7 +58,7 @@ class TieredCache:
 
     def _start_process_state(self) -> None:
         """The per-process parts: the tiers (a new L1; its listener starts now) and loading."""
-        self._tiers = Tiers(self.config.l1, self._l2, self._timer)
+        self._tiers = Tiers(l1_settings(self.config), self._l2, self._timer)
         self._l1 = self._tiers.l1  # one attribute hop on the L1 hit path, not two
         self._loading = Loading(self._tiers, self.config.l2, self.config.l1.max_size)
         if self._closed:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from dragonfly_cache import CacheConfig, DragonflyConfig, L1Config, TieredCache
+from dragonfly_cache import CacheConfig, DragonflyConfig, L1Config, L2Config, TieredCache
 from tests.helpers import CacheFactory, percentile, run_threads, wait_until
 from tests.helpers.coherence_worker import Worker, measure
 
@@ -70,6 +70,22 @@ def test_a_forced_mode_runs_and_is_reported(cache_factory: CacheFactory, redis_s
     assert stats["state"] == ("subscribed" if mode == "pubsub" else "disabled")
     assert cache.health()["invalidation"] == mode
     assert tracked_clients(redis_server) == []
+
+
+def test_auto_runs_pubsub_when_stale_if_error_is_configured(redis_server: Any) -> None:
+    """Tracking would end every kept value when its L2 key expires (an expiry push cannot
+    be told from a delete), so the configured stale_if_error runs pub/sub under auto; a
+    forced tracking is kept as asked."""
+    stale = L2Config(stale_if_error=60.0)
+    dragonfly = DragonflyConfig(addresses=[redis_server.address])
+    with TieredCache(CacheConfig(dragonfly=dragonfly, l2=stale)) as cache:
+        cache.set("k", b"v")
+        wait_until(lambda: cache.stats()["coherence"]["state"] == "subscribed")
+        assert cache.stats()["coherence"]["mode"] == "pubsub"
+    forced = CacheConfig(dragonfly=dragonfly, l1=L1Config(invalidation="tracking"), l2=stale)
+    with TieredCache(forced) as cache:
+        cache.set("k", b"v")
+        assert cache.stats()["coherence"]["mode"] == "tracking"
 
 
 def test_fake_servers_answer_no_tracking_so_auto_runs_pubsub() -> None:
