@@ -43,9 +43,13 @@ def _decode(value: bytes) -> int:
 
 
 def writer_main(address: str, count: int, period: float, ready: Event, go: Event,
-                conn: Connection) -> None:
-    """Process A: write versions 1..count, one every ``period``; send the write times."""
-    cache = open_dragonfly(address, 1000)
+                conn: Connection, mode: str = "auto", raw: bool = False) -> None:
+    """Process A: write versions 1..count, one every ``period``; send the write times.
+    ``raw``: through a plain redis-py client (another application), not a TieredCache."""
+    import redis
+
+    cache: Any = (redis.Redis.from_url(f"redis://{address}") if raw
+                  else open_dragonfly(address, 1000, mode))
     try:
         ready.set()
         go.wait()
@@ -63,9 +67,9 @@ def writer_main(address: str, count: int, period: float, ready: Event, go: Event
 
 
 def reader_main(address: str, count: int, budget: float, ready: Event, go: Event,
-                conn: Connection) -> None:
+                conn: Connection, mode: str = "auto") -> None:
     """Process B: read in a tight loop until version ``count`` (or ``budget`` s) is seen."""
-    cache = open_dragonfly(address, 1000)
+    cache = open_dragonfly(address, 1000, mode)
     try:
         get, clock = cache.get, time.monotonic
         if get(KEY) != _encode(0) or get(KEY) != _encode(0):  # fill L1, then hit it
@@ -94,8 +98,14 @@ def reader_main(address: str, count: int, budget: float, ready: Event, go: Event
         cache.close()
 
 
-def measure_staleness(address: str, seconds: float, period: float) -> dict[str, Any]:
-    """Run one writer and one reader process for ``seconds``; return the measurements."""
+def measure_staleness(address: str, seconds: float, period: float, mode: str = "auto",
+                      raw: bool = False) -> dict[str, Any]:
+    """Run one writer and one reader process for ``seconds``; return the measurements.
+
+    Args:
+        mode: both caches' ``l1.invalidation``.
+        raw: the writer is a plain redis-py client (``SET``), not a TieredCache.
+    """
     count = max(2, round(seconds / period))
     seed = open_dragonfly(address, 10)
     try:
@@ -108,9 +118,11 @@ def measure_staleness(address: str, seconds: float, period: float) -> dict[str, 
     writer_conn, writer_end = context.Pipe(duplex=False)
     reader_conn, reader_end = context.Pipe(duplex=False)
     reader = context.Process(target=reader_main, name="staleness-reader", daemon=True,
-                             args=(address, count, seconds + 5.0, reader_ready, go, reader_end))
+                             args=(address, count, seconds + 5.0, reader_ready, go, reader_end,
+                                   mode))
     writer = context.Process(target=writer_main, name="staleness-writer", daemon=True,
-                             args=(address, count, period, writer_ready, go, writer_end))
+                             args=(address, count, period, writer_ready, go, writer_end, mode,
+                                   raw))
     processes = [reader, writer]
     try:
         for process in processes:

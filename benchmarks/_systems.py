@@ -119,12 +119,14 @@ def wait_subscribed(cache: TieredCache, timeout: float = 10.0) -> None:
         time.sleep(0.002)
 
 
-def open_dragonfly(address: str | list[str], max_size: int) -> TieredCache:
+def open_dragonfly(address: str | list[str], max_size: int,
+                   invalidation: str = "auto", key_prefix: str = "") -> TieredCache:
     """A TieredCache with its listener subscribed, L1 big enough to never evict (a list of
-    addresses: a cluster's seeds)."""
+    addresses: a cluster's seeds), in the coherence mode ``invalidation``."""
     addresses = address if isinstance(address, list) else [address]
     config = CacheConfig(dragonfly=DragonflyConfig(addresses=addresses),
-                         l1=L1Config(max_size=max_size, ttl=TTL), l2=L2Config(ttl=TTL))
+                         l1=L1Config(max_size=max_size, ttl=TTL, invalidation=invalidation),
+                         l2=L2Config(ttl=TTL), key_prefix=key_prefix)
     cache = TieredCache(config)
     wait_subscribed(cache)
     return cache

@@ -33,6 +33,8 @@ WORKLOADS = {
     "adapter_hits",
     "compression_100k",
     "fleet_scale",
+    "staleness_by_mode",
+    "coherence_modes",
 }
 
 
@@ -47,7 +49,7 @@ def test_smoke_run_covers_every_workload(tmp_path: Path,
     out = tmp_path / "smoke.json"
     proc = subprocess.run(
         [sys.executable, str(RUN), "--smoke", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=100, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
         env=on_server(server_under_test),
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
@@ -91,7 +93,7 @@ def test_smoke_run_answers_each_system(tmp_path: Path,
     proc = subprocess.run(
         [sys.executable, str(RUN), "--smoke", "--only", "stampede", "--only", "hot_reads_1t",
          "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=100, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
         env=on_server(server_under_test),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

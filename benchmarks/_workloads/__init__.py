@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .adapters import adapter_hits
-from .coherence import cross_process_staleness
+from .coherence import coherence_modes, cross_process_staleness, staleness_by_mode
 from .common import VALUE_SIZE, Context, Result, Settings
 from .hot_path import hot_reads_1t, hot_reads_8t, metrics_overhead, mixed_90_10
 from .l2_reads import get_many_100, get_many_cluster, l2_path
@@ -33,6 +33,8 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "get_many_100": get_many_100,
     "get_many_cluster": get_many_cluster,
     "cross_process_staleness": cross_process_staleness,
+    "staleness_by_mode": staleness_by_mode,
+    "coherence_modes": coherence_modes,
     "metrics_overhead": metrics_overhead,
     "l1_memory": l1_memory,
     "compression_100k": compression_100k,

@@ -13,7 +13,7 @@ from .common import Context, Result, fmt, fmt_x, progress, target
 __all__ = ["MODES", "fleet_scale"]
 
 #: The coherence modes compared: the row label, and the ``CACHE_L1_INVALIDATION`` value.
-MODES = {"pubsub": "pubsub"}  # "true" now means auto: tracking on Redis and Valkey
+MODES = {"pubsub": "pubsub", "tracking": "tracking"}
 RATE = 500.0  # writes per second: well under what one server core takes in every case
 
 
