@@ -318,6 +318,20 @@ class L2:
             if int(cursor) == 0:
                 return
 
+    def by_server(self, keys: list[str]) -> list[list[str]]:
+        """``keys`` grouped by the server that holds them (one group on one server; keys
+        of a slot nobody serves now in a group of their own)."""
+        if not keys or not self.router.is_cluster():
+            return [keys] if keys else []
+        groups: dict[str, list[str]] = {}
+        for key in keys:
+            try:
+                owner = self.router.route(self.prefix + key)
+            except CacheUnavailableError:
+                owner = ""
+            groups.setdefault(owner, []).append(key)
+        return list(groups.values())
+
     # -- introspection ---------------------------------------------------------------------
 
     def stats(self) -> L2Stats:

@@ -211,7 +211,7 @@ class Tiers:
             CacheUnavailableError: L2 could not be reached. The value is applied to L1 all
                 the same if L1 had none, for ``l1.degraded_ttl`` at most.
         """
-        self.listen()
+        self._settle(key)
         with self.l1.ticket([key]) as ticket:
             start = self.l1.timer()
             deadline = self.deadline(start, seconds)
@@ -234,7 +234,7 @@ class Tiers:
             CacheUnavailableError: L2 could not be reached. An integer L1 holds is
                 incremented all the same, for ``l1.degraded_ttl`` at most.
         """
-        self.listen()
+        self._settle(key)
         with self.l1.ticket([key]) as ticket:
             start = self.l1.timer()
             untrusted = not self.trusted  # before the request, as fetch() does
@@ -259,7 +259,7 @@ class Tiers:
             CacheUnavailableError: L2 could not be reached (L1's value, if any, gets the
                 new deadline, at most ``l1.degraded_ttl``).
         """
-        self.listen()
+        self._settle(key)
         with self.l1.ticket([key]) as ticket:
             start = self.l1.timer()
             deadline = self.deadline(start, seconds)
@@ -276,6 +276,20 @@ class Tiers:
             elif current is not None:
                 ticket.write({key: current}, deadline)
             return touched
+
+    def _settle(self, key: str) -> None:
+        """Before an operation that builds on L2's value of ``key`` (SET NX, INCRBY,
+        PEXPIRE): a removal of it a failed write left in the journal is done now in L2
+        (announced), or the operation would build on the value that write removed. With
+        L2 still away it stays pending: the operation fails too, its own way."""
+        self.listen()
+        if self.journal and self.journal.blocked([key]):
+            mark = self.journal.mark()
+            try:
+                self.l2.delete([key], self.announce([key]))
+            except CacheUnavailableError:
+                return
+            self.journal.settled([key], mark)
 
     def ttl(self, key: str) -> float | None:
         """Seconds ``key`` has left in L2: None if there is none (or L2 is unreachable: a
@@ -371,7 +385,7 @@ class Tiers:
                 done.patterns[pattern] = entry
             except CacheUnavailableError as exc:
                 failure = failure or exc
-        for keys in self._by_server(list(pending.keys)):
+        for keys in self.l2.by_server(list(pending.keys)):
             try:
                 self.l2.delete(keys, self.announce(keys))
                 self.l1.invalidate(keys)
@@ -381,20 +395,6 @@ class Tiers:
         if failure is not None and not done:
             raise failure
         return done
-
-    def _by_server(self, keys: list[str]) -> list[list[str]]:
-        """``keys`` grouped by the server that holds them (one group on one server; keys
-        of a slot nobody serves now in a group of their own)."""
-        if not keys or not self.l2.router.is_cluster():
-            return [keys] if keys else []
-        groups: dict[str, list[str]] = {}
-        for key in keys:
-            try:
-                owner = self.l2.router.route(self.l2.prefix + key)
-            except CacheUnavailableError:
-                owner = ""
-            groups.setdefault(owner, []).append(key)
-        return list(groups.values())
 
     # -- introspection ---------------------------------------------------------------------
 

@@ -268,3 +268,30 @@ def test_a_replay_that_fails_with_a_bug_retries_slowly_not_in_a_loop(
     journal.stop()
     assert 1 <= len(calls) <= 3, len(calls)
     assert "replaying the invalidation journal failed" in caplog.text
+
+
+@pytest.mark.parametrize(("operation", "expected", "left"), [
+    ("incr", 1, b"1"),  # not 6: the removed 5 is not built on
+    ("add", True, b"new"),  # the removed value does not make the key exist
+    ("touch", False, None),  # nor does it get a new expiry
+])
+def test_incr_add_and_touch_settle_a_pending_removal_of_their_key_first(
+        cache_factory: CacheFactory, redis_server: Any, operation: str, expected: object,
+        left: bytes | None) -> None:
+    """A delete that failed left the old value in L2 and the key in the journal; before the
+    replay thread got to it, an operation that builds on L2's value runs. It removes the
+    key first, as the replay would have."""
+    cache = cache_factory(key_prefix="app:")
+    raw = redis_server.client()
+    raw.set("app:n", b"5")
+    journal = cache._tiers.journal
+    journal.stop()  # no replay thread: the operation itself must settle the key
+    journal.keys(["n"])  # what a failed delete records
+    operations: dict[str, Callable[[TieredCache], object]] = {
+        "incr": lambda c: c.incr("n"),
+        "add": lambda c: c.add("n", b"new"),
+        "touch": lambda c: c.touch("n", 60),
+    }
+    assert operations[operation](cache) == expected
+    assert raw.get("app:n") == left
+    assert not journal.blocked(["n"])
