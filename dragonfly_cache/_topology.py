@@ -251,7 +251,6 @@ class Topology:
         raise CacheUnavailableError(
             "no cluster node answered CLUSTER SLOTS: " + "; ".join(problems))
 
-
     def _install(self, slot_map: SlotMap) -> None:
         """Route with ``slot_map`` from now on. A primary that was not one before (a
         replica promoted by a failover) is a switch: ``on_switch`` runs around the move,
