@@ -135,7 +135,12 @@ def test_slow_clients_do_not_stall_the_workers(demo: Demo) -> None:
 
 def test_it_leaves_nothing_behind_and_stops_cleanly(demo: Demo, tmp_path: Path) -> None:
     assert list(tmp_path.glob("tmp.*/prometheus/*.db"))  # the workers' metric files
-    assert list(tmp_path.glob("tmp.*/gunicorn.ctl"))  # this instance's control socket
+    # This instance's control socket. gunicorn's master binds it only after the first
+    # workers are spawned, so a worker can answer the health check before it exists.
+    deadline = time.monotonic() + 15
+    while not list(tmp_path.glob("tmp.*/gunicorn.ctl")):
+        assert time.monotonic() < deadline, list(tmp_path.glob("tmp.*/*"))
+        time.sleep(0.05)
     demo.stop()
     assert not list(tmp_path.glob("tmp.*")), list(tmp_path.iterdir())
     assert not list(tmp_path.glob("dragonfly_cache_*"))
