@@ -180,8 +180,7 @@ def test_ticket_bookkeeping_is_released() -> None:
     put(l1, {"c": b"3"})
     with l1.ticket(["d"]):
         pass
-    assert l1._tickets == {}
-    assert l1._stamps == {}
+    assert l1.held() == {}
 
 
 def test_ticket_releases_what_it_holds_when_the_block_raises() -> None:
@@ -189,7 +188,7 @@ def test_ticket_releases_what_it_holds_when_the_block_raises() -> None:
     with pytest.raises(RuntimeError), l1.ticket(["a", "b"]) as ticket:
         ticket.fill({"a": (b"1", math.inf)})
         raise RuntimeError("the L2 read failed")
-    assert l1._tickets == {}
+    assert l1.held() == {}
     assert l1.get("a") == b"1"
 
 
@@ -200,12 +199,12 @@ def test_each_key_is_released_once_however_often_it_is_named() -> None:
             inner.fill({"k": (b"1", math.inf)})
             inner.fill({"k": (b"2", math.inf)})  # already released: nothing happens
             inner.release(["k"])
-            assert l1._tickets == {"k": 1}  # the outer ticket is still out
+            assert l1.held() == {"k": 1}  # the outer ticket is still out
         l1.invalidate(["k"])
-        assert outer.stale("k")  # so an invalidation still stamps the key for it
+        assert outer.stale("k")  # so an invalidation still marks the key for it
         outer.fill({"k": (b"3", math.inf)})
     assert l1.get("k") is None
-    assert l1._tickets == {} and l1._stamps == {}
+    assert l1.held() == {}
 
 
 def test_bound_holds_under_concurrent_churn() -> None:
