@@ -1,11 +1,13 @@
-"""The L1 entries a batch read from L2 allows: each value found, with its deadline.
+"""From a batch read's reply to results and L1 entries, without a Python loop per key in
+the common cases: on an L1-cold ``get_many`` the client's work per key is what separates
+it from a raw MGET.
 
-An entry dies at ``min(start + its key's PTTL, latest)``, ``start`` being the L1 timer
-read before the request and ``latest`` the most :meth:`~dragonfly_cache._tiers.Tiers.deadline`
-allows an entry stored at ``start``: so it never outlives its L2 key. This is
-``Tiers.deadline(start, pttl)`` for a whole reply at once, without a Python call (or, in
-the common cases, a Python loop) per key: on an L1-cold ``get_many`` the client's work per
-key is what separates it from a raw MGET.
+:func:`decoded` decodes the values stored as compressed frames (and makes NEGATIVE one
+object); :func:`fills_of` gives each value found its L1 entry, which dies at ``min(start +
+its key's PTTL, latest)``, ``start`` being the L1 timer read before the request and
+``latest`` the most :meth:`~dragonfly_cache._tiers.Tiers.deadline` allows an entry stored
+at ``start``: so it never outlives its L2 key (``Tiers.deadline(start, pttl)`` for a
+whole reply at once).
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from itertools import repeat
 from operator import add, truediv
 from typing import cast
 
+from ._compression import MAGIC
+
 __all__ = ["NEGATIVE", "NO_FILLS", "Fills", "decoded", "fills_of"]
 
 # The stored form of "no such record". get() answers None for it. Chosen so that no value
 # produced by this package's codecs can equal it (JSON and msgpack never start with NUL).
 # Reads make every copy of it this one object (decoded()), so hot paths test identity.
 NEGATIVE = b"\x00dragonfly_cache:not-found\x00"
+
+# Every value that begins with MAGIC (a frame) sorts in [MAGIC, _PAST_FRAMES).
+_PAST_FRAMES = MAGIC[:-1] + bytes([MAGIC[-1] + 1])
 
 #: L1 entries to store, as parallel sequences: keys, values, deadlines (the deadlines may
 #: be an endless ``repeat()``: they are zipped with the values, never counted).
@@ -36,9 +43,13 @@ def decoded(keys: Sequence[str], values: list[bytes | None], pttls: list[int],
     each equal to :data:`NEGATIVE` replaced by that very object (hot paths test identity); a
     frame that does not decode becomes a miss (None, PTTL -2: ``decode`` counts and logs
     it), and ``pttls`` follows."""
-    # Such values are rare: one C-level pass finds whether there are any (None and b""
-    # are filtered out: neither is one). ``negative`` begins with NUL too.
-    if min(filter(None, values), default=b"\x01") >= b"\x01":
+    # Text never begins with NUL: one C-level pass finds whether any value does (None and
+    # b"" are filtered out: neither needs decoding). Binary data may: then C-level passes
+    # look for :data:`NEGATIVE` (which begins with NUL too) and for a frame, a value in
+    # [MAGIC, _PAST_FRAMES): the largest value below _PAST_FRAMES is not below MAGIC.
+    if min(filter(None, values), default=b"\x01") >= b"\x01" or (
+            NEGATIVE not in values and max(filter(_PAST_FRAMES.__gt__, filter(None, values)),
+                                           default=b"") < MAGIC):
         return values, pttls
     values, pttls = list(values), list(pttls)
     for index, value in enumerate(values):
@@ -48,6 +59,7 @@ def decoded(keys: Sequence[str], values: list[bytes | None], pttls: list[int],
                 pttls[index] = -2
             values[index] = NEGATIVE if plain == NEGATIVE else plain
     return values, pttls
+
 
 _MAX_MS = 2**62  # a cap beyond any PTTL (an L1 without a time bound)
 
