@@ -56,15 +56,17 @@ def distinct_keys(keys: Iterable[str]) -> dict[str, None]:
     """:func:`check_keys` as a dict (ordered, distinct): batch reads hand it on as it is."""
     if isinstance(keys, str | bytes):
         raise TypeError(f"keys must be an iterable of str, not a single {type(keys).__name__}")
-    items = list(keys)
+    items = keys if isinstance(keys, list | tuple) else list(keys)
     try:  # the common case at C speed: ASCII (so UTF-8-encodable) and non-empty strs
-        plain = all(map(str.isascii, items)) and all(items)
-    except TypeError:  # not a str
+        distinct = dict.fromkeys(items)
+        plain = all(map(str.isascii, distinct)) and "" not in distinct
+    except TypeError:  # unhashable, or not a str
         plain = False
     if not plain:
         for key in items:
             check_key(key)
-    return dict.fromkeys(items)
+        distinct = dict.fromkeys(items)
+    return distinct
 
 
 def check_ttl(ttl: TTL, default: float, what: str = "ttl") -> float:
