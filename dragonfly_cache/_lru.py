@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from itertools import islice
+from operator import itemgetter
 
 __all__ = ["ENTRY_OVERHEAD", "LRU", "Entry", "entry_bytes"]
 
@@ -24,6 +26,9 @@ Entry = tuple[bytes, float]  # (value, deadline on the L1 timer's clock)
 #: (value, deadline) tuple, the dict slot and the LRU order (measured on CPython 3.11 with
 #: short keys, with the margin of the structure L1 used before).
 ENTRY_OVERHEAD = 240
+
+
+_value_of = itemgetter(0)
 
 
 def entry_bytes(entry: Entry) -> int:
@@ -152,6 +157,12 @@ class LRU:
         """Drop least-recently-used entries until both bounds hold, counting each under
         the bound that was exceeded (entries first: it is the one a byte-light L1 hits)."""
         data, evicted = self._data, self.evicted
+        excess = len(data) - self.max_entries
+        if excess > 1:  # a batch stored into a full L1: pop the oldest at C speed
+            doomed = list(islice(data, excess))
+            self.bytes -= sum(map(len, map(_value_of, map(data.pop, doomed))))
+            self.bytes -= excess * ENTRY_OVERHEAD
+            evicted["entries"] += excess
         while data:
             if len(data) > self.max_entries:
                 cause = "entries"

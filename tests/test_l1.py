@@ -319,3 +319,18 @@ def test_without_keep_expired_nothing_is_kept() -> None:
     put(l1, {"k": b"v"}, life=1.0)
     clock.advance(1.0)
     assert l1.get("k") is None and len(l1) == 0 and l1.stats()["expirations"] == 1
+
+
+def test_a_batch_into_a_full_l1_evicts_the_oldest_and_keeps_the_byte_count() -> None:
+    l1, clock = make_l1(max_size=5)
+    put(l1, {f"old{i}": b"x" * i for i in range(5)})
+    assert l1.get("old0") == b""  # now the most recently used
+    found, ticket = l1.lookup({"a": None, "b": None, "c": None})
+    with ticket:
+        ticket.install(ticket.keys, [b"1", b"22", b"333"], [clock.now + 60] * 3)
+    assert found == {} and l1.held() == {}
+    assert [key for key in ("old0", "old1", "old2", "old3", "old4", "a", "b", "c")
+            if l1.peek(key) is not None] == ["old0", "old4", "a", "b", "c"]
+    stats = l1.stats()
+    assert stats["evictions_by_cause"] == {"entries": 3, "bytes": 0}
+    assert stats["bytes"] == (0 + 4 + 1 + 2 + 3) + 5 * ENTRY_OVERHEAD
