@@ -8,6 +8,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
 from _measure import median, percentile, ratio_median, timed_calls_ns
 from _systems import DOGPILE, DRAGONFLY, FLASK, RAW, Dragonfly, RawRedis, open_dragonfly
 from redis.cluster import RedisCluster
@@ -113,11 +114,16 @@ def _p50_rows(p50: dict[str, list[float]], reference: str, ratio: str
 
 
 def get_many_100(ctx: Context) -> Result:
+    """get_many of 100 L1-cold keys against raw MGETs of the same keys: on dragonfly_cache's
+    own redis-server (the reference of the targets: the same server, the same keys) and on
+    redis-py's, and against 100 single reads and the other caches' batch reads."""
     s = ctx.settings
     size = min(100, len(ctx.keys))
     dragonfly: Dragonfly = ctx.system(DRAGONFLY)
     raw: RawRedis = ctx.system(RAW)
     flask, dogpile = ctx.system(FLASK), ctx.system(DOGPILE)
+    assert dragonfly.server is not None
+    same_server = redis.Redis(host=dragonfly.server.host, port=dragonfly.server.port)
 
     def singles(get: Callable[[str], object]) -> Callable[[list[str]], None]:
         def each(batch: list[str]) -> None:
@@ -132,11 +138,13 @@ def get_many_100(ctx: Context) -> Result:
             pipe.pttl(key)
         return pipe.execute()  # type: ignore[no-any-return]
 
+    reference = f"{RAW} MGET({size}), same server"
     fresh_variants = {  # need an L1-cold TieredCache: built per round
         f"{DRAGONFLY} get_many({size})": lambda cache: cache.get_many,
         f"{DRAGONFLY} {size}x get": lambda cache: singles(cache.get),
     }
     variants: dict[str, Callable[[], Callable[[list[str]], object]]] = {
+        reference: lambda: same_server.mget,
         f"{RAW} MGET({size})": lambda: raw.client.mget,
         f"{RAW} {size}x GET": lambda: singles(raw.get),
         f"{RAW} MGET+{size}xPTTL pipeline": lambda: mget_pttl,
@@ -146,28 +154,37 @@ def get_many_100(ctx: Context) -> Result:
     names = [*fresh_variants, *variants]
     p50: dict[str, list[float]] = {n: [] for n in names}
     rng = random.Random(100)
-    for r in range(s.rounds):
-        progress(f"get_many: round {r + 1}/{s.rounds}")
-        batches = _shuffled_batches(ctx.keys, size, rng)
-        for name in rotated(names, r):
-            if name in fresh_variants:
-                cache = dragonfly.fresh()
-                p50[name].append(_cold_p50_us(name, cache, fresh_variants[name](cache),
-                                              batches, ctx))
-            else:
-                samples = timed_calls_ns(variants[name](), batches, s.duration,
-                                         ctx.overhead_ns)
-                p50[name].append(percentile(samples, 50) / 1000)
-    rows, data = _p50_rows(p50, f"{RAW} MGET({size})", "vs_mget")
+    try:
+        for r in range(s.rounds):
+            progress(f"get_many: round {r + 1}/{s.rounds}")
+            batches = _shuffled_batches(ctx.keys, size, rng)
+            for name in rotated(names, r):
+                if name in fresh_variants:
+                    cache = dragonfly.fresh()
+                    p50[name].append(_cold_p50_us(name, cache, fresh_variants[name](cache),
+                                                  batches, ctx))
+                else:
+                    samples = timed_calls_ns(variants[name](), batches, s.duration,
+                                             ctx.overhead_ns)
+                    p50[name].append(percentile(samples, 50) / 1000)
+    finally:
+        same_server.close()
+    rows, data = _p50_rows(p50, reference, "vs_mget")
+    measured = data[f"{DRAGONFLY} get_many({size})"]["vs_mget"]
     return {
         "title": f"get_many of {size} L1-cold keys vs {size} single gets vs raw MGET",
         "note": f"µs per call of {size} keys (p50). dragonfly_cache: a fresh TieredCache per "
-                "variant and round, each batch read once.",
-        "columns": ["variant", "p50 µs / call", "vs redis-py MGET"],
+                "variant and round, each batch read once. Ratios are to a raw redis-py MGET "
+                "of the same keys on dragonfly_cache's own redis-server; each other system "
+                "reads its own server.",
+        "columns": ["variant", "p50 µs / call", "vs redis-py MGET, same server"],
         "rows": rows, "data": data,
-        "targets": [target(f"get_many({size}) ≤ 1.3x a raw redis-py MGET of the same keys",
-                           data[f"{DRAGONFLY} get_many({size})"]["vs_mget"], 1.3, "<=",
-                           s.judge)],
+        "targets": [
+            target(f"get_many({size}) ≤ 2.0x a raw redis-py MGET of the same keys (issue 16)",
+                   measured, 2.0, "<=", s.judge),
+            target(f"get_many({size}) ≤ 1.3x a raw redis-py MGET of the same keys (issue 8)",
+                   measured, 1.3, "<=", s.judge),
+        ],
     }
 
 
