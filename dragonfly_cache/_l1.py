@@ -111,10 +111,15 @@ class L1:
         """:meth:`get_many`, and in the same lock round a ticket for the keys it did not
         find (to read them from L2), in their order."""
         with self._lock:
-            found, missing, expired = self._entries.get_many(keys, self.timer(), self.retain)
+            entries = self._entries
+            if entries.absent(keys):  # an L1-cold batch: the ticket remembers it
+                self._count(0, len(keys), 0)
+                ticket = self._issue(keys)  # a dict of keys is copied, not rebuilt
+                ticket.absent_at = entries.stores
+                return {}, ticket
+            found, missing, expired = entries.get_many(keys, self.timer(), self.retain)
             self._count(len(found), len(missing), expired)
-            # None found: the ticket takes ``keys`` (a dict of them is copied, not rebuilt).
-            return found, self._issue(missing if found else keys)
+            return found, self._issue(missing)
 
     def _count(self, hits: int, misses: int, expired: int) -> None:
         self.hits += hits
@@ -166,9 +171,9 @@ class L1:
             self.expirations += 1
 
     def _put_many(self, keys: Sequence[str], values: Sequence[bytes],
-                  deadlines: Iterable[float]) -> None:
+                  deadlines: Iterable[float], absent: bool) -> None:
         """:meth:`_put` of a batch (see :meth:`LRU.put_many`)."""
-        replaced = self._entries.put_many(keys, values, deadlines)
+        replaced = self._entries.put_many(keys, values, deadlines, absent)
         if self.retain and replaced:
             now = self.timer()
             self.expirations += sum(old[1] <= now for old in replaced)
@@ -266,7 +271,7 @@ class Ticket:
     :meth:`release`, or when the ``with`` block ends — so no caller counts releases by hand.
     """
 
-    __slots__ = ("_held", "_l1", "_stale", "generation")
+    __slots__ = ("_held", "_l1", "_stale", "absent_at", "generation")
 
     def __init__(self, l1: L1, keys: Iterable[str], generation: int) -> None:
         self._l1 = l1
@@ -274,6 +279,7 @@ class Ticket:
         self._held = keys.copy() if type(keys) is dict else dict.fromkeys(keys)
         self._stale: set[str] = set()  # held keys invalidated since the ticket was issued
         self.generation = generation
+        self.absent_at = -1  # LRU.stores when none of its keys had an entry (L1.lookup)
 
     @property
     def keys(self) -> list[str]:
@@ -322,7 +328,7 @@ class Ticket:
             if self._lost():
                 self._release_locked(keys)
             elif not self._stale and (keys == list(held) or all(map(held.__contains__, keys))):
-                l1._put_many(keys, values, deadlines)
+                l1._put_many(keys, values, deadlines, self.absent_at == l1._entries.stores)
                 # Every key it held (a key it no longer holds is never filled: releasing
                 # one more, were ``keys`` to repeat one, is harmless).
                 self._release_locked(keys if len(keys) < len(held) else None)

@@ -47,7 +47,7 @@ class LRU:
     """
 
     __slots__ = ("_data", "bytes", "evicted", "max_bytes", "max_entries", "max_entry_bytes",
-                 "too_large")
+                 "stores", "too_large")
 
     def __init__(self, max_entries: int, max_bytes: int, max_entry_bytes: int) -> None:
         self._data: OrderedDict[str, Entry] = OrderedDict()
@@ -57,6 +57,7 @@ class LRU:
         self.bytes = 0
         self.evicted = {"entries": 0, "bytes": 0}
         self.too_large = 0
+        self.stores = 0  # calls that may have added keys: see absent()
 
     def __len__(self) -> int:
         return len(self._data)
@@ -70,6 +71,11 @@ class LRU:
         if entry is not None:
             self._data.move_to_end(key)
         return entry
+
+    def absent(self, keys: Collection[str]) -> bool:
+        """Whether none of ``keys`` has an entry (they stay absent while ``stores`` is
+        unchanged: only storing adds keys)."""
+        return self._data.keys().isdisjoint(keys)
 
     def get_many(self, keys: Collection[str], now: float, retain: float = 0.0
                  ) -> tuple[dict[str, bytes], list[str], int]:
@@ -115,6 +121,7 @@ class LRU:
             self.too_large += 1
             return self.pop(key)
         data = self._data
+        self.stores += 1
         old = data.get(key)
         if old is not None:
             self.bytes -= len(old[0])
@@ -128,22 +135,24 @@ class LRU:
         return old
 
     def put_many(self, keys: Sequence[str], values: Sequence[bytes],
-                 deadlines: Iterable[float]) -> list[Entry]:
+                 deadlines: Iterable[float], absent: bool = False) -> list[Entry]:
         """:meth:`put` of each of the distinct ``keys`` with its value and deadline (in
         order; ``deadlines`` may run longer), then evict once: the bounds may be exceeded
         inside the call only, so a batch larger than them keeps its last entries. Returns
         the entries it replaced.
 
         A batch of keys that have no entry yet, none too large (an L1-cold batch read),
-        is stored in one ``update``, without a Python loop per key.
+        is stored in one ``update``, without a Python loop per key; ``absent``: the caller
+        knows the keys have none (see :meth:`absent`).
         """
         data = self._data
         size = sum(map(len, values))
-        if size > self.max_entry_bytes - ENTRY_OVERHEAD or not data.keys().isdisjoint(keys):
+        if size > self.max_entry_bytes - ENTRY_OVERHEAD or not (absent or self.absent(keys)):
             replaced = [self.put(key, (value, deadline))
                         for key, value, deadline in zip(keys, values, deadlines, strict=False)]
             return [old for old in replaced if old is not None]
         before = len(data)
+        self.stores += 1
         data.update(zip(keys, zip(values, deadlines, strict=False), strict=True))
         if len(data) - before != len(keys):  # keys were not distinct after all: recount
             self.bytes = sum(len(entry[0]) + ENTRY_OVERHEAD for entry in data.values())

@@ -334,3 +334,20 @@ def test_a_batch_into_a_full_l1_evicts_the_oldest_and_keeps_the_byte_count() -> 
     stats = l1.stats()
     assert stats["evictions_by_cause"] == {"entries": 3, "bytes": 0}
     assert stats["bytes"] == (0 + 4 + 1 + 2 + 3) + 5 * ENTRY_OVERHEAD
+
+
+def test_two_cold_batch_reads_of_the_same_keys_count_their_bytes_once() -> None:
+    l1, clock = make_l1()
+    _, first = l1.lookup(["a", "b"])  # two readers miss the same keys ...
+    _, second = l1.lookup(["b", "c"])
+    with second:  # ... the second fills first
+        second.install(second.keys, [b"2", b"3"], [clock.now + 60] * 2)
+    with first:  # "b" has an entry now: the first one's fill replaces it
+        first.install(first.keys, [b"1", b"22"], [clock.now + 60] * 2)
+    assert [l1.peek(key) for key in "abc"] == [b"1", b"22", b"3"]
+    assert l1.stats()["bytes"] == 1 + 2 + 1 + 3 * ENTRY_OVERHEAD and len(l1) == 3
+    found, ticket = l1.lookup(["a", "d"])  # "a" is there: not a cold batch
+    with ticket:
+        ticket.install(ticket.keys, [b"444"], [clock.now + 60])
+    assert found == {"a": b"1"} and l1.peek("d") == b"444"
+    assert l1.stats()["bytes"] == 1 + 2 + 1 + 3 + 4 * ENTRY_OVERHEAD
