@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
-from operator import add, truediv
 from typing import cast
 
 from ._compression import MAGIC
@@ -87,7 +86,7 @@ def fills_of(keys: Sequence[str], values: list[bytes | None], pttls: list[int],
     if shortest >= cap:  # every key outlives what L1 may keep it: all die at latest
         deadlines = repeat(latest)
     elif max(pttls) < cap:  # every key dies first: start + pttl
-        deadlines = map(add, repeat(start), map(truediv, pttls, repeat(1000)))
+        deadlines = [start + pttl / 1000 for pttl in pttls]
     else:
         deadlines = [start + pttl / 1000 if pttl < cap else latest for pttl in pttls]
     return dict(zip(keys, found, strict=True)), (keys, found, deadlines)
