@@ -43,12 +43,13 @@ def decoded(keys: Sequence[str], values: list[bytes | None], pttls: list[int],
     frame that does not decode becomes a miss (None, PTTL -2: ``decode`` counts and logs
     it), and ``pttls`` follows."""
     # Text never begins with NUL: one C-level pass finds whether any value does (None and
-    # b"" are filtered out: neither needs decoding). Binary data may: then C-level passes
-    # look for :data:`NEGATIVE` (which begins with NUL too) and for a frame, a value in
-    # [MAGIC, _PAST_FRAMES): the largest value below _PAST_FRAMES is not below MAGIC.
-    if min(filter(None, values), default=b"\x01") >= b"\x01" or (
-            NEGATIVE not in values and max(filter(_PAST_FRAMES.__gt__, filter(None, values)),
-                                           default=b"") < MAGIC):
+    # b"" are filtered out: neither needs decoding). Binary data may: a frame is a value
+    # in [MAGIC, _PAST_FRAMES), so the largest value below _PAST_FRAMES tells whether there
+    # is one; if it is below :data:`NEGATIVE` too (which sorts below MAGIC), neither is there.
+    if min(filter(None, values), default=b"\x01") >= b"\x01":
+        return values, pttls
+    largest = max(filter(_PAST_FRAMES.__gt__, filter(None, values)), default=b"")
+    if largest < NEGATIVE or (largest < MAGIC and NEGATIVE not in values):
         return values, pttls
     values, pttls = list(values), list(pttls)
     for index, value in enumerate(values):

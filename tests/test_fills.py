@@ -55,20 +55,24 @@ def test_an_empty_reply() -> None:
 
 
 def test_plain_values_are_not_copied_or_decoded() -> None:
-    values: list[bytes | None] = [b"text", b"\x00binary", b"", None, MAGIC[:5] + b"\x00"]
-    pttls = [1, 1, 1, -2, 1]
+    assert b"\x00" < NEGATIVE < MAGIC  # what decoded() relies on
 
     def decode(key: str, stored: bytes) -> bytes | None:
         raise AssertionError(f"{key} decoded")
 
-    assert decoded(list("abcde"), values, pttls, decode) == (values, pttls)
+    for values in ([b"text", b"\x00binary", b"", None, MAGIC[:5] + b"\x00"],
+                   [b"\x00\x01", b"\x00zzz", MAGIC[:5], NEGATIVE[:-1]]):  # above NEGATIVE
+        pttls = [1] * len(values)
+        assert decoded(list("abcde")[:len(values)], values, pttls, decode) == (
+            values, pttls)
 
 
 def test_frames_and_negatives_are_decoded_and_corrupt_frames_read_as_misses() -> None:
     zlib = Compression("zlib", 1)
     frame = zlib.encode(b"x" * 100)
     assert frame.startswith(MAGIC)
-    stored: list[bytes | None] = [frame, bytes(NEGATIVE), MAGIC + b"\x01garbage", b"\x00plain"]
+    stored: list[bytes | None] = [frame, bytes(bytearray(NEGATIVE)), MAGIC + b"\x01garbage", b"\x00plain"]
+    assert decoded(["n", "x"], [bytes(bytearray(NEGATIVE)), b"\x00zzz"], [1, 1], zlib.decode)[0][0] is NEGATIVE  # found below a larger NUL value too
     values, pttls = decoded(list("abcd"), stored, [1, 2, 3, 4], zlib.decode)
     assert values == [b"x" * 100, NEGATIVE, None, b"\x00plain"]
     assert values[1] is NEGATIVE  # the one object: hot paths test identity
