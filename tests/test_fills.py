@@ -71,8 +71,10 @@ def test_frames_and_negatives_are_decoded_and_corrupt_frames_read_as_misses() ->
     zlib = Compression("zlib", 1)
     frame = zlib.encode(b"x" * 100)
     assert frame.startswith(MAGIC)
-    stored: list[bytes | None] = [frame, bytes(bytearray(NEGATIVE)), MAGIC + b"\x01garbage", b"\x00plain"]
-    assert decoded(["n", "x"], [bytes(bytearray(NEGATIVE)), b"\x00zzz"], [1, 1], zlib.decode)[0][0] is NEGATIVE  # found below a larger NUL value too
+    negative = bytes(bytearray(NEGATIVE))  # equal, another object (bytes(NEGATIVE) is it)
+    assert decoded(["n", "x"], [negative, b"\x00zzz"], [1, 1],
+                   zlib.decode)[0][0] is NEGATIVE  # found below a larger NUL value too
+    stored: list[bytes | None] = [frame, negative, MAGIC + b"\x01garbage", b"\x00plain"]
     values, pttls = decoded(list("abcd"), stored, [1, 2, 3, 4], zlib.decode)
     assert values == [b"x" * 100, NEGATIVE, None, b"\x00plain"]
     assert values[1] is NEGATIVE  # the one object: hot paths test identity
