@@ -26,8 +26,8 @@ __all__ = ["NEGATIVE", "NO_FILLS", "Fills", "decoded", "fills_of"]
 # Reads make every copy of it this one object (decoded()), so hot paths test identity.
 NEGATIVE = b"\x00dragonfly_cache:not-found\x00"
 
-# Every value that begins with MAGIC (a frame) sorts in [MAGIC, _PAST_FRAMES).
-_PAST_FRAMES = MAGIC[:-1] + bytes([MAGIC[-1] + 1])
+_SEP = b"\r\ndragonfly_cache\r\n"  # joins a reply's values: see decoded()
+_SEP_NUL, _SEP_MAGIC = _SEP + b"\x00", _SEP + MAGIC
 
 #: L1 entries to store, as parallel sequences: keys, values, deadlines (the deadlines may
 #: be an endless ``repeat()``: they are zipped with the values, never counted).
@@ -42,14 +42,15 @@ def decoded(keys: Sequence[str], values: list[bytes | None], pttls: list[int],
     each equal to :data:`NEGATIVE` replaced by that very object (hot paths test identity); a
     frame that does not decode becomes a miss (None, PTTL -2: ``decode`` counts and logs
     it), and ``pttls`` follows."""
-    # Text never begins with NUL: one C-level pass finds whether any value does (None and
-    # b"" are filtered out: neither needs decoding). Binary data may: a frame is a value
-    # in [MAGIC, _PAST_FRAMES), so the largest value below _PAST_FRAMES tells whether there
-    # is one; if it is below :data:`NEGATIVE` too (which sorts below MAGIC), neither is there.
-    if min(filter(None, values), default=b"\x01") >= b"\x01":
+    # Such values are rare (text never begins with NUL), and found without a Python loop
+    # (nor a comparison of whole values, as min() would make): in the values joined by
+    # _SEP, each value but the first begins right after a _SEP. None and b"" are left
+    # out: neither needs decoding. A value that merely contains _SEP followed by NUL or
+    # MAGIC only sends the reply down the loop below.
+    joined = _SEP.join(filter(None, values))
+    if not (joined[:1] == b"\x00" or _SEP_NUL in joined):
         return values, pttls
-    largest = max(filter(_PAST_FRAMES.__gt__, filter(None, values)), default=b"")
-    if largest < NEGATIVE or (largest < MAGIC and NEGATIVE not in values):
+    if NEGATIVE not in values and not (joined.startswith(MAGIC) or _SEP_MAGIC in joined):
         return values, pttls
     values, pttls = list(values), list(pttls)
     for index, value in enumerate(values):

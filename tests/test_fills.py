@@ -55,13 +55,12 @@ def test_an_empty_reply() -> None:
 
 
 def test_plain_values_are_not_copied_or_decoded() -> None:
-    assert b"\x00" < NEGATIVE < MAGIC  # what decoded() relies on
-
     def decode(key: str, stored: bytes) -> bytes | None:
         raise AssertionError(f"{key} decoded")
 
     for values in ([b"text", b"\x00binary", b"", None, MAGIC[:5] + b"\x00"],
-                   [b"\x00\x01", b"\x00zzz", MAGIC[:5], NEGATIVE[:-1]]):  # above NEGATIVE
+                   [b"\x00\x01", b"\x00zzz", MAGIC[:5], NEGATIVE[:-1]],
+                   [b"a" + MAGIC, b"x\r\ndragonfly_cache\r\n" + MAGIC]):  # MAGIC inside
         pttls = [1] * len(values)
         assert decoded(list("abcde")[:len(values)], values, pttls, decode) == (
             values, pttls)
@@ -73,7 +72,9 @@ def test_frames_and_negatives_are_decoded_and_corrupt_frames_read_as_misses() ->
     assert frame.startswith(MAGIC)
     negative = bytes(bytearray(NEGATIVE))  # equal, another object (bytes(NEGATIVE) is it)
     assert decoded(["n", "x"], [negative, b"\x00zzz"], [1, 1],
-                   zlib.decode)[0][0] is NEGATIVE  # found below a larger NUL value too
+                   zlib.decode)[0][0] is NEGATIVE  # found among other NUL values too
+    assert decoded(["x", "f"], [b"text", frame], [1, 1],
+                   zlib.decode)[0] == [b"text", b"x" * 100]  # a frame after the first value
     stored: list[bytes | None] = [frame, negative, MAGIC + b"\x01garbage", b"\x00plain"]
     values, pttls = decoded(list("abcd"), stored, [1, 2, 3, 4], zlib.decode)
     assert values == [b"x" * 100, NEGATIVE, None, b"\x00plain"]
