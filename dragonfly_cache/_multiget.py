@@ -78,7 +78,9 @@ class MultiGet:
                 self.scripting = False
                 return self.read(names, connections)
             pttls = lives[0] if len(lives) == 1 else [pttl for part in lives for pttl in part]
-        misses = values.count(None)
+        # No None (nor b"") among the values is the common case, found without comparing
+        # each value with None (a slow comparison: bytes and None do not compare).
+        misses = 0 if len(list(filter(None, values))) == len(values) else values.count(None)
         if misses:  # a key created after the MGET has a PTTL: the miss stands
             pttls = [-2 if value is None else pttl
                      for value, pttl in zip(values, pttls, strict=True)]
