@@ -6,8 +6,9 @@ behind it, the :data:`~dragonfly_cache._scripts.PTTLS` script over the same keys
 replies, each one flat list that the client parses in C. (MGET + N PTTL commands cost the
 client N + 1 replies to read, ten times the script's cost; a script running the MGET too
 made the server pass every value through Lua, which cost it more than the N PTTL calls.)
-Servers that refuse scripting (disabled, or not permitted by an ACL) get the N PTTL
-commands from then on.
+The script gets the keys as ARGV (see PTTLS for why), or as KEYS where the server refuses
+that (Dragonfly: undeclared keys). Servers that refuse scripting (disabled, or not
+permitted by an ACL) get the N PTTL commands from then on.
 
 Like a single key's GET + PTTL, the two are not one atomic step: a key written between
 them (by a TieredCache, which announces it: the racing L1 fill loses, or the entry is
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 _SCRIPT_CHUNK = 500  # keys per EVALSHA: the server runs nothing else meanwhile
 # EVALSHA <sha> <numkeys>, to be followed by the packed keys: argument count, digits, numkeys.
 _EVALSHA = b"*%%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$%%d\r\n%%d\r\n" % PTTLS_SHA.encode()
+_EVALSHA_ARGV = b"*%%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n" % PTTLS_SHA.encode()
 
 
 def _counts(total: int) -> list[int]:
@@ -43,6 +45,7 @@ class MultiGet:
 
     def __init__(self) -> None:
         self.scripting = True  # False once the server refused EVALSHA/SCRIPT LOAD
+        self.declare = False  # True once the server refused the keys as ARGV
 
     def read(self, names: list[str], connections: Connections
              ) -> tuple[list[bytes | None], list[int], int]:
@@ -61,7 +64,8 @@ class MultiGet:
             # The keys are packed once, and end both commands.
             bodies = [pack_args(names[i:i + _SCRIPT_CHUNK])
                       for i in range(0, len(names), _SCRIPT_CHUNK)]
-            scripts = [Packed(_EVALSHA % (count + 3, len(str(count)), count) + body)
+            scripts = [Packed(_EVALSHA % (count + 3, len(str(count)), count) + body
+                              if self.declare else _EVALSHA_ARGV % (count + 3) + body)
                        for count, body in zip(_counts(len(names)), bodies, strict=True)]
             values, *lives = connections.exchange([
                 Packed(b"*%d\r\n$4\r\nMGET\r\n%b" % (len(names) + 1, b"".join(bodies))),
@@ -70,12 +74,16 @@ class MultiGet:
                 raise values
             refused = next((life for life in lives if isinstance(life, Exception)), None)
             if isinstance(refused, NoScriptError):  # first use here (or after SCRIPT FLUSH)
-                lives = connections.roundtrip([("SCRIPT", "LOAD", PTTLS), *scripts])[1:]
-            elif refused is not None:
-                # Scripting disabled or not permitted here: plain commands from now on.
-                logger.info("EVALSHA refused (%s); get_many falls back to PTTL commands",
-                            refused)
-                self.scripting = False
+                lives = connections.exchange([("SCRIPT", "LOAD", PTTLS), *scripts])[1:]
+                refused = next((life for life in lives if isinstance(life, Exception)), None)
+            if refused is not None:
+                # Keys as ARGV refused (Dragonfly): as KEYS from now on. Refused again:
+                # scripting is disabled or not permitted here, plain commands from now on.
+                if self.declare:
+                    logger.info("EVALSHA refused (%s); get_many falls back to PTTL commands",
+                                refused)
+                    self.scripting = False
+                self.declare = True
                 return self.read(names, connections)
             pttls = lives[0] if len(lives) == 1 else [pttl for part in lives for pttl in part]
         # No None (nor b"") among the values is the common case, found without comparing
