@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import redis
 from redis.retry import Retry
 
-__all__ = ["PUSHED", "Connections", "SSLConnection", "Tracker"]
+__all__ = ["PUSHED", "Connections", "Packed", "SSLConnection", "Tracker", "pack_args"]
 
 Command = tuple[Any, ...]
 
@@ -179,7 +179,7 @@ class Connections:
         if self._tracker is not None:
             self._tracker.dropped(connection)
 
-    def roundtrip(self, commands: Sequence[Command]) -> list[Any]:
+    def roundtrip(self, commands: Sequence[Command | Packed]) -> list[Any]:
         """Send ``commands`` back to back on one connection and read every reply.
 
         Returns:
@@ -195,7 +195,7 @@ class Connections:
                 raise reply
         return replies
 
-    def exchange(self, commands: Sequence[Command]) -> list[Any]:
+    def exchange(self, commands: Sequence[Command | Packed]) -> list[Any]:
         """Like :meth:`roundtrip`, but error replies (MOVED, OOM...) come back in place,
         as ``redis.ResponseError`` instances, instead of being raised."""
         connection = self._take()
@@ -244,14 +244,35 @@ class Connections:
             self.drop(connection)
 
 
-def _send(connection: redis.Connection, commands: Sequence[Command]) -> None:
+class Packed(bytes):
+    """A command already in the wire format (RESP), sent as it is: see :func:`pack_args`."""
+
+
+def pack_args(args: Sequence[str]) -> bytes:
+    """The wire format of ``args`` as a command's arguments (without the array header).
+
+    Packing costs per argument (hiredis formats each length with sprintf), so a batch that
+    names the same keys in two commands packs them once and ends both with it::
+
+        Packed(b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1) + pack_args(keys))
+    """
     if _pack is None:
-        packed: list[bytes] = connection.pack_commands(commands)
+        return b"".join(b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in map(str.encode, args))
+    whole = _pack(tuple(args))
+    return whole[whole.index(b"\n") + 1:]  # drop "*<count>\r\n"
+
+
+def _send(connection: redis.Connection, commands: Sequence[Command | Packed]) -> None:
+    if _pack is None:
+        packed: list[bytes] = [part for command in commands for part in (
+            (command,) if isinstance(command, Packed) else connection.pack_command(*command))]
     else:
         # hiredis packs a command in C; redis-py's wrapper around it (which also splits
         # command names with spaces, which we never send) cost more than the packing:
         # a third of a cluster get_many(100) that sends 200 commands.
-        packed = [b"".join(map(_pack, commands))]
+        pack = _pack
+        packed = [b"".join([command if isinstance(command, Packed) else pack(command)
+                            for command in commands])]
     connection.send_packed_command(packed, check_health=False)
 
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 from .types import TTL
 
 __all__ = ["MAX_TTL", "check_delta", "check_fraction", "check_key", "check_keys",
-           "check_mapping", "check_stale", "check_ttl", "check_value"]
+           "check_mapping", "check_stale", "check_ttl", "check_value", "distinct_keys"]
 
 # Longest accepted ttl. Redis refuses an expiry past 2**63-1 ms from now ("invalid expire
 # time"); refusing it here keeps a rejected call from touching L1 first.
@@ -49,12 +49,24 @@ def check_mapping(mapping: object) -> dict[str, bytes]:
 
 def check_keys(keys: Iterable[str]) -> list[str]:
     """Validate every key up front (a rejected call changes nothing) and drop duplicates."""
+    return list(distinct_keys(keys))
+
+
+def distinct_keys(keys: Iterable[str]) -> dict[str, None]:
+    """:func:`check_keys` as a dict (ordered, distinct): batch reads hand it on as it is."""
     if isinstance(keys, str | bytes):
         raise TypeError(f"keys must be an iterable of str, not a single {type(keys).__name__}")
-    items = list(keys)
-    for key in items:
-        check_key(key)
-    return list(dict.fromkeys(items))
+    items = keys if isinstance(keys, list | tuple) else list(keys)
+    try:  # the common case at C speed: ASCII (so UTF-8-encodable) and non-empty strs
+        distinct = dict.fromkeys(items)
+        plain = all(map(str.isascii, distinct)) and "" not in distinct
+    except TypeError:  # unhashable, or not a str
+        plain = False
+    if not plain:
+        for key in items:
+            check_key(key)
+        distinct = dict.fromkeys(items)
+    return distinct
 
 
 def check_ttl(ttl: TTL, default: float, what: str = "ttl") -> float:

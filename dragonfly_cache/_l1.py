@@ -1,4 +1,5 @@
-"""The local tier: a bounded LRU (cachetools) of ``(value, deadline)`` behind one RLock.
+"""The local tier: a bounded LRU (:mod:`dragonfly_cache._lru`) of ``(value, deadline)``
+behind one RLock.
 
 Every entry carries its own deadline (monotonic seconds), computed by the caller with
 :meth:`~dragonfly_cache._tiers.Tiers.deadline` (the minimum of the L1 ttl, the key's ttl or
@@ -16,11 +17,13 @@ Racing fills. A reader that misses L1 goes to L2 without holding the lock; meanw
 writer (this process, or another one via coherence) may change the key. Installing the
 value the reader fetched would then resurrect old data. So every operation that talks to
 L2 first takes a :class:`Ticket` for its keys (``with l1.ticket(keys) as ticket:``), and
-every invalidation bumps a generation counter and stamps the keys that have tickets out.
-A fill installs only if its key was not stamped after its ticket was issued (the
-"placeholder" scheme of the Redis client-side caching reference). Stamps exist only for
-keys with tickets out, so the bookkeeping is bounded by the number of in-flight operations,
-not by the key space; leaving the ``with`` block releases whatever the ticket still holds.
+every invalidation marks its keys stale in each ticket out that holds them. A fill installs
+only the keys its ticket does not have marked (the "placeholder" scheme of the Redis
+client-side caching reference); ``clear()`` and ``drop_untrusted()`` bump a generation
+counter instead, which makes every older ticket lose. The bookkeeping lives in the tickets
+out, so it is bounded by the number of in-flight operations, not by the key space, and
+taking or releasing a ticket costs no work per key beyond copying its keys; leaving the
+``with`` block releases whatever the ticket still holds.
 """
 
 from __future__ import annotations
@@ -28,51 +31,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from types import TracebackType
 
-from cachetools import LRUCache
-
+from ._lru import ENTRY_OVERHEAD, LRU, Entry
 from .types import L1Stats
 
-__all__ = ["L1", "Entry", "Ticket"]
-
-Entry = tuple[bytes, float]  # (value, deadline on the L1 timer's clock)
-
-
-#: What an entry costs L1 besides its value's bytes: the key, the (value, deadline) tuple,
-#: the dict slot and the LRU order (measured on CPython 3.11 with short keys).
-ENTRY_OVERHEAD = 240
-
-
-def entry_bytes(entry: Entry) -> int:
-    """What an entry counts against ``l1.max_bytes``."""
-    return len(entry[0]) + ENTRY_OVERHEAD
-
-
-class _CountingLRU(LRUCache[str, Entry]):
-    """An LRUCache bounded in bytes (cachetools' own bound, ``maxsize``) and in entries,
-    counting what each bound pushes out."""
-
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
-        super().__init__(max_bytes, getsizeof=entry_bytes)
-        self.max_entries = max_entries
-        self.evicted = {"entries": 0, "bytes": 0}
-        self._cause = "bytes"  # cachetools pops for bytes; __setitem__ pops for entries
-
-    def __setitem__(self, key: str, entry: Entry) -> None:
-        super().__setitem__(key, entry)
-        self._cause = "entries"
-        try:
-            while len(self) > self.max_entries:
-                self.popitem()
-        finally:
-            self._cause = "bytes"
-
-    def popitem(self) -> tuple[str, Entry]:
-        item = super().popitem()
-        self.evicted[self._cause] += 1
-        return item
+__all__ = ["ENTRY_OVERHEAD", "L1", "Entry", "Ticket"]
 
 
 class L1:
@@ -89,11 +54,9 @@ class L1:
                  max_bytes: int = 2**62, max_entry_bytes: int = 2**62) -> None:
         self.max_size = max_size
         self.max_bytes = max_bytes
-        self.max_entry_bytes = min(max_entry_bytes, max_bytes)
         self.timer = timer
         self._lock = threading.RLock()
-        self._entries = _CountingLRU(max_size, max_bytes)
-        self.too_large = 0  # values not kept: larger than max_entry_bytes
+        self._entries = LRU(max_size, max_bytes, max_entry_bytes)
         self.retain = 0.0  # seconds an entry stays past its deadline, see the module docs
         self.yield_interval = math.inf  # see get(); Tiers sets it when coherence is on
         self._next_yield = -math.inf
@@ -101,11 +64,15 @@ class L1:
         self.misses = 0
         self.expirations = 0
         # Racing-fill bookkeeping, see the module docstring.
+        self._live: set[Ticket] = set()  # tickets out that still hold keys
         self._generation = 0
-        self._tickets: dict[str, int] = {}  # key -> number of tickets out
-        self._stamps: dict[str, int] = {}  # key -> generation of its last invalidation
         self._flushed_at = 0  # generation of the last clear()
         self._fills_from = 0  # tickets older than this may not fill (drop_untrusted())
+
+    @property
+    def max_entry_bytes(self) -> int:
+        """The largest entry L1 keeps (see :func:`~dragonfly_cache._lru.entry_bytes`)."""
+        return self._entries.max_entry_bytes
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -119,7 +86,7 @@ class L1:
             now = self.timer()
             if entry[1] <= now:
                 if now >= entry[1] + self.retain:
-                    del self._entries[key]
+                    self._entries.pop(key)
                     self.expirations += 1
                 self.misses += 1
                 return None
@@ -133,36 +100,43 @@ class L1:
             time.sleep(0)
         return entry[0]
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+    def get_many(self, keys: Collection[str]) -> dict[str, bytes]:
         """Return the live values among distinct ``keys`` in one lock round, counting each."""
-        found: dict[str, bytes] = {}
         with self._lock:
-            now = self.timer()
-            entries = self._entries
-            for key in keys:
-                entry = entries.get(key)
-                if entry is not None:
-                    if entry[1] > now:
-                        found[key] = entry[0]
-                        continue
-                    if now >= entry[1] + self.retain:
-                        del entries[key]
-                        self.expirations += 1
-            self.hits += len(found)
-            self.misses += len(keys) - len(found)
+            found, _, expired = self._entries.get_many(keys, self.timer(), self.retain)
+            self._count(len(found), len(keys) - len(found), expired)
         return found
+
+    def lookup(self, keys: Collection[str]) -> tuple[dict[str, bytes], Ticket]:
+        """:meth:`get_many`, and in the same lock round a ticket for the keys it did not
+        find (to read them from L2), in their order."""
+        with self._lock:
+            entries = self._entries
+            if entries.absent(keys):  # an L1-cold batch: the ticket remembers it
+                self._count(0, len(keys), 0)
+                ticket = self._issue(keys)  # a dict of keys is copied, not rebuilt
+                ticket.absent_at = entries.stores
+                return {}, ticket
+            found, missing, expired = entries.get_many(keys, self.timer(), self.retain)
+            self._count(len(found), len(missing), expired)
+            return found, self._issue(missing)
+
+    def _count(self, hits: int, misses: int, expired: int) -> None:
+        self.hits += hits
+        self.misses += misses
+        self.expirations += expired
 
     def peek(self, key: str) -> bytes | None:
         """The live value of ``key`` without counting a hit or a miss."""
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._entries.peek(key)
             return entry[0] if entry is not None and entry[1] > self.timer() else None
 
     def stale(self, key: str, window: float) -> Entry | None:
         """The entry of ``key`` if its deadline is less than ``window`` ago (or still to
         come), without counting a hit or a miss; None otherwise."""
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._entries.peek(key)
             return entry if entry is not None and self.timer() < entry[1] + window else None
 
     def keep_expired(self, seconds: float) -> None:
@@ -173,9 +147,9 @@ class L1:
     def drop_expired(self, key: str) -> None:
         """Drop the entry of ``key`` if it is past its deadline (a kept one)."""
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._entries.peek(key)
             if entry is not None and entry[1] <= self.timer():
-                del self._entries[key]
+                self._entries.pop(key)
                 self.expirations += 1
 
     # -- tickets -------------------------------------------------------------------------
@@ -186,54 +160,54 @@ class L1:
         Use it as a context manager: ``with l1.ticket(keys) as ticket: ...``. Whatever the
         ticket still holds when the block ends is released without installing anything.
         """
-        return Ticket(self, keys)
+        with self._lock:
+            return self._issue(keys)
 
     def _put(self, key: str, entry: Entry) -> None:
-        """Install ``entry`` (the lock held), unless it is too large to keep: then the key
-        leaves L1 (an older value must not stay) and is counted."""
-        if self.retain:
-            # An expired entry kept for stale_if_error leaves now: count it as reads would.
-            old = self._entries.get(key)
-            if old is not None and old[1] <= self.timer():
-                self.expirations += 1
-        if entry_bytes(entry) > self.max_entry_bytes:
-            self._entries.pop(key, None)
-            self.too_large += 1
-        else:
-            self._entries[key] = entry
+        """Store ``entry`` (the lock held); an expired entry kept for stale_if_error that
+        it replaces is counted as reads would count it."""
+        old = self._entries.put(key, entry)
+        if self.retain and old is not None and old[1] <= self.timer():
+            self.expirations += 1
 
-    def _stale(self, key: str, generation: int) -> bool:
-        return self._flushed_at > generation or self._stamps.get(key, -1) > generation
+    def _put_many(self, keys: Sequence[str], values: Sequence[bytes],
+                  deadlines: Iterable[float], absent: bool) -> None:
+        """:meth:`_put` of a batch (see :meth:`LRU.put_many`)."""
+        replaced = self._entries.put_many(keys, values, deadlines, absent)
+        if self.retain and replaced:
+            now = self.timer()
+            self.expirations += sum(old[1] <= now for old in replaced)
 
-    def _release(self, key: str) -> None:
-        left = self._tickets[key] - 1
-        if left:
-            self._tickets[key] = left
-        else:
-            del self._tickets[key]
-            self._stamps.pop(key, None)
+    def _issue(self, keys: Iterable[str]) -> Ticket:
+        ticket = Ticket(self, keys, self._generation)
+        if ticket._held:
+            self._live.add(ticket)
+        return ticket
+
+    def _mark_stale(self, keys: Collection[str]) -> None:
+        """Make the fills of ``keys`` lose in every ticket out (the lock held)."""
+        for ticket in self._live:
+            ticket._stale.update(ticket._held.keys() & keys)
 
     # -- invalidation --------------------------------------------------------------------
 
     def invalidate(self, keys: Iterable[str]) -> None:
         """Drop ``keys`` and make racing fills of them lose."""
+        keys = keys if isinstance(keys, list | tuple | set | frozenset) else list(keys)
         with self._lock:
-            self._generation += 1
+            pop = self._entries.pop
             for key in keys:
-                self._entries.pop(key, None)
-                if key in self._tickets:
-                    self._stamps[key] = self._generation
+                pop(key)
+            self._mark_stale(keys)
 
     def invalidate_matching(self, matches: Callable[[str], bool]) -> int:
         """Drop every key for which ``matches(key)`` is true; return how many were dropped."""
         with self._lock:
-            self._generation += 1
             doomed = [key for key in self._entries if matches(key)]
             for key in doomed:
-                del self._entries[key]
-            for key in self._tickets:
-                if matches(key):
-                    self._stamps[key] = self._generation
+                self._entries.pop(key)
+            for ticket in self._live:
+                ticket._stale.update(key for key in ticket._held if matches(key))
             return len(doomed)
 
     def clear(self) -> None:
@@ -258,20 +232,31 @@ class L1:
         """The contract's ``l1_stats`` (plus ``expirations``)."""
         with self._lock:
             lookups = self.hits + self.misses
-            evicted = self._entries.evicted
+            entries = self._entries
+            evicted = entries.evicted
             return {
-                "size": len(self._entries),
+                "size": len(entries),
                 "max_size": self.max_size,
-                "bytes": int(self._entries.currsize),
+                "bytes": entries.bytes,
                 "max_bytes": self.max_bytes,
                 "hits": self.hits,
                 "misses": self.misses,
                 "hit_rate": self.hits / lookups if lookups else 0.0,
                 "evictions": evicted["entries"] + evicted["bytes"],
                 "evictions_by_cause": dict(evicted),
-                "too_large": self.too_large,
+                "too_large": entries.too_large,
                 "expirations": self.expirations,
             }
+
+    def held(self) -> dict[str, int]:
+        """Each key that tickets out hold, with how many hold it (its bookkeeping: empty
+        once every ticket is released)."""
+        with self._lock:
+            counts: dict[str, int] = {}
+            for ticket in self._live:
+                for key in ticket._held:
+                    counts[key] = counts.get(key, 0) + 1
+            return counts
 
     def __len__(self) -> int:
         with self._lock:
@@ -281,21 +266,25 @@ class L1:
 class Ticket:
     """The right to install values of some keys that were read from (or written to) L2.
 
-    Issued by :meth:`L1.ticket`. Each key is released exactly once: by :meth:`fill` or
-    :meth:`write` when they install (or refuse) it, by :meth:`release`, or when the ``with``
-    block ends — so no caller counts releases by hand.
+    Issued by :meth:`L1.ticket` (or :meth:`L1.lookup`). Each key is released exactly once:
+    by :meth:`fill`, :meth:`install` or :meth:`write` when they install (or refuse) it, by
+    :meth:`release`, or when the ``with`` block ends — so no caller counts releases by hand.
     """
 
-    __slots__ = ("_held", "_l1", "generation")
+    __slots__ = ("_held", "_l1", "_stale", "absent_at", "generation")
 
-    def __init__(self, l1: L1, keys: Iterable[str]) -> None:
+    def __init__(self, l1: L1, keys: Iterable[str], generation: int) -> None:
         self._l1 = l1
-        self._held = dict.fromkeys(keys)  # ordered, distinct
-        with l1._lock:
-            tickets = l1._tickets
-            for key in self._held:
-                tickets[key] = tickets.get(key, 0) + 1
-            self.generation = l1._generation
+        # Ordered, distinct. Only the keys count: a dict is copied (in C, without hashing).
+        self._held = keys.copy() if type(keys) is dict else dict.fromkeys(keys)
+        self._stale: set[str] = set()  # held keys invalidated since the ticket was issued
+        self.generation = generation
+        self.absent_at = -1  # LRU.stores when none of its keys had an entry (L1.lookup)
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys this ticket still holds, in the order it was given them."""
+        return list(self._held)
 
     def __enter__(self) -> Ticket:
         return self
@@ -303,13 +292,19 @@ class Ticket:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._held:
-            self.release(list(self._held))
+            self.release(None)
+
+    def _lost(self) -> bool:
+        """Whether every fill of this ticket loses (the lock held): L1 was cleared, or
+        its fills became untrusted, after it was issued."""
+        l1 = self._l1
+        return l1._flushed_at > self.generation or l1._fills_from > self.generation
 
     def stale(self, key: str) -> bool:
         """Whether ``key`` was invalidated (here or, through coherence, elsewhere) after
         this ticket was issued."""
         with self._l1._lock:
-            return self._l1._stale(key, self.generation)
+            return key in self._stale or self._l1._flushed_at > self.generation
 
     def fill(self, values: Mapping[str, Entry]) -> None:
         """Install values read from L2 unless an invalidation raced them; release them.
@@ -319,15 +314,31 @@ class Ticket:
                 holds. Callers take the time *before* asking L2 for the key's PTTL, so the
                 entry dies no later than the L2 key.
         """
+        self.install(list(values), [entry[0] for entry in values.values()],
+                     [entry[1] for entry in values.values()])
+
+    def install(self, keys: Sequence[str], values: Sequence[bytes],
+                deadlines: Iterable[float]) -> None:
+        """:meth:`fill` of ``keys[i]`` with ``(values[i], deadlines[i])``: the batch form,
+        which costs little per key when no invalidation raced (the common case).
+        ``deadlines`` may be longer than ``keys`` (an endless ``repeat()``)."""
         l1 = self._l1
+        held = self._held
         with l1._lock:
-            trusted = self.generation >= l1._fills_from
-            for key, entry in values.items():
-                if key in self._held:
-                    del self._held[key]
-                    if trusted and not l1._stale(key, self.generation):
-                        l1._put(key, entry)
-                    l1._release(key)
+            if self._lost():
+                self._release_locked(keys)
+            elif not self._stale and (keys == list(held) or all(map(held.__contains__, keys))):
+                l1._put_many(keys, values, deadlines, self.absent_at == l1._entries.stores)
+                # Every key it held (a key it no longer holds is never filled: releasing
+                # one more, were ``keys`` to repeat one, is harmless).
+                self._release_locked(keys if len(keys) < len(held) else None)
+            else:
+                stale = self._stale
+                for key, value, deadline in zip(keys, values, deadlines, strict=False):
+                    if key in held:
+                        if key not in stale:
+                            l1._put(key, (value, deadline))
+                        self._release_locked((key,))
 
     def write(self, values: Mapping[str, bytes], deadline: float) -> None:
         """Apply this process's own write of ``values`` to L1; release them.
@@ -338,23 +349,30 @@ class Ticket:
         """
         l1 = self._l1
         with l1._lock:
-            l1._generation += 1
+            lost = l1._flushed_at > self.generation
             for key, value in values.items():
-                if l1._stale(key, self.generation):
-                    l1._entries.pop(key, None)
+                if lost or key in self._stale:
+                    l1._entries.pop(key)
                 else:
                     l1._put(key, (value, deadline))
-                if key in l1._tickets:
-                    l1._stamps[key] = l1._generation
-                if key in self._held:
-                    del self._held[key]
-                    l1._release(key)
+            # Any other fill or write of these keys in flight now races ours: it loses.
+            self._release_locked(values)
+            l1._mark_stale(values)
 
-    def release(self, keys: Iterable[str]) -> None:
-        """Release ``keys`` without installing anything (already released keys are skipped)."""
-        l1 = self._l1
-        with l1._lock:
+    def release(self, keys: Iterable[str] | None) -> None:
+        """Release ``keys`` (None: every key it holds) without installing anything (keys
+        already released are skipped)."""
+        with self._l1._lock:
+            self._release_locked(keys)
+
+    def _release_locked(self, keys: Iterable[str] | None) -> None:
+        """Release ``keys`` (None: all it holds), the lock held."""
+        held = self._held
+        if keys is None:
+            held.clear()
+        else:
             for key in keys:
-                if key in self._held:
-                    del self._held[key]
-                    l1._release(key)
+                held.pop(key, None)
+        if not held:
+            self._l1._live.discard(self)
+            self._stale.clear()

@@ -16,15 +16,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import redis
-from redis.exceptions import NoScriptError
-
 from ._channels import NodeChannels, announce_in_cluster, channel_name
 from ._compression import Compression
 from ._connections import Command, Connections
 from ._glob import escape_glob
+from ._multiget import MultiGet
 from ._router import Group, Result, Router, replies_of
-from ._scripts import DELETE_IF_EQUAL, INCR, MGET_PTTL, MGET_PTTL_SHA
+from ._scripts import DELETE_IF_EQUAL, INCR
 from ._tracking import TRACKED_WRITES, exec_replies
 from ._tracking import tracked as track
 from .config import DragonflyConfig, L2Config
@@ -36,7 +34,6 @@ __all__ = ["L2", "UNREACHABLE"]
 logger = logging.getLogger(__name__)
 
 _SCAN_COUNT = 1000
-_SCRIPT_CHUNK = 500  # keys per EVALSHA (Lua's unpack() has a limit near 8000)
 # The PTTL that get_many reports for a key whose cluster node failed (PTTL itself is >= -2).
 UNREACHABLE = -3
 
@@ -63,7 +60,7 @@ class L2:
         self.tracked_writes = False  # tracking mode: writes that fill L1 also read the key
         self.router = Router(config)
         self.address = self.router.address
-        self._scripting = True  # False once the server refused EVALSHA/SCRIPT LOAD
+        self._multiget = MultiGet()
         self._start_process_state()
 
     def _start_process_state(self) -> None:
@@ -79,6 +76,11 @@ class L2:
 
     def __repr__(self) -> str:
         return f"<L2 {self.address} prefix={self.prefix!r}>"
+
+    @property
+    def scripting(self) -> bool:
+        """Whether batch reads use the script (False once the server refused it)."""
+        return self._multiget.scripting
 
     def _count(self, hits: int, misses: int) -> None:
         with self._counter_lock:
@@ -99,49 +101,53 @@ class L2:
             self._count(value is not None, value is None)
         return value, pttl
 
-    def get_many(self, keys: Sequence[str]) -> list[tuple[bytes | None, int]]:
+    def get_many(self, keys: Sequence[str]) -> tuple[list[bytes | None], list[int]]:
         """Values and PTTLs of many keys in one round trip (per cluster node).
 
-        Standalone: one EVALSHA per 500 keys (all declared in KEYS, as Dragonfly requires)
-        returns both lists: packing and parsing one command instead of 1 + N is what makes
-        it fast. Servers that refuse scripting get MGET + one PTTL per key, pipelined.
+        One key: GET + PTTL. Standalone: MGET and a PTTL script (:mod:`._multiget`).
         Cluster: GET + PTTL per key (a script or MGET may only touch one slot), one
-        pipeline per node, all nodes at once. Keys on a node that failed read as
-        ``(None, UNREACHABLE)``; only when every node failed does it raise.
-        """
-        names = [self.prefix + key for key in keys]
-        if not self.router.is_cluster():
-            replies = self.router.call("MGET", lambda c: self._values_and_pttls(c, names))
-        else:
-            results = self.router.batch("MGET", [(name, [("GET", name), ("PTTL", name)])
-                                                 for name in names])
-            failed = [result for result in results if isinstance(result, Exception)]
-            if failed and len(failed) == len(results):
-                raise failed[0]
-            replies = [(None, UNREACHABLE) if isinstance(result, Exception)
-                       else (result[0], result[1]) for result in results]
-        found = sum(value is not None for value, _ in replies)
-        self._count(found, sum(pttl != UNREACHABLE for _, pttl in replies) - found)
-        return replies
+        pipeline per node, all nodes at once. Keys on a node that failed read as None with
+        the PTTL ``UNREACHABLE``; only when every node failed does it raise.
 
-    def _values_and_pttls(self, connections: Connections, names: list[str]
-                          ) -> list[tuple[bytes | None, int]]:
-        chunks = [names[i:i + _SCRIPT_CHUNK] for i in range(0, len(names), _SCRIPT_CHUNK)]
-        if self._scripting:
-            commands = [("EVALSHA", MGET_PTTL_SHA, len(chunk), *chunk) for chunk in chunks]
+        Returns:
+            The values (None: no such key) and the PTTLs (ms; -1: no expiry, -2: no key),
+            both in the order of ``keys``; a None value always has a negative PTTL.
+        """
+        if len(keys) == 1:  # GET + PTTL
+            value, pttl = self.get(keys[0])
+            return [value], [pttl if value is not None else -2]
+        prefix = self.prefix
+        names = [prefix + key for key in keys] if prefix else list(keys)
+        if not self.router.is_cluster():
+            values, pttls, misses = self.router.call("MGET",
+                                                     partial(self._multiget.read, names))
+            self._count(len(values) - misses, misses)
+            return values, pttls
+        results = self.router.batch("MGET", [(name, [("GET", name), ("PTTL", name)])
+                                             for name in names])
+        failed = sum(isinstance(result, Exception) for result in results)
+        if failed and failed == len(results):
+            raise next(result for result in results if isinstance(result, Exception))
+        values = [None if isinstance(result, Exception) else result[0] for result in results]
+        pttls = [UNREACHABLE if isinstance(result, Exception) else
+                 -2 if result[0] is None else result[1] for result in results]
+        misses = values.count(None)
+        self._count(len(values) - misses, misses - failed)
+        return values, pttls
+
+    def by_server(self, keys: list[str]) -> list[list[str]]:
+        """``keys`` grouped by the server that holds them (one group on one server; keys
+        of a slot nobody serves now in a group of their own)."""
+        if not keys or not self.router.is_cluster():
+            return [keys] if keys else []
+        groups: dict[str, list[str]] = {}
+        for key in keys:
             try:
-                replies = connections.roundtrip(commands)
-            except NoScriptError:  # first use on this server (or after SCRIPT FLUSH)
-                replies = connections.roundtrip([("SCRIPT", "LOAD", MGET_PTTL), *commands])[1:]
-            except redis.ResponseError as exc:
-                # Scripting disabled or not permitted here: plain commands from now on.
-                logger.info("EVALSHA refused (%s); get_many falls back to MGET + PTTL", exc)
-                self._scripting = False
-                return self._values_and_pttls(connections, names)
-            return [pair for values, pttls in replies for pair in zip(values, pttls, strict=True)]
-        commands = [("MGET", *names), *(("PTTL", name) for name in names)]
-        values, *pttls = connections.roundtrip(commands)
-        return list(zip(values, pttls, strict=True))
+                owner = self.router.route(self.prefix + key)
+            except CacheUnavailableError:
+                owner = ""
+            groups.setdefault(owner, []).append(key)
+        return list(groups.values())
 
     def exists(self, key: str) -> bool:
         """Whether the key exists in L2."""
@@ -317,20 +323,6 @@ class L2:
                 yield names
             if int(cursor) == 0:
                 return
-
-    def by_server(self, keys: list[str]) -> list[list[str]]:
-        """``keys`` grouped by the server that holds them (one group on one server; keys
-        of a slot nobody serves now in a group of their own)."""
-        if not keys or not self.router.is_cluster():
-            return [keys] if keys else []
-        groups: dict[str, list[str]] = {}
-        for key in keys:
-            try:
-                owner = self.router.route(self.prefix + key)
-            except CacheUnavailableError:
-                owner = ""
-            groups.setdefault(owner, []).append(key)
-        return list(groups.values())
 
     # -- introspection ---------------------------------------------------------------------
 

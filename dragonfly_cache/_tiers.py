@@ -5,6 +5,8 @@ fills L1 under a ticket (so an invalidation that races it wins), a write goes to
 its announcement and then to L1, and every L1 entry gets its deadline from one rule,
 :meth:`Tiers.deadline`. :class:`~dragonfly_cache.tiered.TieredCache` (validation and
 failure policy) and :mod:`dragonfly_cache._loading` (loads, refreshes) are built on it.
+Its reads (``fetch``, ``read_through``, ``read_many``) are those of the
+:class:`~dragonfly_cache._reads.Reads` it holds.
 
 One per process: after a fork the cache makes a new one (a new, empty L1 and a new
 listener); the L2 it wraps survives the fork and drops its own per-process state.
@@ -14,23 +16,21 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from ._coherence import weakly
+from ._fills import NEGATIVE
 from ._invalidation import Invalidation
 from ._journal import REAPPLY_WINDOW, Journal, Pending
-from ._l1 import L1, Entry
+from ._l1 import L1
 from ._l2 import L2
+from ._reads import Reads
 from ._switchover import Switchover
 from .config import L1Config
 from .exceptions import CacheUnavailableError
 from .types import CoherenceStats, JournalStats
 
 __all__ = ["NEGATIVE", "YIELD_INTERVAL", "Tiers"]
-
-# The stored form of "no such record". get() answers None for it. Chosen so that no value
-# produced by this package's codecs can equal it (JSON and msgpack never start with NUL).
-NEGATIVE = b"\x00dragonfly_cache:not-found\x00"
 
 _INTEGER = re.compile(rb"-?[0-9]+")  # what INCRBY accepts as a stored integer
 
@@ -62,6 +62,9 @@ class Tiers:
         if self.coherence is not None:
             self.l1.yield_interval = YIELD_INTERVAL
         l2.router.on_switch = Switchover(self.journal, self.l1, self.coherence)
+        reads = Reads(self.l1, l2, self.journal, self.deadline, self.listen)
+        self.fetch, self.read_through, self.read_many = (reads.fetch, reads.read_through,
+                                                         reads.read_many)
 
     def listen(self) -> None:
         """Start the invalidation listener in this process, if coherence is on and it is
@@ -120,62 +123,7 @@ class Tiers:
         """The message that empties the other caches' L1."""
         return None if self.coherence is None else self.coherence.clear_message()
 
-    # -- reads -----------------------------------------------------------------------------
-
-    def fetch(self, keys: Sequence[str], *, strict: bool = False
-              ) -> tuple[dict[str, bytes], dict[str, Entry]]:
-        """Read ``keys`` from L2 (GET+PTTL, or MGET+PTTLs): the values found (decompressed),
-        and the L1 entries they allow (value, deadline). L2 failures read as misses (the L2
-        tier counted and logged them), or with ``strict`` raise ``CacheUnavailableError``;
-        frames that do not decode read as misses (counted and logged)."""
-        start = self.l1.timer()
-        # The longest any entry read now may live, taken before the request (an
-        # invalidation sent while the listener was not yet subscribed may have been missed).
-        # Each entry then dies at min(start + its PTTL, latest), which is
-        # self.deadline(start, pttl) without a call per key (it is on the get_many path).
-        latest = self.deadline(start)
-        found: dict[str, bytes] = {}
-        fills: dict[str, Entry] = {}
-        switches = self.journal.switches
-        if self.journal and not (keys := self.journal.unblocked(keys)):
-            return found, fills  # all pending: L2 may hold what a failed write removed
-        try:
-            replies = [self.l2.get(keys[0])] if len(keys) == 1 else self.l2.get_many(keys)
-        except CacheUnavailableError:
-            if strict:
-                raise
-            return found, fills
-        if self.journal.switches != switches:  # a failover began meanwhile: keys checked
-            return found, fills  # before it may be pending now
-        decode = self.l2.compression.decode
-        for key, (value, pttl) in zip(keys, replies, strict=True):
-            if value is None:
-                continue
-            if value < b"\x01":  # empty or NUL first, as NEGATIVE and frames: rare, cheap
-                if (value := decode(key, value)) is None:
-                    continue  # a frame that does not decode: a miss (counted, logged)
-                if value == NEGATIVE:
-                    value = NEGATIVE  # one object, so hot paths can test identity
-            found[key] = value
-            if pttl >= 0:
-                fills[key] = (value, min(start + pttl / 1000, latest))
-            elif pttl == -1:  # no expiry on the server: L1's own bounds apply
-                fills[key] = (value, latest)
-            # -2: the key vanished between GET and PTTL; answer, but don't keep it
-        return found, fills
-
-    def read_through(self, keys: Sequence[str], *, strict: bool = False) -> dict[str, bytes]:
-        """Fetch L1-missing keys from L2 in one round trip and fill L1 with them (an L2
-        failure: a miss, or ``CacheUnavailableError`` with ``strict``).
-
-        The ticket is taken before the request, so an invalidation that arrives while it
-        is in flight wins over the fill.
-        """
-        self.listen()
-        with self.l1.ticket(keys) as ticket:
-            found, fills = self.fetch(keys, strict=strict)
-            ticket.fill(fills)
-        return found
+    # -- reads: Reads (_reads.py) ---------------------------------------------------------
 
     # -- writes ----------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import __version__
 from ._batch import BatchLoading
 from ._loading import Loading
-from ._tiers import Tiers
+from ._reads import Reads
 from .exceptions import NotFound
 from .tiered import TieredCache
 
@@ -148,7 +148,7 @@ def _traced(operation: str, original: Callable[..., Any], tracer: trace.Tracer,
 
 def _fetch_hook(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    def fetch(self: Tiers, keys: Any, **options: Any) -> Any:
+    def fetch(self: Reads, keys: Any, **options: Any) -> Any:
         call = _call.get()
         if call is None:
             return original(self, keys, **options)
@@ -189,7 +189,7 @@ def instrument(tracer_provider: trace.TracerProvider | None = None, *,
         _originals[(TieredCache, name)] = original
         setattr(TieredCache, name, _traced(name, original, tracer,
                                            eager=l1_hits or name in _ROUND_TRIPS))
-    for owner, name, hook in ((Tiers, "fetch", _fetch_hook),
+    for owner, name, hook in ((Reads, "fetch_fills", _fetch_hook),
                               (Loading, "_call_loader", _loader_hook),
                               (BatchLoading, "_call_loader_many", _loader_hook)):
         original = getattr(owner, name)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from . import _fork, codecs
+from . import _fork, _keys, codecs
 from ._fleet import FleetMutex
 from ._glob import compile_glob
 from ._invalidation import l1_settings
@@ -123,12 +123,10 @@ class TieredCache:
 
         L1 answers what it can; the rest is fetched in one L2 round trip.
         """
-        distinct = check_keys(keys)
-        found = self._l1.get_many(distinct)
-        missing = [key for key in distinct if key not in found]
-        if missing:
-            found.update(self._tiers.read_through(missing))
-        return {key: value for key, value in found.items() if value is not NEGATIVE}
+        found = self._tiers.read_many(_keys.distinct_keys(keys))
+        if NEGATIVE in found.values():
+            return {key: value for key, value in found.items() if value is not NEGATIVE}
+        return found
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is cached (L1, else L2; False when L2 is unreachable)."""

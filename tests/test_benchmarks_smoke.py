@@ -106,3 +106,28 @@ def test_smoke_run_answers_each_system(tmp_path: Path,
     assert stampede["dragonfly_cache"]["loader_calls_max"] == 1
     hot = workloads["hot_reads_1t"]["data"]
     assert all(entry["ops_per_s"] > 0 for entry in hot.values())
+
+
+def test_smoke_get_many_is_compared_with_mget_on_the_same_server(
+        tmp_path: Path, server_under_test: ServerBinary) -> None:
+    """Issue 16's batch read target: get_many(100) of L1-cold keys against a raw MGET of the
+    same keys on the same server, measured in the same run."""
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--smoke", "--only", "get_many_100", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=100, check=False,
+        env=on_server(server_under_test),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    workload = json.loads(out.read_text())["workloads"]["get_many_100"]
+    data = workload["data"]
+    reference = data["redis-py MGET(100), same server"]
+    assert reference["vs_mget"] == 1.0 and reference["p50_us"] > 0
+    assert data["dragonfly_cache get_many(100)"]["vs_mget"] > 0
+    # The targets' ratio: get_many and MGET reading each batch in turns, in each mode.
+    interleaved = data["dragonfly_cache get_many(100), interleaved with the next"]
+    pubsub = data["dragonfly_cache get_many(100), l1.invalidation=pubsub, interleaved with "
+                  "the next"]
+    assert interleaved["vs_mget"] > 0 and pubsub["vs_mget"] > 0
+    assert [(t["limit"], t["measured"], t["met"]) for t in workload["targets"]] == [
+        (2.0, interleaved["vs_mget"], None), (1.3, interleaved["vs_mget"], None)]

@@ -180,8 +180,7 @@ def test_ticket_bookkeeping_is_released() -> None:
     put(l1, {"c": b"3"})
     with l1.ticket(["d"]):
         pass
-    assert l1._tickets == {}
-    assert l1._stamps == {}
+    assert l1.held() == {}
 
 
 def test_ticket_releases_what_it_holds_when_the_block_raises() -> None:
@@ -189,7 +188,7 @@ def test_ticket_releases_what_it_holds_when_the_block_raises() -> None:
     with pytest.raises(RuntimeError), l1.ticket(["a", "b"]) as ticket:
         ticket.fill({"a": (b"1", math.inf)})
         raise RuntimeError("the L2 read failed")
-    assert l1._tickets == {}
+    assert l1.held() == {}
     assert l1.get("a") == b"1"
 
 
@@ -200,12 +199,12 @@ def test_each_key_is_released_once_however_often_it_is_named() -> None:
             inner.fill({"k": (b"1", math.inf)})
             inner.fill({"k": (b"2", math.inf)})  # already released: nothing happens
             inner.release(["k"])
-            assert l1._tickets == {"k": 1}  # the outer ticket is still out
+            assert l1.held() == {"k": 1}  # the outer ticket is still out
         l1.invalidate(["k"])
-        assert outer.stale("k")  # so an invalidation still stamps the key for it
+        assert outer.stale("k")  # so an invalidation still marks the key for it
         outer.fill({"k": (b"3", math.inf)})
     assert l1.get("k") is None
-    assert l1._tickets == {} and l1._stamps == {}
+    assert l1.held() == {}
 
 
 def test_bound_holds_under_concurrent_churn() -> None:
@@ -320,3 +319,35 @@ def test_without_keep_expired_nothing_is_kept() -> None:
     put(l1, {"k": b"v"}, life=1.0)
     clock.advance(1.0)
     assert l1.get("k") is None and len(l1) == 0 and l1.stats()["expirations"] == 1
+
+
+def test_a_batch_into_a_full_l1_evicts_the_oldest_and_keeps_the_byte_count() -> None:
+    l1, clock = make_l1(max_size=5)
+    put(l1, {f"old{i}": b"x" * i for i in range(5)})
+    assert l1.get("old0") == b""  # now the most recently used
+    found, ticket = l1.lookup({"a": None, "b": None, "c": None})
+    with ticket:
+        ticket.install(ticket.keys, [b"1", b"22", b"333"], [clock.now + 60] * 3)
+    assert found == {} and l1.held() == {}
+    assert [key for key in ("old0", "old1", "old2", "old3", "old4", "a", "b", "c")
+            if l1.peek(key) is not None] == ["old0", "old4", "a", "b", "c"]
+    stats = l1.stats()
+    assert stats["evictions_by_cause"] == {"entries": 3, "bytes": 0}
+    assert stats["bytes"] == (0 + 4 + 1 + 2 + 3) + 5 * ENTRY_OVERHEAD
+
+
+def test_two_cold_batch_reads_of_the_same_keys_count_their_bytes_once() -> None:
+    l1, clock = make_l1()
+    _, first = l1.lookup(["a", "b"])  # two readers miss the same keys ...
+    _, second = l1.lookup(["b", "c"])
+    with second:  # ... the second fills first
+        second.install(second.keys, [b"2", b"3"], [clock.now + 60] * 2)
+    with first:  # "b" has an entry now: the first one's fill replaces it
+        first.install(first.keys, [b"1", b"22"], [clock.now + 60] * 2)
+    assert [l1.peek(key) for key in "abc"] == [b"1", b"22", b"3"]
+    assert l1.stats()["bytes"] == 1 + 2 + 1 + 3 * ENTRY_OVERHEAD and len(l1) == 3
+    found, ticket = l1.lookup(["a", "d"])  # "a" is there: not a cold batch
+    with ticket:
+        ticket.install(ticket.keys, [b"444"], [clock.now + 60])
+    assert found == {"a": b"1"} and l1.peek("d") == b"444"
+    assert l1.stats()["bytes"] == 1 + 2 + 1 + 3 + 4 * ENTRY_OVERHEAD

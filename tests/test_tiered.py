@@ -799,7 +799,7 @@ def test_get_many_reloads_its_script_after_script_flush(cache_factory: CacheFact
     cache._tiers.l1.clear()
     redis_server.client().script_flush()
     assert cache.get_many(["a", "b", "c"]) == {"a": b"1", "b": b"2"}
-    assert cache._l2._scripting is True
+    assert cache._l2.scripting is True
 
 
 def test_get_many_works_where_scripting_is_not_allowed(cache_factory: CacheFactory,
@@ -812,7 +812,7 @@ def test_get_many_works_where_scripting_is_not_allowed(cache_factory: CacheFacto
     cache._tiers.l1.clear()
     found = cache.get_many([f"k{n}" for n in range(700)])
     assert found == {f"k{n}": b"v%d" % n for n in range(600)}
-    assert cache._l2._scripting is False
+    assert cache._l2.scripting is False
     cache._tiers.l1.clear()
     assert cache.get_many(["k1", "k2"]) == {"k1": b"v1", "k2": b"v2"}
 

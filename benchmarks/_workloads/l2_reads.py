@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import functools
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
 from _measure import median, percentile, ratio_median, timed_calls_ns
 from _systems import DOGPILE, DRAGONFLY, FLASK, RAW, Dragonfly, RawRedis, open_dragonfly
 from redis.cluster import RedisCluster
@@ -112,12 +114,42 @@ def _p50_rows(p50: dict[str, list[float]], reference: str, ratio: str
     return rows, data
 
 
+def _interleaved_p50_us(cache: TieredCache, mget: Callable[[list[str]], object],
+                        batches: list[list[str]], ctx: Context) -> tuple[float, float]:
+    """p50 µs of ``cache.get_many(batch)`` and of ``mget(batch)``, each batch read by both
+    one right after the other (in turns, which goes first), so both p50s come from the same
+    moments of this shared machine; ``cache`` must stay L1-cold and is closed afterwards."""
+    clock, overhead = time.perf_counter_ns, ctx.overhead_ns
+    reads: list[float] = []
+    mgets: list[float] = []
+    deadline = clock() + int(ctx.settings.duration * 1e9)
+    try:
+        for index, batch in enumerate(batches):
+            for op, samples in ((cache.get_many, reads), (mget, mgets))[::1 - 2 * (index % 2)]:
+                start = clock()
+                op(batch)
+                samples.append(clock() - start - overhead)
+            if clock() >= deadline:
+                break
+        if cache.stats()["l1_stats"]["hits"]:
+            raise RuntimeError("interleaved get_many: keys were not L1-cold")
+    finally:
+        cache.close()
+    return (percentile(sorted(reads), 50) / 1000, percentile(sorted(mgets), 50) / 1000)
+
+
 def get_many_100(ctx: Context) -> Result:
+    """get_many of 100 L1-cold keys against raw MGETs of the same keys: on dragonfly_cache's
+    own redis-server (the targets' reference: the same server, the same keys, measured
+    interleaved with get_many) and on redis-py's, and against 100 single reads and the
+    other caches' batch reads."""
     s = ctx.settings
     size = min(100, len(ctx.keys))
     dragonfly: Dragonfly = ctx.system(DRAGONFLY)
     raw: RawRedis = ctx.system(RAW)
     flask, dogpile = ctx.system(FLASK), ctx.system(DOGPILE)
+    assert dragonfly.server is not None
+    same_server = redis.Redis(host=dragonfly.server.host, port=dragonfly.server.port)
 
     def singles(get: Callable[[str], object]) -> Callable[[list[str]], None]:
         def each(batch: list[str]) -> None:
@@ -132,42 +164,79 @@ def get_many_100(ctx: Context) -> Result:
             pipe.pttl(key)
         return pipe.execute()  # type: ignore[no-any-return]
 
+    reference = f"{RAW} MGET({size}), same server"
+    # Interleaved pairs: the default coherence (auto: tracking on Redis 6+), and pub/sub,
+    # where the server does not also remember every key read for its invalidations.
+    pairs = {"auto": (f"{DRAGONFLY} get_many({size}), interleaved with the next",
+                      f"{RAW} MGET({size}), same server, interleaved"),
+             "pubsub": (f"{DRAGONFLY} get_many({size}), l1.invalidation=pubsub, interleaved "
+                        "with the next",
+                        f"{RAW} MGET({size}), same server, interleaved (pubsub pair)")}
+    paired = pairs["auto"]
     fresh_variants = {  # need an L1-cold TieredCache: built per round
         f"{DRAGONFLY} get_many({size})": lambda cache: cache.get_many,
         f"{DRAGONFLY} {size}x get": lambda cache: singles(cache.get),
     }
     variants: dict[str, Callable[[], Callable[[list[str]], object]]] = {
+        reference: lambda: same_server.mget,
         f"{RAW} MGET({size})": lambda: raw.client.mget,
         f"{RAW} {size}x GET": lambda: singles(raw.get),
         f"{RAW} MGET+{size}xPTTL pipeline": lambda: mget_pttl,
         f"{FLASK} get_many({size})": lambda: lambda batch: flask.cache.get_many(*batch),
         f"{DOGPILE} get_multi({size})": lambda: dogpile.region.get_multi,
     }
-    names = [*fresh_variants, *variants]
-    p50: dict[str, list[float]] = {n: [] for n in names}
+    pair_of = {pair[0]: mode for mode, pair in pairs.items()}
+    names = [*fresh_variants, *variants, *pair_of]
+    p50: dict[str, list[float]] = {n: [] for n in [*fresh_variants, *variants,
+                                                   *(n for pair in pairs.values() for n in pair)]}
     rng = random.Random(100)
-    for r in range(s.rounds):
-        progress(f"get_many: round {r + 1}/{s.rounds}")
-        batches = _shuffled_batches(ctx.keys, size, rng)
-        for name in rotated(names, r):
-            if name in fresh_variants:
-                cache = dragonfly.fresh()
-                p50[name].append(_cold_p50_us(name, cache, fresh_variants[name](cache),
-                                              batches, ctx))
-            else:
-                samples = timed_calls_ns(variants[name](), batches, s.duration,
-                                         ctx.overhead_ns)
-                p50[name].append(percentile(samples, 50) / 1000)
-    rows, data = _p50_rows(p50, f"{RAW} MGET({size})", "vs_mget")
+    try:
+        for r in range(s.rounds):
+            progress(f"get_many: round {r + 1}/{s.rounds}")
+            batches = _shuffled_batches(ctx.keys, size, rng)
+            for name in rotated(names, r):
+                if name in pair_of:
+                    cache = open_dragonfly(dragonfly.server.address, dragonfly.max_size,
+                                           invalidation=pair_of[name])
+                    for key, value in zip(pairs[pair_of[name]], _interleaved_p50_us(
+                            cache, same_server.mget, batches, ctx), strict=True):
+                        p50[key].append(value)
+                elif name in fresh_variants:
+                    cache = dragonfly.fresh()
+                    p50[name].append(_cold_p50_us(name, cache, fresh_variants[name](cache),
+                                                  batches, ctx))
+                else:
+                    samples = timed_calls_ns(variants[name](), batches, s.duration,
+                                             ctx.overhead_ns)
+                    p50[name].append(percentile(samples, 50) / 1000)
+    finally:
+        same_server.close()
+    in_pairs = {n for pair in pairs.values() for n in pair}
+    rows, data = _p50_rows({n: v for n, v in p50.items() if n not in in_pairs}, reference,
+                           "vs_mget")
+    for pair in pairs.values():
+        pair_rows, pair_data = _p50_rows({n: p50[n] for n in pair}, pair[1], "vs_mget")
+        rows.extend(pair_rows)
+        data.update(pair_data)
+    measured = data[paired[0]]["vs_mget"]
     return {
         "title": f"get_many of {size} L1-cold keys vs {size} single gets vs raw MGET",
         "note": f"µs per call of {size} keys (p50). dragonfly_cache: a fresh TieredCache per "
-                "variant and round, each batch read once.",
-        "columns": ["variant", "p50 µs / call", "vs redis-py MGET"],
+                "variant and round, each batch read once. Ratios are to a raw redis-py MGET "
+                "of the same keys on dragonfly_cache's own redis-server (each other system "
+                "reads its own server); the interleaved pairs read each batch one right after "
+                "the other (in turns, which goes first), so their ratio does not swing with "
+                "this shared machine's speed between measurements. The targets take the "
+                "default coherence's pair (auto: tracking here, where the server also "
+                "remembers each key read); the pub/sub pair shows the cost without that.",
+        "columns": ["variant", "p50 µs / call", "vs redis-py MGET, same server"],
         "rows": rows, "data": data,
-        "targets": [target(f"get_many({size}) ≤ 1.3x a raw redis-py MGET of the same keys",
-                           data[f"{DRAGONFLY} get_many({size})"]["vs_mget"], 1.3, "<=",
-                           s.judge)],
+        "targets": [
+            target(f"get_many({size}) ≤ 2.0x a raw redis-py MGET of the same keys (issue 16)",
+                   measured, 2.0, "<=", s.judge),
+            target(f"get_many({size}) ≤ 1.3x a raw redis-py MGET of the same keys (issue 8)",
+                   measured, 1.3, "<=", s.judge),
+        ],
     }
 
 
