@@ -21,6 +21,7 @@ RUN = ROOT / "benchmarks" / "run.py"
 WORKLOADS = {
     "hot_reads_1t",
     "hot_reads_8t",
+    "l1_bytes_bound",
     "mixed_90_10_4t",
     "l2_path",
     "stampede",

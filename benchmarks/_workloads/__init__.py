@@ -13,7 +13,7 @@ from collections.abc import Callable
 from .adapters import adapter_hits
 from .coherence import coherence_modes, cross_process_staleness, staleness_by_mode
 from .common import VALUE_SIZE, Context, Result, Settings
-from .hot_path import hot_reads_1t, hot_reads_8t, metrics_overhead, mixed_90_10
+from .hot_path import hot_reads_1t, hot_reads_8t, l1_bytes_bound, metrics_overhead, mixed_90_10
 from .l2_reads import get_many_100, get_many_cluster, l2_path
 from .memory import l1_memory
 from .payload import compression_100k
@@ -36,6 +36,7 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "staleness_by_mode": staleness_by_mode,
     "coherence_modes": coherence_modes,
     "metrics_overhead": metrics_overhead,
+    "l1_bytes_bound": l1_bytes_bound,
     "l1_memory": l1_memory,
     "compression_100k": compression_100k,
     "adapter_hits": adapter_hits,

@@ -23,7 +23,7 @@ from _systems import DRAGONFLY, FLOOR, RAW, System
 
 from .common import Context, Result, fmt, fmt_x, progress, rotated, target
 
-__all__ = ["hot_reads_1t", "hot_reads_8t", "metrics_overhead", "mixed_90_10"]
+__all__ = ["hot_reads_1t", "hot_reads_8t", "l1_bytes_bound", "metrics_overhead", "mixed_90_10"]
 
 
 def hot_reads_1t(ctx: Context) -> Result:
@@ -131,6 +131,22 @@ def mixed_90_10(ctx: Context) -> Result:
     return result
 
 
+def _paired_hit_p50(ctx: Context, gets: dict[str, Callable[[str], Any]], label: str
+                    ) -> dict[str, list[float]]:
+    """Per-call p50 (µs) of each of ``gets`` (an L1 hit: every key already set) over the
+    Zipf keys, taking turns within each round: their ratios are read inside one run."""
+    s = ctx.settings
+    for get in gets.values():
+        ops_per_second(get, ctx.zipf, s.duration / 4)
+    p50: dict[str, list[float]] = {name: [] for name in gets}
+    for r in range(s.rounds):
+        progress(f"{label}: round {r + 1}/{s.rounds}")
+        for name in rotated(list(gets), r):
+            samples = timed_calls_ns(gets[name], ctx.zipf, s.duration, ctx.overhead_ns)
+            p50[name].append(percentile(samples, 50) / 1000)
+    return p50
+
+
 def metrics_overhead(ctx: Context) -> Result:
     """The L1 hit path with Prometheus metrics attached vs not, plus the cost of one sync.
 
@@ -147,14 +163,8 @@ def metrics_overhead(ctx: Context) -> Result:
     try:
         for cache in caches.values():
             cache.set_many({key: ctx.value for key in ctx.keys})
-            ops_per_second(cache.get, ctx.zipf, s.duration / 4)
-        p50: dict[str, list[float]] = {"off": [], "on": []}
-        for r in range(s.rounds):
-            progress(f"metrics on vs off: round {r + 1}/{s.rounds}")
-            for name in rotated(["off", "on"], r):
-                samples = timed_calls_ns(caches[name].get, ctx.zipf, s.duration,
-                                         ctx.overhead_ns)
-                p50[name].append(percentile(samples, 50) / 1000)
+        p50 = _paired_hit_p50(ctx, {name: cache.get for name, cache in caches.items()},
+                              "metrics on vs off")
         sync_us = []
         for _ in range(200):
             started = time.perf_counter()
@@ -179,4 +189,59 @@ def metrics_overhead(ctx: Context) -> Result:
         "data": data,
         "targets": [target("Metrics on costs ≤ 5% on the L1 hit path", cost, 0.05, "<=",
                            s.judge, shown=f"{cost * 100:+.1f}%")],
+    }
+
+
+def l1_bytes_bound(ctx: Context) -> Result:
+    """What bounding L1 in bytes (``l1.max_bytes``, issue 16) costs on the L1 hit path.
+
+    Three warm L1s answer the same Zipf reads in turns: dragonfly_cache with the default
+    byte bound (64 MiB), dragonfly_cache with a bound too large to ever bind (the entry
+    count alone bounds it, as before issue 16), and the cachetools+RLock floor. A hit
+    moves the entry to the end of the LRU order and counts no bytes (bytes are counted
+    when an entry is stored or leaves), so the first two should match; the ratio to the
+    floor is the whole L1 hit path's.
+    """
+    from _systems import open_dragonfly
+
+    from dragonfly_cache import CacheConfig, DragonflyConfig, L1Config, L2Config, TieredCache
+
+    dragonfly = ctx.system(DRAGONFLY)
+    floor = ctx.system(FLOOR)
+    unbound = TieredCache(CacheConfig(
+        dragonfly=DragonflyConfig(addresses=[dragonfly.server.address]),
+        l1=L1Config(max_size=dragonfly.max_size, ttl=3600.0, max_bytes=2**50),
+        l2=L2Config(ttl=3600.0)))
+    caches = {"default bound": open_dragonfly(dragonfly.server.address, dragonfly.max_size),
+              "never binds": unbound}
+    try:
+        caches["never binds"].set_many({key: ctx.value for key in ctx.keys})
+        misses = {}
+        for name, cache in caches.items():  # into L1 (after the writes: they invalidate)
+            cache.get_many(ctx.keys)
+            misses[name] = cache.stats()["l1_stats"]["misses"]
+        p50 = _paired_hit_p50(ctx, {**{name: cache.get for name, cache in caches.items()},
+                                    FLOOR: floor.get}, "L1 bytes bound")
+        for name, cache in caches.items():
+            if cache.stats()["l1_stats"]["misses"] != misses[name]:
+                raise RuntimeError(f"l1_bytes_bound: a read of {name!r} missed L1")
+    finally:
+        for cache in caches.values():
+            cache.close()
+    cost = ratio_median(p50["default bound"], p50["never binds"]) - 1
+    data = {name.replace(" ", "_") + "_p50_us": median(values) for name, values in p50.items()}
+    data.update(cost=cost, vs_floor=ratio_median(p50["default bound"], p50[FLOOR]),
+                rounds=p50)
+    return {
+        "title": "l1.max_bytes on the L1 hit path",
+        "note": "Per-call p50 of get() on warm L1s read in turns; the floor is cachetools' "
+                "TTLCache behind an RLock.",
+        "columns": ["measure", "value"],
+        "rows": [[f"L1 hit p50, {name}", f"{median(values):.2f} µs"]
+                 for name, values in p50.items()]
+                + [["cost of the byte bound on the hit path", f"{cost * 100:+.1f}%"],
+                   ["hit p50 with the bound vs the floor", fmt_x(data["vs_floor"])]],
+        "data": data,
+        "targets": [target("l1.max_bytes costs ≤ 5% on the L1 hit path", cost, 0.05, "<=",
+                           ctx.settings.judge, shown=f"{cost * 100:+.1f}%")],
     }
