@@ -206,38 +206,30 @@ class Journal:
 
     def took_pattern(self, pattern: str, matches: Callable[[str], bool]) -> None:
         """L2 took an ``invalidate(pattern)``: remembered for :meth:`switching` (with a
-        ``window``)."""
+        ``window``); pending now if it may have reached an old primary only."""
         if self._window is None:
             return
         with self._lock:
-            untrusted = self._switching
-            if untrusted:
-                self._record += 1
-                self._pending.patterns.pop(pattern, None)
-                self._pending.patterns[pattern] = (self._record, matches)
-            else:
+            if not self._switching:
                 taken = self._taken
                 taken.newest = now = self._timer()
                 taken.patterns.pop(pattern, None)
                 taken.patterns[pattern] = (now, matches)
                 taken.prune(self._window, self._size)
-        if untrusted:
-            self._start()
+                return
+        self.pattern(pattern, matches)
 
     def took_clear(self) -> None:
-        """L2 took a ``clear()``: remembered for :meth:`switching` (with a ``window``)."""
+        """L2 took a ``clear()``: remembered for :meth:`switching` (with a ``window``);
+        pending now if it may have reached an old primary only."""
         if self._window is None:
             return
         with self._lock:
-            untrusted = self._switching
-            if untrusted:
-                self._record += 1
-                self._pending = Pending(clear=self._record)
-            else:
+            if not self._switching:
                 self._taken.newest = self._taken.clear = self._timer()
                 self._taken.prune(self._window, self._size)
-        if untrusted:
-            self._start()
+                return
+        self.clear()
 
     @contextlib.contextmanager
     def switching(self) -> Iterator[int]:
