@@ -44,12 +44,14 @@ step "ruff check"
 step "mypy (package, strict)"
 .venv/bin/mypy
 
+# --durations: the slowest tests of each run, to keep the whole under CI's 20 minutes.
 step "pytest $* (on Redis)"
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=15 "$@"
 
 step "pytest --server=valkey -m \"$valkey_selection\" ${others[*]}"
 status=0
-.venv/bin/python -m pytest --server=valkey -m "$valkey_selection" "${others[@]}" || status=$?
+.venv/bin/python -m pytest --durations=15 --server=valkey -m "$valkey_selection" "${others[@]}" \
+    || status=$?
 if [[ $status == 5 ]]; then  # pytest: no test collected
     echo "no server-backed test selected: nothing to run on Valkey"
 elif [[ $status != 0 ]]; then
