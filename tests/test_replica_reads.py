@@ -20,7 +20,7 @@ import pytest
 
 from dragonfly_cache import CacheConfig, ConfigError, DragonflyConfig, L1Config, TieredCache
 from dragonfly_cache._replicas import RECENT_WINDOW, Recent
-from tests.helpers import FakeClock, command_calls, wait_subscribed, wait_until
+from tests.helpers import FakeClock, command_calls, metric, wait_subscribed, wait_until
 from tests.helpers.cluster import LocalCluster
 from tests.helpers.sentinel import LocalSentinels
 
@@ -121,6 +121,27 @@ def seed(primary: Any, values: dict[str, bytes]) -> None:
     assert client.wait(1, 2000) == 1
 
 
+def exported_reads(cache: TieredCache) -> dict[str, float]:
+    """``dragonfly_cache_replica_reads_total`` by ``served_by``, as the metrics export the
+    growth of ``cache``'s counters (from a registry of its own)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from dragonfly_cache.metrics import CacheMetrics, register
+
+    registry = CollectorRegistry()
+    register(registry)
+
+    def exported() -> dict[str, float]:
+        text = generate_latest(registry).decode()
+        return {served_by: metric(text, "dragonfly_cache_replica_reads_total",
+                                  served_by=served_by)
+                for served_by in ("replica", "primary", "fallback")}
+
+    before = exported()
+    CacheMetrics(cache).sync()
+    return {key: value - before[key] for key, value in exported().items()}
+
+
 def not_called() -> bytes:
     raise AssertionError("L2 has the value: the loader must not run")
 
@@ -144,6 +165,7 @@ def test_fill_reads_go_to_the_replica_and_everything_else_to_the_primary(
     assert (command_calls(primary, "get"), command_calls(primary, "mget")) == before["primary"]
     counted = replica_stats(cache)
     assert (counted["reads"], counted["primary"], counted["fallbacks"]) == (12, 0, 0)
+    assert exported_reads(cache) == {"replica": 12.0, "primary": 0.0, "fallback": 0.0}
 
     pttls = command_calls(primary, "pttl")
     assert cache.ttl("k0") is not None  # not a fill: the primary answers
