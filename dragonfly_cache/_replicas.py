@@ -65,9 +65,14 @@ class Recent:
                  timer: Callable[[], float] = time.monotonic) -> None:
         self.window, self.size = window, size
         self._timer = timer
-        self._lock = threading.Lock()
         self._keys: collections.OrderedDict[str | bytes, float] = collections.OrderedDict()
         self._all_until = -math.inf
+        self.start_process_state()
+
+    def start_process_state(self) -> None:
+        """A new lock (a forked child's may have been held by a parent thread); the keys
+        are plain data and are kept."""
+        self._lock = threading.Lock()
 
     def note(self, names: Iterable[str | bytes]) -> None:
         """``names`` were invalidated now."""
@@ -119,7 +124,8 @@ class ReplicaReads:
         self.start_process_state()
 
     def start_process_state(self) -> None:
-        """Fresh counters (a forked child counts its own reads)."""
+        """Fresh counters (a forked child counts its own reads) and locks."""
+        self.recent.start_process_state()
         self._lock = threading.Lock()
         self.reads = 0  # keys a replica answered
         self.primary = 0  # keys read from a primary: invalidated lately, or no replica
