@@ -64,7 +64,7 @@ class Recent:
     def __init__(self, window: float = RECENT_WINDOW, size: int = RECENT_SIZE,
                  timer: Callable[[], float] = time.monotonic) -> None:
         self.window, self.size = window, size
-        self._timer = timer
+        self.timer = timer  # the cache's clock (TieredCache's timer: tests pass a fake one)
         self._keys: collections.OrderedDict[str | bytes, float] = collections.OrderedDict()
         self._all_until = -math.inf
         self.start_process_state()
@@ -76,7 +76,7 @@ class Recent:
 
     def note(self, names: Iterable[str | bytes]) -> None:
         """``names`` were invalidated now."""
-        now = self._timer()
+        now = self.timer()
         with self._lock:
             keys = self._keys
             for name in names:
@@ -88,13 +88,13 @@ class Recent:
 
     def note_all(self) -> None:
         """Every key may have been invalidated now."""
-        until = self._timer() + self.window
+        until = self.timer() + self.window
         with self._lock:
             self._all_until = max(self._all_until, until)
 
     def any(self, names: Iterable[str | bytes]) -> bool:
         """Whether any of ``names`` was invalidated in the last ``window`` seconds."""
-        now = self._timer()
+        now = self.timer()
         if now < self._all_until:
             return True
         if not self._keys:  # the common case, without the lock

@@ -24,6 +24,7 @@ from ._invalidation import Invalidation, NotingTarget
 from ._journal import REAPPLY_WINDOW, Journal, Pending
 from ._l1 import L1
 from ._l2 import L2
+from ._listener import InvalidationTarget
 from ._reads import Reads
 from ._switchover import Switchover
 from .config import L1Config
@@ -59,8 +60,10 @@ class Tiers:
         self.journal = Journal(self._replay, window=REAPPLY_WINDOW if failover else None)
         # With replica reads, what coherence invalidates is noted first (held here: the
         # coherence holds its target weakly).
-        self.target = self.l1 if l2.replica_reads is None else NotingTarget(
-            self.l1, l2.replica_reads.recent, l2.prefix)
+        self.target: InvalidationTarget = self.l1
+        if l2.replica_reads is not None:
+            l2.replica_reads.recent.timer = timer
+            self.target = NotingTarget(self.l1, l2.replica_reads.recent, l2.prefix)
         self.coherence = (None if config.invalidation == "off" else Invalidation(
             config.invalidation, self.target, l2, on_ready=weakly(self.journal.wake)))
         if self.coherence is not None:

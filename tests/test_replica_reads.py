@@ -94,13 +94,13 @@ def make(redis_sentinels: LocalSentinels) -> Iterator[Make]:
     coherent, that knows the replica; closed at teardown."""
     caches: list[TieredCache] = []
 
-    def factory(invalidation: str = "auto", l1_ttl: float = 300.0, **dragonfly: Any
-                ) -> TieredCache:
+    def factory(invalidation: str = "auto", l1_ttl: float = 300.0,
+                timer: Callable[[], float] = time.monotonic, **dragonfly: Any) -> TieredCache:
         dragonfly.setdefault("sentinels", redis_sentinels.addresses)
         dragonfly.setdefault("sentinel_master", redis_sentinels.service)
         cache = TieredCache(CacheConfig(
             dragonfly=DragonflyConfig(read_from_replicas=True, **dragonfly),
-            l1=L1Config(invalidation=invalidation, ttl=l1_ttl)))
+            l1=L1Config(invalidation=invalidation, ttl=l1_ttl)), timer=timer)
         caches.append(cache)
         wait_subscribed(cache)
         wait_until(lambda: replica_stats(cache)["replicas"] == [
@@ -196,28 +196,31 @@ def test_a_value_deleted_on_the_primary_is_not_refilled_from_a_lagging_replica(
         redis_sentinels: LocalSentinels, make: Make) -> None:
     seed(redis_sentinels.primary, {"k": b"old"})
     writer = make("pubsub")
-    reader = make("pubsub", l1_ttl=0.5)
+    clock = FakeClock(time.monotonic())  # the reader's: its window and its L1 deadlines
+    reader = make("pubsub", l1_ttl=0.5, timer=clock)
     assert reader.get("k") == b"old" and writer.get("k") == b"old"  # both from the replica
-    lag(redis_sentinels.replica, 2000)
+    lag(redis_sentinels.replica, 1500)
     applied = reader.stats()["coherence"]["applied"]
-    deleted = time.monotonic()
     writer.delete("k")
     wait_until(lambda: reader.stats()["coherence"]["applied"] > applied)  # heard it
     # For the window after the invalidation (or the write), reads go to the primary: the
     # replica still has the old value and would put it back into L1.
-    while time.monotonic() < deleted + RECENT_WINDOW - 0.2:
+    for _ in range(10):
         assert reader.get("k") is None
-        assert writer.get("k") is None  # read-your-writes
-        time.sleep(0.02)
+        assert writer.get("k") is None  # read-your-writes (a second is ample for 10 rounds)
+        clock.advance(RECENT_WINDOW / 20)
     assert redis_sentinels.replica.client().get("k") == b"old"
-    # Past the window a replica still lagging may answer the old value (documented), and
-    # it lives in L1 at most l1.ttl after the replica caught up.
-    time.sleep(max(0.0, deleted + RECENT_WINDOW + 0.3 - time.monotonic()))
+    assert replica_stats(reader)["primary"] == 10
+    # Past the window a replica still lagging may answer the old value (documented); it
+    # then lives in L1 until l1.ttl, and the replica caught up answers the delete.
+    clock.advance(RECENT_WINDOW / 2 + 0.01)
     assert reader.get("k") == b"old"
+    clock.advance(0.25)
+    assert reader.get("k") == b"old"  # from L1
     wait_until(lambda: redis_sentinels.replica.client().get("k") is None, timeout=5.0)
-    time.sleep(0.5)
-    assert reader.get("k") is None
-    assert replica_stats(reader)["primary"] >= 1
+    assert reader.get("k") == b"old"  # from L1 still: nothing tells it in pub/sub mode
+    clock.advance(0.26)
+    assert reader.get("k") is None  # l1.ttl is over: read from the replica again
 
 
 def test_reads_go_to_the_primary_while_the_replica_is_down(
