@@ -158,9 +158,10 @@ class Sentinel:
             self._record(answers, problems)
             best = choose(answers)
             if best is not None and best.primary is not None:
-                self.replicas = best.replicas
                 unanimous = all(answer.primary == best.primary for answer in answers)
                 self._adopt(best.primary, best.epoch, force=suspected and unanimous)
+                if self.primary == best.primary:  # not the replicas of an older primary
+                    self.replicas = best.replicas
         finally:
             self._questions.finish("ask", flight)
 
@@ -214,6 +215,7 @@ class Sentinel:
                 self.primary, self._epoch = address, epoch
                 if previous is not None:
                     self.switches += 1
+                    self.replicas = ()  # the old primary's: known again at the next ask
             if previous is not None:
                 logger.warning("Sentinel service %r: the primary is now %s (was %s)",
                                self.service, address, previous)

@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from dragonfly_cache import CacheConfig, ConfigError, DragonflyConfig, L1Config, TieredCache
 from dragonfly_cache._replicas import RECENT_WINDOW, Recent
+from dragonfly_cache._sentinel_answers import healthy_replicas
 from tests.helpers import FakeClock, command_calls, metric, wait_subscribed, wait_until
 from tests.helpers.cluster import LocalCluster
 from tests.helpers.sentinel import LocalSentinels
@@ -83,6 +85,18 @@ def test_recent_keys_are_remembered_for_the_window_and_never_beyond_their_number
     assert recent.any(["anything"])
     clock.advance(1.01)
     assert not recent.any(["anything"])
+
+
+def test_only_the_replicas_a_sentinel_reports_healthy_are_read_from() -> None:
+    def replica(port: int, flags: str, link: str = "ok") -> list[bytes]:
+        return [b"name", b"127.0.0.1:%d" % port, b"ip", b"127.0.0.1", b"port", b"%d" % port,
+                b"flags", flags.encode(), b"master-link-status", link.encode()]
+
+    reply = [replica(1, "slave"), replica(2, "s_down,slave"), replica(3, "o_down,slave"),
+             replica(4, "slave,disconnected"), replica(5, "slave", link="err"),
+             replica(6, "slave")]
+    assert healthy_replicas(reply) == ("127.0.0.1:1", "127.0.0.1:6")
+    assert healthy_replicas(redis.ResponseError("unknown subcommand")) == ()
 
 
 # -- Sentinel --------------------------------------------------------------------------------------
@@ -245,6 +259,26 @@ def test_reads_go_to_the_primary_while_the_replica_is_down(
     assert counted["reads"] == 0
     # The sentinels, asked again after the failure, no longer report the replica.
     wait_until(lambda: replica_stats(cache)["replicas"] == [], timeout=10.0)
+
+
+def test_reads_through_a_sentinel_failover_never_raise(
+        redis_sentinels: LocalSentinels, make: Make) -> None:
+    values = {f"k{n}": b"%d" % n for n in range(20)}
+    seed(redis_sentinels.primary, values)
+    cache = make(l1_ttl=0.01)  # every read reaches L2
+    new_primary = redis_sentinels.replica.address
+    redis_sentinels.failover()
+    deadline = time.monotonic() + 10.0
+    while cache.health()["dragonfly"].get("sentinel", {}).get("primary") != new_primary:
+        assert time.monotonic() < deadline, "the cache did not follow the failover"
+        found = cache.get_many(list(values))  # never raises; L1 flushed at the switch
+        assert all(values[key] == value for key, value in found.items())
+    # The old primary's replica is the primary now: never read from as a replica.
+    assert new_primary not in replica_stats(cache)["replicas"]
+    assert cache.get_many(list(values)) == values
+    assert new_primary not in replica_stats(cache)["replicas"]
+    cache.set("after", b"switch")  # and writes go there
+    assert redis_sentinels.replica.client().get("after") == b"switch"
 
 
 # -- cluster ---------------------------------------------------------------------------------------
