@@ -93,6 +93,13 @@ class CircuitBreaker:
             self.rejected += 1
             return False
 
+    def ready(self) -> bool:
+        """Whether :meth:`allow` would let a call through now (nothing changes)."""
+        now = self._timer()
+        state = self.state
+        return (state == CLOSED or (state == OPEN and now >= self._retry_at)
+                or (state == HALF_OPEN and now >= self._probe_deadline))
+
     def abandon(self) -> None:
         """A call that :meth:`allow` let through never reached the server (no verdict).
 

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import redis
 
@@ -33,14 +33,15 @@ from ._coherence import Coherence
 from ._flushwatch import FlushWatch
 from ._l1 import L1
 from ._l2 import L2
-from ._listener import CONNECTING, DOWN, STOPPED, SUBSCRIBED, state_changed
+from ._listener import CONNECTING, DOWN, STOPPED, SUBSCRIBED, InvalidationTarget, state_changed
+from ._replicas import Recent
 from ._tracking import Tracking
 from .config import CacheConfig, L1Config
 from .exceptions import CacheUnavailableError
 from .types import CoherenceStats
 
-__all__ = ["Invalidation", "l1_settings", "listening_servers", "subscription",
-           "supports_tracking"]
+__all__ = ["Invalidation", "NotingTarget", "l1_settings", "listening_servers",
+           "subscription", "supports_tracking"]
 
 
 def l1_settings(config: CacheConfig) -> L1Config:
@@ -110,6 +111,31 @@ def _refresh_topology(l2: L2) -> None:
         l2.router.topology.refresh_soon()
 
 
+class NotingTarget:
+    """L1 as coherence sees it with replica reads: every invalidation it applies is noted
+    first (``recent``, with the key prefix), so the next reads of those keys go to the
+    primary, not to a replica that may not have applied the write yet (:mod:`._replicas`)."""
+
+    def __init__(self, l1: L1, recent: Recent, prefix: str) -> None:
+        self._l1, self._recent, self._prefix = l1, recent, prefix
+
+    def invalidate(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        self._recent.note([self._prefix + key for key in keys])
+        self._l1.invalidate(keys)
+
+    def invalidate_matching(self, matches: Callable[[str], bool]) -> int:
+        self._recent.note_all()
+        return self._l1.invalidate_matching(matches)
+
+    def clear(self) -> None:
+        self._recent.note_all()
+        self._l1.clear()
+
+    def drop_untrusted(self) -> None:
+        self._l1.drop_untrusted()
+
+
 class Invalidation:
     """The coherence of one cache in one process, in the configured mode.
 
@@ -121,7 +147,8 @@ class Invalidation:
             failed invalidations replays at once.
     """
 
-    def __init__(self, mode: str, target: L1, l2: L2, on_ready: Callable[[], None]) -> None:
+    def __init__(self, mode: str, target: InvalidationTarget, l2: L2,
+                 on_ready: Callable[[], None]) -> None:
         self.mode = mode  # "auto" until the server answered, then "tracking" or "pubsub"
         self._target = weakref.ref(target)
         self._l2 = l2

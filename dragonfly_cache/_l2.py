@@ -21,6 +21,7 @@ from ._compression import Compression
 from ._connections import Command, Connections
 from ._glob import escape_glob
 from ._multiget import MultiGet
+from ._replicas import ReplicaReads
 from ._router import Group, Result, Router, replies_of
 from ._scripts import DELETE_IF_EQUAL, INCR
 from ._tracking import TRACKED_WRITES, exec_replies
@@ -59,6 +60,8 @@ class L2:
         self.channels = NodeChannels(self.channel)
         self.tracked_writes = False  # tracking mode: writes that fill L1 also read the key
         self.router = Router(config)
+        # The reads that fill L1 (``replica=True``) may go to replicas (read_from_replicas).
+        self.replica_reads = ReplicaReads(self.router) if config.read_from_replicas else None
         self.address = self.router.address
         self._multiget = MultiGet()
         self._start_process_state()
@@ -72,6 +75,8 @@ class L2:
         """Drop the parent's connections, locks, breaker state and counters."""
         self.router.after_fork_in_child()
         self.compression.after_fork_in_child()
+        if self.replica_reads is not None:
+            self.replica_reads.start_process_state()
         self._start_process_state()
 
     def __repr__(self) -> str:
@@ -89,20 +94,25 @@ class L2:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def get(self, key: str, *, count: bool = True) -> tuple[bytes | None, int]:
-        """GET and PTTL of one key in one round trip (``count``: as a hit or a miss).
+    def get(self, key: str, *, count: bool = True, replica: bool = False
+            ) -> tuple[bytes | None, int]:
+        """GET and PTTL of one key in one round trip (``count``: as a hit or a miss;
+        ``replica``: a read that fills L1, which may go to a replica).
 
         Returns:
             (value or None, remaining life in ms: -1 for no expiry, -2 if the key vanished).
         """
         name = self.prefix + key
-        value, pttl = self.router.keyed("GET", name, [("GET", name), ("PTTL", name)])
+        reads = self.replica_reads if replica else None
+        value, pttl = (reads or self.router).keyed("GET", name, [("GET", name), ("PTTL", name)])
         if count:
             self._count(value is not None, value is None)
         return value, pttl
 
-    def get_many(self, keys: Sequence[str]) -> tuple[list[bytes | None], list[int]]:
-        """Values and PTTLs of many keys in one round trip (per cluster node).
+    def get_many(self, keys: Sequence[str], *, replica: bool = False
+                 ) -> tuple[list[bytes | None], list[int]]:
+        """Values and PTTLs of many keys in one round trip (per cluster node); with
+        ``replica`` (a read that fills L1), maybe from replicas (:mod:`._replicas`).
 
         One key: GET + PTTL. Standalone: MGET and a PTTL script (:mod:`._multiget`).
         Cluster: GET + PTTL per key (a script or MGET may only touch one slot), one
@@ -114,17 +124,19 @@ class L2:
             both in the order of ``keys``; a None value always has a negative PTTL.
         """
         if len(keys) == 1:  # GET + PTTL
-            value, pttl = self.get(keys[0])
+            value, pttl = self.get(keys[0], replica=replica)
             return [value], [pttl if value is not None else -2]
         prefix = self.prefix
         names = [prefix + key for key in keys] if prefix else list(keys)
+        reads = self.replica_reads if replica else None
         if not self.router.is_cluster():
-            values, pttls, misses = self.router.call("MGET",
-                                                     partial(self._multiget.read, names))
+            read = partial(self._multiget.read, names)
+            values, pttls, misses = (self.router.call("MGET", read) if reads is None
+                                     else reads.call("MGET", read, names))
             self._count(len(values) - misses, misses)
             return values, pttls
-        results = self.router.batch("MGET", [(name, [("GET", name), ("PTTL", name)])
-                                             for name in names])
+        results = (reads or self.router).batch(
+            "MGET", [(name, [("GET", name), ("PTTL", name)]) for name in names])
         failed = sum(isinstance(result, Exception) for result in results)
         if failed and failed == len(results):
             raise next(result for result in results if isinstance(result, Exception))
@@ -171,6 +183,15 @@ class L2:
             CacheUnavailableError: a write or the announcement failed (a write nobody
                 heard about must be reported).
         """
+        if self.replica_reads is not None:  # read from the primary for a while
+            try:
+                return self._write_to_primaries(operation, groups, announce)
+            finally:
+                self.replica_reads.recent.note(name for name, _ in groups)
+        return self._write_to_primaries(operation, groups, announce)
+
+    def _write_to_primaries(self, operation: str, groups: list[Group], announce: str | None
+                            ) -> list[list[Any]]:
         results: list[Result]
         tracked = self.tracked_writes and operation in TRACKED_WRITES
         if tracked:
@@ -335,7 +356,7 @@ class L2:
         with self._counter_lock:
             hits, misses = self.hits - corrupt, self.misses + corrupt
         lookups = hits + misses
-        return {
+        stats: L2Stats = {
             "hits": hits,
             "misses": misses,
             "hit_rate": hits / lookups if lookups else 0.0,
@@ -344,6 +365,9 @@ class L2:
             "rejected": nodes.rejected(),
             "corrupt": corrupt,
         }
+        if self.replica_reads is not None:
+            stats["replicas"] = self.replica_reads.stats()
+        return stats
 
     def breaker_stats(self) -> BreakerStats:
         """The circuit breaker's state and counters (see :meth:`Router.breaker_stats`)."""

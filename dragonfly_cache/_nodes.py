@@ -149,6 +149,9 @@ class Nodes:
             self.connection_class = transport.connection_class
         # Kept across forks: observers are not per-process state.
         self._observers: tuple[LatencyObserver, ...] = ()
+        # Cluster replica reads: every pooled connection sends READONLY as it connects
+        # (a cluster replica then serves reads of its slots; a primary ignores it).
+        self.readonly = False
         self.start_process_state()
 
     def start_process_state(self) -> None:
@@ -183,15 +186,26 @@ class Nodes:
         options = self._options_for(address)
         if self._tracker is not None:  # CLIENT TRACKING needs RESP3 on Dragonfly
             options["protocol"] = 3
+        if self.readonly:
+            options["redis_connect_func"] = _connect_readonly
         return Connections(self.connection_class, options, self._retry, self._tracker)
+
+    def read_only(self) -> None:
+        """Send READONLY on every pooled connection from now on (a cluster found by
+        ``mode: auto``, with replica reads); pools made before are replaced."""
+        self._replace_pools(readonly=True)
 
     def track(self, tracker: Tracker | None) -> None:
         """Make every pooled connection from now on a tracked one, watched by ``tracker``
         (None: plain ones again). Pools made before are replaced: their connections close
         as they come back, so no call is sent on an untracked connection once this returns
         (one already sent is answered on it)."""
+        self._replace_pools(tracker=tracker)
+
+    def _replace_pools(self, **settings: Any) -> None:
         with self._lock:
-            self._tracker = tracker
+            self._tracker = settings.get("tracker", self._tracker)
+            self.readonly = settings.get("readonly", self.readonly)
             replaced = []
             for node in self._nodes.values():
                 replaced.append(node.connections)
@@ -376,3 +390,11 @@ class Nodes:
                 observer(operation, seconds)
             except Exception:  # a metrics problem must never fail a cache call
                 logger.exception("latency observer failed")
+
+
+def _connect_readonly(connection: redis.Connection) -> None:
+    """redis-py's connection set-up (AUTH, HELLO, SELECT), then READONLY."""
+    # Unannotated in redis-py.
+    connection.on_connect()  # type: ignore[no-untyped-call]
+    connection.send_command("READONLY", check_health=False)  # type: ignore[no-untyped-call]
+    connection.read_response()  # an error reply raises: the connect fails

@@ -58,7 +58,7 @@ class Reads:
         if self._journal and not (keys := self._journal.unblocked(keys)):
             return {}, NO_FILLS  # all pending: L2 may hold what a failed write removed
         try:
-            values, pttls = self._l2.get_many(keys)
+            values, pttls = self._l2.get_many(keys, replica=True)
         except CacheUnavailableError:
             if strict:
                 raise

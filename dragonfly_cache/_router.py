@@ -36,7 +36,7 @@ from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
 from .types import BreakerStats
 
-__all__ = ["Group", "Result", "Router", "replies_of"]
+__all__ = ["Group", "Result", "Router", "Scatter", "replies_of"]
 
 _REDIRECTS = 3  # MOVED/ASK followed per key per call; more means a resharding outran us
 T = TypeVar("T")
@@ -189,7 +189,7 @@ class Router:
                 results.append(replies[position:position + len(group)])
                 position += len(group)
             return results
-        return _Scatter(self, operation, groups).run()
+        return Scatter(self, operation, groups).run()
 
     # -- introspection ----------------------------------------------------------------------
 
@@ -224,11 +224,17 @@ class Router:
         self.nodes.close()
 
 
-class _Scatter:
+class Scatter:
     """One cluster batch: each group to its slot's owner, all nodes at once, following
-    MOVED (route the slot there from now on) and ASK (this once, after ASKING)."""
+    MOVED (route the slot there from now on) and ASK (this once, after ASKING).
 
-    def __init__(self, router: Router, operation: str, groups: list[Group]) -> None:
+    A read may name a ``reader``: ``reader(owner)`` is where a group goes instead of its
+    slot's owner (a replica: ``replica_served`` lists those groups), until redirected."""
+
+    def __init__(self, router: Router, operation: str, groups: list[Group],
+                 reader: Callable[[str], str] | None = None) -> None:
+        self._reader = reader
+        self.replica_served: set[int] = set()
         self._nodes = router.nodes
         self._topology = router.topology
         self._operation = operation
@@ -275,6 +281,13 @@ class _Scatter:
             except CacheUnavailableError as exc:
                 self._results[index] = exc
                 continue
+            if self._reader is not None and index not in self._redirected:
+                served = self._reader(address)
+                if served != address:
+                    self.replica_served.add(index)
+                    address = served
+            else:
+                self.replica_served.discard(index)
             by_node.setdefault(self._nodes.node(address), []).append(index)
         return [(node, indexes, [command for index in indexes for command in
                                  _asking(self._groups[index][1], index in self._asked)])

@@ -29,20 +29,19 @@ listener) is :mod:`dragonfly_cache._switchover`'s; where commands go is the rout
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from ._connections import Connections
 from ._nodes import Nodes, format_address
+from ._sentinel_answers import Answer, choose, healthy_replicas
 from ._singleflight import SingleFlight
 from .config import DragonflyConfig
 from .exceptions import CacheUnavailableError
@@ -59,30 +58,6 @@ _RECONNECT_FIRST, _RECONNECT_CAP = 0.05, 2.0  # the watcher, between sentinels
 _TICK = 0.1  # the watcher's longest wait for a message before it looks at its flags
 _PING_INTERVAL, _PONG_TIMEOUT = 1.0, 1.0  # a silent subscription is checked, as listeners do
 _LOG_EVERY = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    """What one sentinel said: the primary (None: it does not monitor the service) and
-    the configuration epoch of that view."""
-
-    sentinel: str
-    primary: str | None
-    epoch: int
-
-
-def choose(answers: Sequence[Answer]) -> Answer | None:
-    """The answer of the newest configuration: the highest epoch, then the address most
-    sentinels of that epoch name (the first such answer on a tie); None if no sentinel
-    named a primary."""
-    known = [answer for answer in answers if answer.primary is not None]
-    if not known:
-        return None
-    newest = max(answer.epoch for answer in known)
-    votes = collections.Counter(answer.primary for answer in known if answer.epoch == newest)
-    top = max(votes.values())
-    return next(answer for answer in known
-                if answer.epoch == newest and votes[answer.primary] == top)
 
 
 class Sentinel:
@@ -105,6 +80,9 @@ class Sentinel:
                              "password": config.sentinel_password}
         self._on_switch = on_switch
         self.primary: str | None = None
+        # Replica reads: the replicas the winning answer reported healthy (asked only then).
+        self.with_replicas = config.read_from_replicas
+        self.replicas: tuple[str, ...] = ()
         self._epoch = -1.0  # the configuration epoch of the primary in use
         self._newest_seen = -1  # the highest epoch any answer carried
         self.answered = 0  # sentinels that answered the last question
@@ -182,6 +160,8 @@ class Sentinel:
             if best is not None and best.primary is not None:
                 unanimous = all(answer.primary == best.primary for answer in answers)
                 self._adopt(best.primary, best.epoch, force=suspected and unanimous)
+                if self.primary == best.primary:  # not the replicas of an older primary
+                    self.replicas = best.replicas
         finally:
             self._questions.finish("ask", flight)
 
@@ -235,6 +215,7 @@ class Sentinel:
                 self.primary, self._epoch = address, epoch
                 if previous is not None:
                     self.switches += 1
+                    self.replicas = ()  # the old primary's: known again at the next ask
             if previous is not None:
                 logger.warning("Sentinel service %r: the primary is now %s (was %s)",
                                self.service, address, previous)
@@ -262,9 +243,10 @@ class Sentinel:
             with self._lock:
                 connections = self._connections.setdefault(
                     address, self._nodes.connections(address, **self._credentials))
-        located, master = connections.exchange((
+        located, master, *replicas = connections.exchange((
             ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service),
-            ("SENTINEL", "MASTER", self.service)))
+            ("SENTINEL", "MASTER", self.service),
+            *((("SENTINEL", "REPLICAS", self.service),) if self.with_replicas else ())))
         if isinstance(located, redis.ResponseError):
             raise located  # e.g. NOAUTH: the sentinel answered, but not to us
         if not located:
@@ -272,7 +254,8 @@ class Sentinel:
         fields = {} if isinstance(master, redis.ResponseError) else dict(
             zip(master[::2], master[1::2], strict=True))
         epoch = int(fields.get(b"config-epoch", 0))
-        return Answer(address, format_address(_text(located[0]), int(located[1])), epoch)
+        return Answer(address, format_address(_text(located[0]), int(located[1])), epoch,
+                      healthy_replicas(replicas[0]) if replicas else ())
 
     def _record(self, answers: list[Answer], problems: list[str]) -> None:
         with self._lock:

@@ -20,10 +20,11 @@ from collections.abc import Callable
 
 from ._coherence import weakly
 from ._fills import NEGATIVE
-from ._invalidation import Invalidation
+from ._invalidation import Invalidation, NotingTarget
 from ._journal import REAPPLY_WINDOW, Journal, Pending
 from ._l1 import L1
 from ._l2 import L2
+from ._listener import InvalidationTarget
 from ._reads import Reads
 from ._switchover import Switchover
 from .config import L1Config
@@ -57,8 +58,14 @@ class Tiers:
         # cluster replica's promotion): off only for a server known to be standalone.
         failover = l2.router.sentinel is not None or l2.router.topology.clustered is not False
         self.journal = Journal(self._replay, window=REAPPLY_WINDOW if failover else None)
+        # With replica reads, what coherence invalidates is noted first (held here: the
+        # coherence holds its target weakly).
+        self.target: InvalidationTarget = self.l1
+        if l2.replica_reads is not None:
+            l2.replica_reads.recent.timer = timer
+            self.target = NotingTarget(self.l1, l2.replica_reads.recent, l2.prefix)
         self.coherence = (None if config.invalidation == "off" else Invalidation(
-            config.invalidation, self.l1, l2, on_ready=weakly(self.journal.wake)))
+            config.invalidation, self.target, l2, on_ready=weakly(self.journal.wake)))
         if self.coherence is not None:
             self.l1.yield_interval = YIELD_INTERVAL
         l2.router.on_switch = Switchover(self.journal, self.l1, self.coherence)

@@ -46,8 +46,17 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _node_address(node: Sequence[Any], asked_host: str) -> str:
+    """``host:port`` of a node of a ``CLUSTER SLOTS`` entry (``[host, port, id, ...]``)."""
+    host = _text(node[0]) or asked_host
+    if host == "?":  # a node that does not know its own address yet
+        host = asked_host
+    return format_address(host, int(node[1]))
+
+
 class SlotMap:
-    """Slot -> primary address, from a ``CLUSTER SLOTS`` reply.
+    """Slot -> primary address (and each primary's replicas), from a ``CLUSTER SLOTS``
+    reply.
 
     Args:
         reply: the raw reply: ``[[start, end, [host, port, id, ...], replicas...], ...]``.
@@ -59,14 +68,14 @@ class SlotMap:
 
     def __init__(self, reply: Sequence[Any], asked_host: str) -> None:
         owners: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+        # Primary -> its replicas (the servers list only those not flagged failed).
+        self.replicas: dict[str, list[str]] = {}
         try:
             for entry in reply:
-                start, end, primary = int(entry[0]), int(entry[1]), entry[2]
-                host = _text(primary[0]) or asked_host
-                if host == "?":  # a node that does not know its own address yet
-                    host = asked_host
-                address = format_address(host, int(primary[1]))
+                start, end = int(entry[0]), int(entry[1])
+                address, *replicas = (_node_address(node, asked_host) for node in entry[2:])
                 owners[start:end + 1] = [address] * (end - start + 1)
+                self.replicas[address] = replicas
         except (TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"not a CLUSTER SLOTS reply: {exc}") from exc
         if len(owners) != REDIS_CLUSTER_HASH_SLOTS:
@@ -127,7 +136,7 @@ class Topology:
                                        else None if asked else config.clustered)
         self.slot_map: SlotMap | None = None
         self._stale = False  # a MOVED or a lost node: refresh the map before routing
-        self._refreshed_at = -math.inf
+        self.refreshed_at = -math.inf  # when the map was last fetched (time.monotonic)
         self.sharded = False  # the cluster has SPUBLISH/SSUBSCRIBE (Redis 7+, Dragonfly)
         # Run around the move to a slot map with a new primary (set by the router).
         self.on_switch: Callable[[Callable[[], None]], None] | None = None
@@ -184,7 +193,7 @@ class Topology:
         if slot_map is None:
             fetched: SlotMap = self._answer("map", self._fetch_map)
             return fetched
-        if not self._stale or time.monotonic() - self._refreshed_at <= _REFRESH_INTERVAL:
+        if not self._stale or time.monotonic() - self.refreshed_at <= _REFRESH_INTERVAL:
             return slot_map
         flight, leader = self._questions.claim("map")
         if not leader:
@@ -245,7 +254,7 @@ class Topology:
             self.sharded = isinstance(spublish, list) and spublish[:1] != [None]
             self._install(slot_map)
             return slot_map
-        self._refreshed_at = time.monotonic()
+        self.refreshed_at = time.monotonic()
         if self.slot_map is not None:
             return self.slot_map  # keep routing with what we had
         raise CacheUnavailableError(
@@ -259,7 +268,7 @@ class Topology:
 
         def move() -> None:
             self.slot_map, self._stale = slot_map, False
-            self._refreshed_at = time.monotonic()
+            self.refreshed_at = time.monotonic()
 
         handler = self.on_switch
         if handler is None or old is None or set(slot_map.primaries) <= set(old.primaries):

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from ._console import PROG, Console
 from ._extras import require
 from ._version import __version__
 from .config import CacheConfig
@@ -38,8 +39,6 @@ from .exceptions import CacheUnavailableError, ConfigError, MissingExtraError
 from .tiered import TieredCache
 
 __all__ = ["main"]
-
-PROG = "dragonfly-cache"
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # unhealthy / unreachable server, or the user declined
@@ -58,50 +57,25 @@ class UsageError(Exception):
     """A command-line value (or an environment default for one) is invalid; exit code 2."""
 
 
-class _Console:
-    """Writes the command's output, never letting a secret of the configuration through.
-
-    The package never puts passwords in its messages; this is the second line of defence
-    for text that comes from elsewhere (a server's error reply, a redis-py message).
-    """
-
-    def __init__(self, config: CacheConfig | None = None) -> None:
-        secrets = [] if config is None else [config.dragonfly.password, config.admin_token]
-        # Short secrets are left alone: masking every "1" or "6379" in a message (an
-        # address, an error number) would show which text is the password.
-        self._secrets = [secret for secret in secrets if secret and len(secret) >= 8]
-
-    def redact(self, text: str) -> str:
-        """``text`` with every configured secret replaced by ``***``."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def out(self, text: str) -> None:
-        """A result on stdout."""
-        print(self.redact(text), file=sys.stdout)
-
-    def error(self, text: str) -> None:
-        """One line on stderr, prefixed with the program name; newlines are folded."""
-        print(f"{PROG}: {' '.join(self.redact(text).split())}", file=sys.stderr)
-
-
 # -- commands -----------------------------------------------------------------------------
 
 
 def _cmd_ping(args: argparse.Namespace) -> int:
     """Probe the server; one line either way."""
     config = _one_shot(_load_config(args))
-    console = _Console(config)
+    console = Console(config)
     address = config.dragonfly.addresses[0]
     with TieredCache(config) as cache:
         health = cache.health()
     server = health["dragonfly"]
-    nodes = server.get("nodes")
+    nodes, sentinel = server.get("nodes"), server.get("sentinel")
+    where = f" (cluster of {len(nodes)} primaries)" if nodes is not None else ""
     if nodes is not None:  # a cluster: name it by its seeds, and count its primaries
         address = ",".join(config.dragonfly.addresses)
+    elif sentinel is not None:  # the primary the sentinels name now
+        address = sentinel.get("primary") or f"no primary of {sentinel['service']!r}"
+        where = f" (primary of Sentinel service {sentinel['service']!r})"
     if health["status"] == "healthy":
-        where = f" (cluster of {len(nodes)} primaries)" if nodes is not None else ""
         console.out(f"PONG {address} {server['server']} {server['version']}{where}")
         return EXIT_OK
     # The L2 message starts "PING on <address> failed: "; the line already names both.
@@ -114,7 +88,7 @@ def _cmd_ping(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     """Print ``health()`` as JSON; exit 1 when unhealthy."""
     config = _one_shot(_load_config(args))
-    console = _Console(config)
+    console = Console(config)
     with TieredCache(config) as cache:
         health = cache.health()
     console.out(json.dumps(health, indent=2, default=str))
@@ -126,7 +100,7 @@ def _cmd_invalidate(args: argparse.Namespace) -> int:
     needs a yes on the terminal, or ``--yes``. Not :func:`_one_shot`: the removal must be
     announced to the running caches' L1."""
     config = _load_config(args)
-    console = _Console(config)
+    console = Console(config)
     pattern: str = args.pattern
     if pattern[0] in "*?[" and not args.yes:  # no literal prefix ("\\*" is literal)
         where = (f"prefix {config.key_prefix!r} on {config.dragonfly.addresses[0]} "
@@ -171,7 +145,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         os.execvp(sys.executable, argv)  # noqa: S606 - our own interpreter, fixed argv
     except OSError as exc:
-        _Console().error(f"cannot start gunicorn: {exc}")
+        Console().error(f"cannot start gunicorn: {exc}")
         return EXIT_FAILURE
 
 
@@ -393,8 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(args)
         except (ConfigError, UsageError, MissingExtraError) as exc:
             # One line: the variable or key (never a secret's value), or the install line.
-            _Console().error(f"error: {exc}")
+            Console().error(f"error: {exc}")
             return EXIT_USAGE
         except KeyboardInterrupt:
-            _Console().error("interrupted")
+            Console().error("interrupted")
             return 130

@@ -61,6 +61,7 @@ class DragonflyConfig:
     sentinel_master: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
     sentinel_username: str | None = field(default=None, repr=False)
+    read_from_replicas: bool = False
 
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("addresses", "DRAGONFLY_ADDRESSES", v.addresses,
@@ -106,6 +107,9 @@ class DragonflyConfig:
                "the sentinels' own AUTH password; never logged"),
         Option("sentinel_username", "DRAGONFLY_SENTINEL_USERNAME", v.secret,
                "the sentinels' own ACL user (with sentinel_password); never logged"),
+        Option("read_from_replicas", "DRAGONFLY_READ_FROM_REPLICAS", v.boolean,
+               "L2 reads that fill L1 may go to a replica (the sentinels' replicas, or the "
+               "slot's replica in a cluster); writes, locks and scripts stay on primaries"),
     )
 
     def __post_init__(self) -> None:
@@ -126,6 +130,7 @@ class DragonflyConfig:
             raise ConfigError("DRAGONFLY_TLS_CERT_FILE and DRAGONFLY_TLS_KEY_FILE "
                               "(DragonflyConfig.tls_cert_file/tls_key_file) go together")
         _check_sentinels(self)
+        _check_replica_reads(self)
 
     @property
     def clustered(self) -> bool | None:
@@ -170,6 +175,15 @@ def _check_sentinels(config: DragonflyConfig) -> None:
         raise ConfigError(
             f"{with_sentinels} and DRAGONFLY_MODE=cluster (DragonflyConfig.mode): Sentinel "
             "manages a primary and its replicas, not a cluster; choose one")
+
+
+def _check_replica_reads(config: DragonflyConfig) -> None:
+    """Replica reads need replicas to find: the sentinels', or a cluster's."""
+    if config.read_from_replicas and not config.sentinels and config.mode == "standalone":
+        raise ConfigError(
+            "DRAGONFLY_READ_FROM_REPLICAS (DragonflyConfig.read_from_replicas) is on but "
+            "DRAGONFLY_MODE is standalone without DRAGONFLY_SENTINELS: replica reads need "
+            "sentinel or cluster mode (a standalone server's replicas are not known)")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._extras import require
 
@@ -90,6 +90,11 @@ class _Families:
         self.l2_corrupt = Counter(
             "dragonfly_cache_l2_corrupt",
             "Compressed L2 values that did not decode (read as misses).", registry=None)
+        self.replica_reads = Counter(
+            "dragonfly_cache_replica_reads",
+            "Keys of fill reads with read_from_replicas, by who answered (replica, "
+            "primary, fallback: a primary after the replica failed).", ["served_by"],
+            registry=None)
         self.l2_latency = Histogram(
             "dragonfly_cache_l2_latency_seconds", "L2 command latency by operation.",
             ["operation"], buckets=_LATENCY_BUCKETS, registry=None)
@@ -152,6 +157,12 @@ _MODES = ("tracking", "pubsub", "off", "auto")  # coherence_mode's labels, 0 whe
 # master with preload_app counts): start at the neutral value, "no cache is unsubscribed".
 METRICS.coherence_subscribed.set(1)
 
+def _replicas(stats: Stats, counter: Literal["reads", "primary", "fallbacks"]) -> int:
+    """A replica-read counter (0 without read_from_replicas)."""
+    replicas = stats["l2_stats"].get("replicas")
+    return 0 if replicas is None else replicas[counter]
+
+
 # (name, how to read it from stats(), counter, labels): cumulative cache counters exported
 # as Prometheus counters.
 _COUNTERS: list[tuple[str, Callable[[Stats], float], Any, dict[str, str]]] = [
@@ -165,6 +176,12 @@ _COUNTERS: list[tuple[str, Callable[[Stats], float], Any, dict[str, str]]] = [
      {"tier": "l2", "result": "miss"}),
     ("l2_rejected", lambda s: s["l2_stats"]["rejected"], METRICS.l2_rejected, {}),
     ("l2_corrupt", lambda s: s["l2_stats"]["corrupt"], METRICS.l2_corrupt, {}),
+    ("replica_reads", lambda s: _replicas(s, "reads"), METRICS.replica_reads,
+     {"served_by": "replica"}),
+    ("replica_primary", lambda s: _replicas(s, "primary"), METRICS.replica_reads,
+     {"served_by": "primary"}),
+    ("replica_fallbacks", lambda s: _replicas(s, "fallbacks"), METRICS.replica_reads,
+     {"served_by": "fallback"}),
     ("l1_evictions", lambda s: s["l1_stats"]["evictions_by_cause"]["entries"],
      METRICS.l1_evictions, {"reason": "size"}),
     ("l1_evictions_bytes", lambda s: s["l1_stats"]["evictions_by_cause"]["bytes"],

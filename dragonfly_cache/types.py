@@ -26,6 +26,7 @@ __all__ = [
     "LoadingStats",
     "Memoized",
     "Mutex",
+    "ReplicaStats",
     "SentinelHealth",
     "SingleflightStats",
     "Stats",
@@ -107,9 +108,17 @@ class L1Stats(TypedDict):
     expirations: int  # dropped at their deadline
 
 
-class L2Stats(TypedDict):
-    """``stats()["l2_stats"]``: the shared tier."""
+class ReplicaStats(TypedDict):
+    """``stats()["l2_stats"]["replicas"]`` (with ``read_from_replicas``): the keys of fill
+    reads each kind of server answered, and the replicas known now."""
 
+    reads: int  # keys a replica answered
+    primary: int  # keys read from a primary: invalidated lately, or no usable replica
+    fallbacks: int  # keys whose replica failed, read again from the primary
+    replicas: list[str]  # the replicas known now (host:port)
+
+
+class _L2Stats(TypedDict):
     hits: int
     misses: int
     hit_rate: float
@@ -117,6 +126,12 @@ class L2Stats(TypedDict):
     errors_by_operation: dict[str, int]
     rejected: int  # calls the open circuit breaker refused without a socket attempt
     corrupt: int  # compressed values that did not decode (read as misses, among misses)
+
+
+class L2Stats(_L2Stats, total=False):
+    """``stats()["l2_stats"]``: the shared tier."""
+
+    replicas: ReplicaStats  # with read_from_replicas only
 
 
 class SingleflightStats(TypedDict):

@@ -96,6 +96,24 @@ def test_ping_a_cluster_and_a_cluster_missing_a_primary(redis_cluster: Any,
                            f"unreachable: PING on {dead.address} failed: ")
 
 
+def test_ping_names_the_primary_the_sentinels_name(redis_sentinels: Any,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: Capsys) -> None:
+    primary = redis_sentinels.primary
+    monkeypatch.setenv("DRAGONFLY_SENTINELS", ",".join(redis_sentinels.addresses))
+    monkeypatch.setenv("DRAGONFLY_SENTINEL_MASTER", redis_sentinels.service)
+    assert main(["ping"]) == 0
+    out, err = capsys.readouterr()
+    assert one_line(out) == (f"PONG {primary.address} {primary.kind} {primary.version} "
+                             f"(primary of Sentinel service {redis_sentinels.service!r})")
+    assert err == ""
+    primary.kill()  # the sentinels still name it for a few hundred ms at least
+    assert main(["ping"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert one_line(err).startswith(f"dragonfly-cache: {primary.address} unreachable: ")
+
+
 def test_ping_wrong_password_never_prints_it(auth_redis_server: RedisServer,
                                              monkeypatch: pytest.MonkeyPatch,
                                              capsys: Capsys) -> None:

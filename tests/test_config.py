@@ -520,6 +520,7 @@ FULL_ENV = {
     "DRAGONFLY_POOL_SIZE": "25",
     "DRAGONFLY_MAX_RETRIES": "0",
     "DRAGONFLY_TLS": "true",
+    "DRAGONFLY_READ_FROM_REPLICAS": "on",
     "DRAGONFLY_USERNAME": "alice",
     "DRAGONFLY_CONNECT_TIMEOUT": "500ms",
     "DRAGONFLY_SOCKET_TIMEOUT": "2",
@@ -568,6 +569,7 @@ def _assert_full_env(cfg: CacheConfig) -> None:
     assert d.tls is True
     assert d.username == "alice"
     assert d.mode == "cluster"
+    assert d.read_from_replicas is True
     assert d.connect_timeout == 0.5
     assert d.socket_timeout == 2.0
     assert d.pool_timeout == 1.5

@@ -136,8 +136,8 @@ def test_a_read_a_switch_overtook_is_a_miss() -> None:
         tiers.l1.clear()
         read = tiers.l2.get
 
-        def read_overtaken_by_a_switch(key: str, count: bool = True) -> tuple[bytes | None, int]:
-            reply = read(key, count=count)
+        def read_overtaken_by_a_switch(key: str, **options: bool) -> tuple[bytes | None, int]:
+            reply = read(key, **options)
             with tiers.journal.switching():
                 pass
             return reply

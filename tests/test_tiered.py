@@ -369,8 +369,8 @@ def test_a_fill_that_raced_a_delete_is_not_installed(cache_factory: CacheFactory
     cache._tiers.l1.invalidate(["k"])  # forget it locally so the next get goes to L2
     real_get = cache._l2.get
 
-    def get_then_race(key: str) -> Any:
-        reply = real_get(key)  # the old value is on its way back ...
+    def get_then_race(key: str, **options: Any) -> Any:
+        reply = real_get(key, **options)  # the old value is on its way back ...
         deleter = threading.Thread(target=cache.delete, args=(key,))
         deleter.start()  # ... and a delete lands before it is installed
         deleter.join()
@@ -389,8 +389,8 @@ def test_a_fill_that_raced_a_set_keeps_the_new_value(cache_factory: CacheFactory
     cache._tiers.l1.invalidate(["k"])
     real_get = cache._l2.get
 
-    def get_then_race(key: str) -> Any:
-        reply = real_get(key)
+    def get_then_race(key: str, **options: Any) -> Any:
+        reply = real_get(key, **options)
         writer = threading.Thread(target=cache.set, args=(key, b"new"))
         writer.start()
         writer.join()
