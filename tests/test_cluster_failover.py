@@ -138,6 +138,12 @@ def test_mixed_traffic_through_a_primary_failing_over_to_its_replica(
                    if key in victims_keys and at > promoted]
         assert resumed, "no write to the failed primary's slots after the promotion"
         assert min(resumed) - promoted <= 1.0, min(resumed) - promoted
+        # The window, for docs/scaling-out.md (shown with pytest -s).
+        failed = traffic.write_failures
+        last = f", the last {max(failed) - promoted:+.3f} s after the promotion" if failed else ""
+        print(f"\nfailover[{how}]: promoted {promoted - started:.3f} s after the start, first "
+              f"write there {min(resumed) - promoted:+.3f} s after the promotion, "
+              f"{len(failed)} writes failed{last}")
         # The promoted replica holds what the cache wrote there.
         assert any(replica.command("EXISTS", key) for key in victims_keys
                    if key in {k for _, k in traffic.write_successes})
