@@ -186,15 +186,16 @@ class Tracking:
                 self._away.pop(format_address(connection.host, connection.port), None)
             return
 
-    def taken(self, connection: redis.Connection) -> None:
+    def taken(self, connection: redis.Connection, armed: bool = True) -> None:
         # The socket stays registered, disarmed: armed, the reply the caller waits for
         # would wake the poller thread too (a thread switch per call: measured 0.5 futex
         # waits and one epoll_wait per get_many), and the next return arms it again.
+        # (``armed=False``: its one-shot event fired, which disarmed it already.)
         with self._lock:
             entry = self._idle.pop(connection, None)
             if entry is not None and entry[2] >= 0:
                 del self._by_fd[entry[2]]
-        if entry is not None and entry[2] >= 0 and self._epoll is not None:
+        if armed and entry is not None and entry[2] >= 0 and self._epoll is not None:
             with contextlib.suppress(OSError, ValueError):  # closed, or the poller stopped
                 self._epoll.modify(entry[2], 0)
 
@@ -370,7 +371,7 @@ class Tracking:
         try:
             if not connections.borrow(connection):
                 return
-            self.taken(connection)
+            self.taken(connection, armed=ping)  # read because it fired: disarmed
             connections.settle(connection, ping)
             connections.give_back(connection, True)  # settle() disconnected it if it failed
         finally:
