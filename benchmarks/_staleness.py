@@ -13,8 +13,10 @@ Per version v (written at ``w[v]``, when A's set returned):
                    B may see v before A's reply arrives)
     staleness[v] = first time B saw v *or a later one*, minus w[v]   (every version: how
                    long after the write B still answered something older)
-    answered[v]  = the last time B *answered* a version older than v, minus w[v] (clamped
-                   at 0): how long after the write B still served the replaced value. A
+    answered[v]  = the last time a read of B that *began* then answered a version older
+                   than v, minus w[v] (clamped at 0): how long after the write a new read
+                   could still get the replaced value (a read that began before and was
+                   then descheduled is not counted against the cache). A
                    delay can be long while nothing stale is answered: once the
                    invalidation is applied, B's reads go to L2, and the read that brings
                    the new version may itself wait (for the server, or for the CPU).
@@ -88,8 +90,9 @@ def reader_main(address: str, count: int, budget: float, ready: Event, go: Event
         reads = 0
         deadline = clock() + budget
         while True:
+            began = clock()
             value = get(KEY)
-            now = clock()  # after the read returned: when B answered it
+            now = clock()
             reads += 1
             if value is not last:  # a new object: refetched from L2, maybe a new version
                 last = value
@@ -99,8 +102,8 @@ def reader_main(address: str, count: int, budget: float, ready: Event, go: Event
                         seen[version] = now
                     if version >= count:
                         break
-            if value is not None:
-                answered[version] = now
+            if value is not None:  # a read that began then still answered this version
+                answered[version] = began
             if not reads & 1023 and now > deadline:
                 break
         conn.send((seen, answered, reads, cache.stats()["l2_stats"]))

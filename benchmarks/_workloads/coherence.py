@@ -91,9 +91,10 @@ def staleness_by_mode(ctx: Context) -> Result:
                 "tight loop through its own TieredCache), for each l1.invalidation mode and "
                 "with A a plain redis-py client doing SET (another application). In pub/sub "
                 "mode a raw writer is never heard: B keeps its first version for l1.ttl. "
-                "'old value answered, p99': how long after the write B still *answered* "
-                "an older version (the delay also counts B's own L2 read of the new one, "
-                "which may wait for the server or the CPU while nothing stale is served). "
+                "'old value answered, p99': how long after the write a read of B that "
+                "*began* then still answered an older version (the delay also counts B's "
+                "own L2 read of the new one, which may wait for the server or the CPU "
+                "while nothing stale is served). "
                 f"Load average at start: {os.getloadavg()[0]:.2f}.",
         "columns": ["mode", "writer", "delay p50", "delay p99", "old value answered, p99",
                     "versions seen"],
