@@ -4,7 +4,7 @@ and why they may leave the value we just wrote in L1.
 The server tracks a key per connection, and a write of it by any connection but the one
 that writes it with ``NOLOOP`` sends a push to every other connection that read it. Our
 own write of ``k`` on connection A (``MULTI``, the write, ``PTTL k``, ``EXEC``:
-:func:`~dragonfly_cache._tracking.tracked`) therefore sends pushes to our *other* pooled
+:func:`tracked`) therefore sends pushes to our *other* pooled
 connections that had read ``k``, and applied blindly they drop the value the write just
 put in L1: one extra L2 miss after nearly every write (issue 15). Three rules make those
 pushes harmless without ever letting another client's write go unheard.
@@ -37,10 +37,19 @@ also ends A's tracking of the key silently. So after every such write (its reply
 its failure) the owned entries of its keys are dropped, and writes of them in flight may
 no longer own what they install: exactly what the push NOLOOP spared A would have done.
 Tracked writes need nothing: they read the key back (A tracks it again) and their ticket
-replaces or drops the entry.
+replaces or drops the entry (a load's ``SET NX`` that skips a stamped key stores only where
+the key had gone, a change A is told of).
 
-Everything else is as before: a lost tracked connection flushes L1 (so no owned entry
-outlives its owner's tracking unnoticed for longer than the poller takes to see the loss),
+Most of those pushes need not be sent at all: a write prefers the connection that owns
+its key when it is idle (:meth:`OwnWrites.preferred`, asked by the pool as the writing
+thread takes a connection); written there, NOLOOP spares A its push, and the others
+stopped tracking the key with the push of an earlier write unless they read it since
+(rare while L1 answers it).
+
+Everything else is as before: a lost tracked connection flushes L1 (so an owned entry
+outlives its owner's tracking only until the loss is seen: at once for a closed socket,
+within the PING interval and socket timeout for one that died silently, as any tracked
+entry),
 a write that loses a race with another write of the key drops it (the ticket rule), and
 nothing here ever installs a value: the rules only decide whether a push removes one.
 Writes of several keys at once, and clusters (where a write can be redirected), keep the
