@@ -31,7 +31,7 @@ import redis
 
 from ._coherence import Coherence
 from ._flushwatch import FlushWatch
-from ._l1 import L1, Entry, Ticket
+from ._l1 import L1, Ticket
 from ._l2 import L2
 from ._listener import CONNECTING, DOWN, STOPPED, SUBSCRIBED, InvalidationTarget, state_changed
 from ._ownwrites import NO_FLIGHT, Flight, NoFlight
@@ -120,14 +120,14 @@ class NotingTarget:
     def __init__(self, l1: L1, recent: Recent, prefix: str) -> None:
         self._l1, self._recent, self._prefix = l1, recent, prefix
 
-    def invalidate(self, keys: Iterable[str], *, keep: Mapping[str, Entry] | None = None,
+    def invalidate(self, keys: Iterable[str], *, keep: Mapping[str, float] | None = None,
                    spare: Mapping[str, Ticket] | None = None) -> None:
         keys = list(keys)
         self._recent.note([self._prefix + key for key in keys])
         self._l1.invalidate(keys, keep=keep, spare=spare)
 
-    def holds(self, key: str, entry: Entry) -> bool:
-        return self._l1.holds(key, entry)
+    def holds(self, key: str, deadline: float | None) -> bool:
+        return self._l1.holds(key, deadline)
 
     def invalidate_matching(self, matches: Callable[[str], bool]) -> int:
         self._recent.note_all()

@@ -195,29 +195,29 @@ class L1:
 
     # -- invalidation --------------------------------------------------------------------
 
-    def invalidate(self, keys: Iterable[str], *, keep: Mapping[str, Entry] | None = None,
+    def invalidate(self, keys: Iterable[str], *, keep: Mapping[str, float] | None = None,
                    spare: Mapping[str, Ticket] | None = None) -> None:
-        """Drop ``keys`` and make racing fills of them lose; but a key's entry stays if it
-        is still the very entry ``keep`` names, and the ticket ``spare`` names for a key is
-        not stamped (own writes in tracking mode: :mod:`dragonfly_cache._ownwrites`)."""
+        """Drop ``keys`` and make racing fills lose; but an entry :meth:`holds` recognises
+        by ``keep``'s deadline stays, and ``spare``'s ticket for a key is not stamped."""
         keys = keys if isinstance(keys, list | tuple | set | frozenset) else list(keys)
         with self._lock:
             pop = self._entries.pop
-            if keep:
-                peek = self._entries.peek
-                for key in keys:
-                    kept = keep.get(key)
-                    if kept is None or peek(key) is not kept:
-                        pop(key)
-            else:
-                for key in keys:
+            for key in keys:
+                if not keep or not self._holds(key, keep.get(key)):
                     pop(key)
             self._mark_stale(keys, spare)
 
-    def holds(self, key: str, entry: Entry) -> bool:
-        """Whether ``entry`` is (this very object) the entry of ``key`` now."""
+    def holds(self, key: str, deadline: float | None) -> bool:
+        """Whether ``key``'s entry now is the one :meth:`Ticket.write` installed with this
+        very ``deadline`` object (made for that write, never put back by anyone, and held
+        by the caller: no other entry can have it), recognised without keeping the entry,
+        or its value, alive."""
         with self._lock:
-            return self._entries.peek(key) is entry
+            return self._holds(key, deadline)
+
+    def _holds(self, key: str, deadline: float | None) -> bool:
+        entry = self._entries.peek(key)
+        return deadline is not None and entry is not None and entry[1] is deadline
 
     def invalidate_matching(self, matches: Callable[[str], bool]) -> int:
         """Drop every key for which ``matches(key)`` is true; return how many were dropped."""
@@ -369,6 +369,7 @@ class Ticket:
         """
         l1 = self._l1
         installed: dict[str, Entry] = {}
+        deadline += 0.0  # an object of this write's own, which names its entries (holds())
         with l1._lock:
             lost = l1._flushed_at > self.generation
             for key, value in values.items():

@@ -25,7 +25,7 @@ import redis
 from ._glob import compile_glob
 
 if TYPE_CHECKING:
-    from ._l1 import Entry, Ticket
+    from ._l1 import Ticket
 
 __all__ = ["CONNECTING", "DOWN", "STATE_CHANGES", "STOPPED", "SUBSCRIBED", "InvalidationTarget",
            "Listener", "state_changed"]
@@ -62,10 +62,10 @@ class InvalidationTarget(Protocol):
     """What a listener acts on: the cache's L1 (``keep``, ``spare`` and :meth:`holds` serve
     own writes in tracking mode: :mod:`dragonfly_cache._ownwrites`)."""
 
-    def invalidate(self, keys: Iterable[str], *, keep: Mapping[str, Entry] | None = None,
+    def invalidate(self, keys: Iterable[str], *, keep: Mapping[str, float] | None = None,
                    spare: Mapping[str, Ticket] | None = None) -> None: ...
 
-    def holds(self, key: str, entry: Entry) -> bool: ...
+    def holds(self, key: str, deadline: float | None) -> bool: ...
 
     def invalidate_matching(self, matches: Callable[[str], bool]) -> int: ...
 

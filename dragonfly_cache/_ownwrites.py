@@ -13,11 +13,12 @@ pushes harmless without ever letting another client's write go unheard.
 transaction ran, A tracks ``k`` (the ``PTTL`` inside it read the key, and no other client
 could come between the write and that read). From then on the server sends A a push for
 *every* change of ``k`` by anyone but A, until the first such push (tracking is one-shot).
-So while L1's entry for ``k`` is still the very entry the write installed (compared by
-identity, under the L1 lock), and A is still the same live, NOLOOP socket, a push for ``k``
-arriving on another connection B is redundant: it is caused by our write itself, by a
-change older than our write (which our value supersedes), or by a change after it, for
-which A gets a push too. That push, and any push for ``k`` on A, is always applied.
+So while L1's entry for ``k`` is still the very entry the write installed (recognised by
+its deadline object, under the L1 lock: ``L1.holds``), and A is still the same live,
+NOLOOP socket, a push for ``k`` arriving on another connection B is redundant: it is
+caused by our write itself, by a change older than our write (which our value
+supersedes), or by a change after it, for which A gets a push too. That push, and any
+push for ``k`` on A, is always applied.
 
 **2. A write in flight is not spoilt by pushes from other connections**
 (:class:`Flight`). Between sending the write and reading its replies, a push for ``k``
@@ -60,7 +61,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -182,7 +183,9 @@ class OwnWrites:
         self._target = weakref.ref(l1)
         self._lock = threading.Lock()
         self._flights: dict[str, Flight] = {}
-        self._owners: dict[str, tuple[Link, Entry]] = {}
+        # key -> the owner, and the deadline object of the entry it owns (which names the
+        # entry without keeping it, or its value, alive once L1 lets it go).
+        self._owners: dict[str, tuple[Link, float]] = {}
         self._prune_at = _PRUNE_FIRST
         self._local = threading.local()  # the flight of the thread writing, if any
         self.kept = 0  # push keys that left an own write's entry, or its ticket, alone
@@ -245,7 +248,7 @@ class OwnWrites:
             if entry is None or link is None or flight.void or not (link.alive
                                                                    and link.noloop):
                 return
-            self._owners[flight.key] = (link, entry)
+            self._owners[flight.key] = (link, entry[1])
             crowded = len(self._owners) > self._prune_at
         if crowded:
             self._prune()
@@ -271,13 +274,14 @@ class OwnWrites:
                     del self._owners[key]
             self._prune_at = max(_PRUNE_FIRST, 2 * len(self._owners))
 
-    def forget(self, keys: Iterable[str]) -> None:
+    def forget(self, keys: list[str]) -> None:
         """Rule 3: an own write of ``keys`` that does not read them back has run (or
-        failed); their owned entries leave L1, and writes of them in flight own nothing."""
+        failed); their owned entries leave L1, and writes of them in flight will own
+        nothing. (Such a write's own caller drops the keys from L1 and stamps the tickets
+        out, as before: a delete does, the journal's replay does.)"""
         with self._lock:
-            doomed = [key for key in keys if self._owners.pop(key, None) is not None
-                      or key in self._flights]
-            for key in doomed:
+            doomed = [key for key in keys if self._owners.pop(key, None) is not None]
+            for key in keys:
                 flight = self._flights.get(key)
                 if flight is not None:
                     flight.void = True
@@ -291,7 +295,7 @@ class OwnWrites:
         if not self._owners and not self._flights:  # the common case: no own write around
             self._invalidate(keys)
             return
-        keep: dict[str, Entry] = {}
+        keep: dict[str, float] = {}
         spare: dict[str, Ticket] = {}
         with self._lock:
             for key in keys:
