@@ -13,6 +13,13 @@ Per version v (written at ``w[v]``, when A's set returned):
                    B may see v before A's reply arrives)
     staleness[v] = first time B saw v *or a later one*, minus w[v]   (every version: how
                    long after the write B still answered something older)
+    answered[v]  = the last time a read of B that *began* then answered a version older
+                   than v, minus w[v] (clamped at 0): how long after the write a new read
+                   could still get the replaced value (a read that began before and was
+                   then descheduled is not counted against the cache). A
+                   delay can be long while nothing stale is answered: once the
+                   invalidation is applied, B's reads go to L2, and the read that brings
+                   the new version may itself wait (for the server, or for the CPU).
 A version B never saw was overwritten before B caught up with it.
 """
 
@@ -77,23 +84,29 @@ def reader_main(address: str, count: int, budget: float, ready: Event, go: Event
         ready.set()
         go.wait()
         seen: dict[int, float] = {}
+        answered: dict[int, float] = {}  # version -> the last time a read returned it
         last: object = None
+        version = 0
         reads = 0
         deadline = clock() + budget
         while True:
+            began = clock()
             value = get(KEY)
+            now = clock()
             reads += 1
             if value is not last:  # a new object: refetched from L2, maybe a new version
                 last = value
                 if value is not None:
                     version = _decode(value)
                     if version not in seen:
-                        seen[version] = clock()
+                        seen[version] = now
                     if version >= count:
                         break
-            if not reads & 1023 and clock() > deadline:
+            if value is not None:  # a read that began then still answered this version
+                answered[version] = began
+            if not reads & 1023 and now > deadline:
                 break
-        conn.send((seen, reads, cache.stats()["l2_stats"]))
+        conn.send((seen, answered, reads, cache.stats()["l2_stats"]))
     finally:
         cache.close()
 
@@ -135,19 +148,25 @@ def measure_staleness(address: str, seconds: float, period: float, mode: str = "
         if not writer_conn.poll(budget) or not reader_conn.poll(budget):
             raise RuntimeError("a staleness process sent no result")
         written: list[float] = writer_conn.recv()
-        seen, reads, reader_l2 = reader_conn.recv()
+        seen, answered, reads, reader_l2 = reader_conn.recv()
     finally:
         for process in processes:
             process.join(5.0)
             if process.is_alive():
                 process.kill()
                 process.join()
-    return _summarise(written, seen, reads, reader_l2, period)
+    return _summarise(written, seen, answered, reads, reader_l2, period)
 
 
-def _summarise(written: list[float], seen: dict[int, float], reads: int,
-               reader_l2: dict[str, Any], period: float) -> dict[str, Any]:
+def _summarise(written: list[float], seen: dict[int, float], answered: dict[int, float],
+               reads: int, reader_l2: dict[str, Any], period: float) -> dict[str, Any]:
     count = len(written)
+    stale_answers = []
+    latest = -float("inf")  # the last time B answered a version older than v
+    for version in range(1, count + 1):
+        latest = max(latest, answered.get(version - 1, -float("inf")))
+        stale_answers.append(max(0.0, latest - written[version - 1]))
+    stale_answers.sort()
     delays, staleness = [], []
     caught_up = float("inf")  # earliest time B saw version >= v, walking v downwards
     for version in range(count, 0, -1):
@@ -169,6 +188,8 @@ def _summarise(written: list[float], seen: dict[int, float], reads: int,
         "delay_max_ms": (delays[-1] if delays else float("nan")) * 1000,
         "longest_stale_ms": staleness[-1] * 1000 if staleness else float("nan"),
         "stale_p99_ms": percentile(staleness, 99) * 1000,
+        "stale_answers_p50_ms": percentile(stale_answers, 50) * 1000,
+        "stale_answers_p99_ms": percentile(stale_answers, 99) * 1000,
         "reader_reads": reads,
         "reader_l2_lookups": int(reader_l2["hits"] + reader_l2["misses"]),
     }

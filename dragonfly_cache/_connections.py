@@ -93,6 +93,13 @@ class Tracker(Protocol):
     def returned(self, connections: Connections, connection: redis.Connection) -> None:
         """``connection`` is idle again: watch it for invalidations."""
 
+    def preferred(self) -> redis.Connection | None:
+        """The connection the calling thread should take if it is idle, if any."""
+
+    def replied(self, connection: redis.Connection) -> None:
+        """The thread that took ``connection`` read every reply it was due (and nothing
+        after them yet): called in that thread, before the connection goes back."""
+
     def dropped(self, connection: redis.Connection) -> None:
         """``connection`` was disconnected: what it tracked is no longer tracked."""
 
@@ -126,8 +133,14 @@ class Connections:
         self._closed = False  # set by close(): from then on no connection is kept
 
     def _take(self) -> redis.Connection:
+        tracker = self._tracker
+        preferred = tracker.preferred() if tracker is not None else None
         with self._lock:
-            connection = self._idle.pop() if self._idle else None
+            if preferred is not None and any(idle is preferred for idle in self._idle):
+                self._idle.remove(preferred)
+                connection: redis.Connection | None = preferred
+            else:
+                connection = self._idle.pop() if self._idle else None
         if connection is None:
             connection = self._connection_class(**self._options)
             if self._tracker is not None:
@@ -217,9 +230,13 @@ class Connections:
         if not clean:  # replies may be left unread: start afresh next time
             self.drop(connection)
         elif self._tracker is not None:
+            self._tracker.replied(connection)
             # Pushes that came with the last reply may sit in the parser's buffer, where
-            # no poll of the socket can see them: apply them now.
-            self.settle(connection)
+            # no poll of the socket can see them: apply them now. Those still in the
+            # socket wake the poller once the connection is idle (returned() arms it), so
+            # the socket is not polled here: a system call saved on every round trip.
+            if _buffered(connection):
+                self.settle(connection)
         with self._lock:
             self._idle.append(connection)
         if self._tracker is not None:
@@ -242,6 +259,13 @@ class Connections:
             if self._tracker is not None:
                 self._tracker.taken(connection)
             self.drop(connection)
+
+
+def _buffered(connection: redis.Connection) -> bool:
+    """Whether the connection's parser holds bytes not yet read as replies or pushes
+    (with a parser that cannot tell, True)."""
+    has_data = getattr(getattr(connection._parser, "_reader", None), "has_data", None)
+    return True if has_data is None else bool(has_data())
 
 
 class Packed(bytes):

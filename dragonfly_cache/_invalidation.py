@@ -25,15 +25,16 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import redis
 
 from ._coherence import Coherence
 from ._flushwatch import FlushWatch
-from ._l1 import L1
+from ._l1 import L1, Ticket
 from ._l2 import L2
 from ._listener import CONNECTING, DOWN, STOPPED, SUBSCRIBED, InvalidationTarget, state_changed
+from ._ownwrites import NO_FLIGHT, Flight, NoFlight
 from ._replicas import Recent
 from ._tracking import Tracking
 from .config import CacheConfig, L1Config
@@ -119,10 +120,14 @@ class NotingTarget:
     def __init__(self, l1: L1, recent: Recent, prefix: str) -> None:
         self._l1, self._recent, self._prefix = l1, recent, prefix
 
-    def invalidate(self, keys: Iterable[str]) -> None:
+    def invalidate(self, keys: Iterable[str], *, keep: Mapping[str, float] | None = None,
+                   spare: Mapping[str, Ticket] | None = None) -> None:
         keys = list(keys)
         self._recent.note([self._prefix + key for key in keys])
-        self._l1.invalidate(keys)
+        self._l1.invalidate(keys, keep=keep, spare=spare)
+
+    def holds(self, key: str, deadline: float | None) -> bool:
+        return self._l1.holds(key, deadline)
 
     def invalidate_matching(self, matches: Callable[[str], bool]) -> int:
         self._recent.note_all()
@@ -209,6 +214,7 @@ class Invalidation:
                 return
             self._tracking = tracking
         self._l2.tracked_writes = True
+        self._l2.untracked_write = tracking.wrote_untracked
         tracking.start()
         self._on_ready()
 
@@ -224,6 +230,14 @@ class Invalidation:
         elif self._pubsub is not None:
             self._pubsub.ensure_started()
             state_changed()  # the mode is known: the gauges say which
+
+    def own_write(self, keys: Collection[str], ticket: Ticket) -> Flight | NoFlight:
+        """What a write of ``keys`` under ``ticket`` runs in: in tracking mode, for one key
+        on a standalone server, a :class:`Flight` (see :mod:`._ownwrites`)."""
+        tracking = self._tracking
+        if tracking is None or len(keys) != 1 or self._l2.router.topology.clustered is not False:
+            return NO_FLIGHT
+        return tracking.own_write(next(iter(keys)), ticket)
 
     def follow(self) -> None:
         """The primaries changed (a failover): pub/sub listeners follow them. Tracking

@@ -184,21 +184,40 @@ class L1:
             self._live.add(ticket)
         return ticket
 
-    def _mark_stale(self, keys: Collection[str]) -> None:
-        """Make the fills of ``keys`` lose in every ticket out (the lock held)."""
+    def _mark_stale(self, keys: Collection[str],
+                    spare: Mapping[str, Ticket] | None = None) -> None:
+        """Make the fills of ``keys`` lose in every ticket out but ``spare``'s (lock held)."""
         for ticket in self._live:
-            ticket._stale.update(ticket._held.keys() & keys)
+            hit = ticket._held.keys() & keys
+            if spare and hit:
+                hit = {key for key in hit if spare.get(key) is not ticket}
+            ticket._stale.update(hit)
 
     # -- invalidation --------------------------------------------------------------------
 
-    def invalidate(self, keys: Iterable[str]) -> None:
-        """Drop ``keys`` and make racing fills of them lose."""
+    def invalidate(self, keys: Iterable[str], *, keep: Mapping[str, float] | None = None,
+                   spare: Mapping[str, Ticket] | None = None) -> None:
+        """Drop ``keys`` and make racing fills lose; but an entry :meth:`holds` recognises
+        by ``keep``'s deadline stays, and ``spare``'s ticket for a key is not stamped."""
         keys = keys if isinstance(keys, list | tuple | set | frozenset) else list(keys)
         with self._lock:
             pop = self._entries.pop
             for key in keys:
-                pop(key)
-            self._mark_stale(keys)
+                if not keep or not self._holds(key, keep.get(key)):
+                    pop(key)
+            self._mark_stale(keys, spare)
+
+    def holds(self, key: str, deadline: float | None) -> bool:
+        """Whether ``key``'s entry now is the one :meth:`Ticket.write` installed with this
+        very ``deadline`` object (made for that write, never put back by anyone, and held
+        by the caller: no other entry can have it), recognised without keeping the entry,
+        or its value, alive."""
+        with self._lock:
+            return self._holds(key, deadline)
+
+    def _holds(self, key: str, deadline: float | None) -> bool:
+        entry = self._entries.peek(key)
+        return deadline is not None and entry is not None and entry[1] is deadline
 
     def invalidate_matching(self, matches: Callable[[str], bool]) -> int:
         """Drop every key for which ``matches(key)`` is true; return how many were dropped."""
@@ -340,24 +359,29 @@ class Ticket:
                             l1._put(key, (value, deadline))
                         self._release_locked((key,))
 
-    def write(self, values: Mapping[str, bytes], deadline: float) -> None:
-        """Apply this process's own write of ``values`` to L1; release them.
+    def write(self, values: Mapping[str, bytes], deadline: float) -> dict[str, Entry]:
+        """Apply this process's own write of ``values`` to L1; release them. Returns the
+        entries it installed, by key.
 
         If another write or invalidation of a key landed while ours was in flight, we cannot
         tell which reached L2 last, so the key is dropped from L1 (the next read refetches)
         instead of installing a value that may be the older one.
         """
         l1 = self._l1
+        installed: dict[str, Entry] = {}
+        deadline += 0.0  # an object of this write's own, which names its entries (holds())
         with l1._lock:
             lost = l1._flushed_at > self.generation
             for key, value in values.items():
                 if lost or key in self._stale:
                     l1._entries.pop(key)
                 else:
-                    l1._put(key, (value, deadline))
+                    entry = installed[key] = (value, deadline)
+                    l1._put(key, entry)
             # Any other fill or write of these keys in flight now races ours: it loses.
             self._release_locked(values)
             l1._mark_stale(values)
+        return installed
 
     def release(self, keys: Iterable[str] | None) -> None:
         """Release ``keys`` (None: every key it holds) without installing anything (keys

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -21,11 +21,11 @@ from ._compression import Compression
 from ._connections import Command, Connections
 from ._glob import escape_glob
 from ._multiget import MultiGet
+from ._ownwrites import TRACKED_WRITES, exec_replies
+from ._ownwrites import tracked as track
 from ._replicas import ReplicaReads
 from ._router import Group, Result, Router, replies_of
 from ._scripts import DELETE_IF_EQUAL, INCR
-from ._tracking import TRACKED_WRITES, exec_replies
-from ._tracking import tracked as track
 from .config import DragonflyConfig, L2Config
 from .exceptions import CacheUnavailableError
 from .types import BreakerStats, L2Stats, LatencyObserver
@@ -59,6 +59,8 @@ class L2:
         self.channel = channel_name(config.db, key_prefix)
         self.channels = NodeChannels(self.channel)
         self.tracked_writes = False  # tracking mode: writes that fill L1 also read the key
+        # Tracking mode: given the keys of each write that does not read them back (_ownwrites)
+        self.untracked_write: Callable[[list[str | bytes]], None] | None = None
         self.router = Router(config)
         # The reads that fill L1 (``replica=True``) may go to replicas (read_from_replicas).
         self.replica_reads = ReplicaReads(self.router) if config.read_from_replicas else None
@@ -192,8 +194,17 @@ class L2:
 
     def _write_to_primaries(self, operation: str, groups: list[Group], announce: str | None
                             ) -> list[list[Any]]:
-        results: list[Result]
         tracked = self.tracked_writes and operation in TRACKED_WRITES
+        untracked = None if tracked or not groups else self.untracked_write
+        try:
+            return self._send_writes(operation, groups, announce, tracked)
+        finally:
+            if untracked is not None:
+                untracked([name for name, _ in groups])
+
+    def _send_writes(self, operation: str, groups: list[Group], announce: str | None,
+                     tracked: bool) -> list[list[Any]]:
+        results: list[Result]
         if tracked:
             groups = [(name, track(name, commands)) for name, commands in groups]
         if announce is None:

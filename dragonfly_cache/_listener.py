@@ -17,12 +17,15 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
 from ._glob import compile_glob
+
+if TYPE_CHECKING:
+    from ._l1 import Ticket
 
 __all__ = ["CONNECTING", "DOWN", "STATE_CHANGES", "STOPPED", "SUBSCRIBED", "InvalidationTarget",
            "Listener", "state_changed"]
@@ -56,9 +59,13 @@ def state_changed() -> None:
 
 
 class InvalidationTarget(Protocol):
-    """What a listener acts on: the cache's L1."""
+    """What a listener acts on: the cache's L1 (``keep``, ``spare`` and :meth:`holds` serve
+    own writes in tracking mode: :mod:`dragonfly_cache._ownwrites`)."""
 
-    def invalidate(self, keys: Iterable[str]) -> None: ...
+    def invalidate(self, keys: Iterable[str], *, keep: Mapping[str, float] | None = None,
+                   spare: Mapping[str, Ticket] | None = None) -> None: ...
+
+    def holds(self, key: str, deadline: float | None) -> bool: ...
 
     def invalidate_matching(self, matches: Callable[[str], bool]) -> int: ...
 

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from ._coherence import weakly
 from ._fills import NEGATIVE
 from ._invalidation import Invalidation, NotingTarget
 from ._journal import REAPPLY_WINDOW, Journal, Pending
-from ._l1 import L1
+from ._l1 import L1, Ticket
 from ._l2 import L2
 from ._listener import InvalidationTarget
+from ._ownwrites import NO_FLIGHT, Flight, NoFlight
 from ._reads import Reads
 from ._switchover import Switchover
 from .config import L1Config
@@ -143,7 +144,7 @@ class Tiers:
                 have the old value.
         """
         self.listen()
-        with self.l1.ticket(values) as ticket:
+        with self.l1.ticket(values) as ticket, self._flight(values, ticket) as flight:
             # The server starts the key's expiry when the SET arrives; reading the clock
             # before sending keeps the L1 deadline no later than that, however slow the reply.
             start = self.l1.timer()
@@ -154,9 +155,10 @@ class Tiers:
             except BaseException as exc:
                 if isinstance(exc, CacheUnavailableError):
                     self.journal.keys(values)
+                flight.abort()
                 ticket.write(values, self.deadline(start, seconds, degraded=True))
                 raise
-            ticket.write(values, deadline)
+            flight.landed(ticket.write(values, deadline))
             self.journal.settled(values, mark)
 
     def add(self, key: str, value: bytes, seconds: float) -> bool:
@@ -167,18 +169,19 @@ class Tiers:
                 the same if L1 had none, for ``l1.degraded_ttl`` at most.
         """
         self._settle(key)
-        with self.l1.ticket([key]) as ticket:
+        with self.l1.ticket([key]) as ticket, self._flight([key], ticket) as flight:
             start = self.l1.timer()
             deadline = self.deadline(start, seconds)
             try:
                 stored = self.l2.set_if_absent(key, value, seconds, self.announce([key]))
             except CacheUnavailableError:
+                flight.abort()
                 if self.l1.peek(key) is None:
                     ticket.write({key: value}, self.deadline(start, seconds, degraded=True))
                 self.journal.keys([key])
                 raise
             if stored:
-                ticket.write({key: value}, deadline)
+                flight.landed(ticket.write({key: value}, deadline))
             return stored
 
     def incr(self, key: str, delta: int, seconds: float) -> int:
@@ -190,12 +193,13 @@ class Tiers:
                 incremented all the same, for ``l1.degraded_ttl`` at most.
         """
         self._settle(key)
-        with self.l1.ticket([key]) as ticket:
+        with self.l1.ticket([key]) as ticket, self._flight([key], ticket) as flight:
             start = self.l1.timer()
             untrusted = not self.trusted  # before the request, as fetch() does
             try:
                 value, pttl = self.l2.incr(key, delta, seconds, self.announce([key]))
             except CacheUnavailableError:
+                flight.abort()
                 current = self.l1.peek(key)
                 if current is not None and _INTEGER.fullmatch(current):
                     ticket.write({key: b"%d" % (int(current) + delta)},
@@ -203,7 +207,8 @@ class Tiers:
                 self.journal.keys([key])
                 raise
             life = pttl / 1000 if pttl >= 0 else math.inf
-            ticket.write({key: b"%d" % value}, self.deadline(start, life, degraded=untrusted))
+            flight.landed(ticket.write({key: b"%d" % value},
+                                       self.deadline(start, life, degraded=untrusted)))
             return value
 
     def touch(self, key: str, seconds: float) -> bool:
@@ -215,13 +220,14 @@ class Tiers:
                 new deadline, at most ``l1.degraded_ttl``).
         """
         self._settle(key)
-        with self.l1.ticket([key]) as ticket:
+        with self.l1.ticket([key]) as ticket, self._flight([key], ticket) as flight:
             start = self.l1.timer()
             deadline = self.deadline(start, seconds)
             current = self.l1.peek(key)
             try:
                 touched = self.l2.touch(key, seconds, self.announce([key]))
             except CacheUnavailableError:
+                flight.abort()
                 if current is not None:
                     ticket.write({key: current}, self.deadline(start, seconds, degraded=True))
                 self.journal.keys([key])
@@ -229,8 +235,13 @@ class Tiers:
             if not touched:
                 self.l1.invalidate([key])  # L2 has no such key: neither may L1
             elif current is not None:
-                ticket.write({key: current}, deadline)
+                flight.landed(ticket.write({key: current}, deadline))
             return touched
+
+    def _flight(self, keys: Collection[str], ticket: Ticket) -> Flight | NoFlight:
+        """Where an own write of ``keys`` keeps its value in L1 despite the pushes it
+        causes on our other connections (tracking mode: :mod:`._ownwrites`)."""
+        return NO_FLIGHT if self.coherence is None else self.coherence.own_write(keys, ticket)
 
     def _settle(self, key: str) -> None:
         """Before an operation that builds on L2's value of ``key`` (SET NX, INCRBY,

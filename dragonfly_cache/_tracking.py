@@ -26,23 +26,21 @@ connection, as a push frame between replies. So:
   no longer a primary (a failover: the promoted replica takes its slots), as the pub/sub
   listeners do. A push with no keys (a
   FLUSHALL or FLUSHDB) flushes L1 too.
-- Pushes go through the same door as the listener's messages (``InvalidationTarget``: the
+- Pushes go through the same door as the listener's messages (the
   L1, whose invalidations stamp tickets in flight, so a racing read never installs a value
   older than the push). Keys arrive with the key prefix; others are not ours.
 
-Own writes. A key this process only wrote is tracked by none of its connections, so every
-write that then keeps its value in L1 (set, add, incr, touch) is sent as ``MULTI``, the
-write, ``PTTL key``, ``EXEC`` (:func:`tracked`): the PTTL, a read, tracks the key on that
-connection, and inside the transaction no other client's write can come between the two.
-Our other connections that had read the key get a push for our own write: it drops the
-value we just stored from L1, costing one extra miss, never a stale read. ``NOLOOP`` spares
-the connection that wrote its own push; where a server refuses NOLOOP it is left out (the
-write's own connection then drops the value as well: an extra miss again).
+Own writes (:mod:`dragonfly_cache._ownwrites`): every write that then keeps its value in
+L1 reads its key back in the same transaction, so a key this process only wrote is tracked
+too, and each connection's pushes are applied knowing which socket (:class:`Link`) they
+came on, so that those our own writes cause on our other connections leave the value
+just written in L1 when that is provably safe.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import select
@@ -54,7 +52,8 @@ from typing import Any
 
 import redis
 
-from ._connections import PUSHED, Command, Connections
+from ._connections import PUSHED, Connections
+from ._l1 import Ticket
 from ._listener import (
     CONNECTING,
     DOWN,
@@ -65,11 +64,12 @@ from ._listener import (
     state_changed,
 )
 from ._nodes import Nodes, format_address
+from ._ownwrites import NO_FLIGHT, Flight, Link, NoFlight, OwnWrites
 from ._slots import FairSlots
 from .exceptions import CacheUnavailableError
 from .types import CoherenceStats
 
-__all__ = ["TRACKED_WRITES", "Tracking", "exec_replies", "tracked"]
+__all__ = ["Tracking"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,34 +78,6 @@ _FALLBACK_POLL = 0.01  # without epoll: how often the set of idle sockets is reb
 _LOG_EVERY = 10.0  # seconds between two warnings about lost tracked connections
 _BACKOFF_FIRST, _BACKOFF_CAP = 0.05, 2.0  # asking for the primaries after a loss
 _ONE_SHOT = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
-
-#: The write operations whose value then goes to L1, sent as :func:`tracked` writes.
-TRACKED_WRITES = frozenset({"SET", "INCR", "TOUCH"})
-
-
-def tracked(name: str | bytes, commands: list[Command]) -> list[Command]:
-    """``commands`` (writes of key ``name``) as one transaction that also reads the key,
-    so the connection that wrote it tracks it from that moment on."""
-    return [("MULTI",), *commands, ("PTTL", name), ("EXEC",)]
-
-
-def exec_replies(replies: list[Any], fail: Callable[[str], CacheUnavailableError]
-                 ) -> list[Any]:
-    """The replies of the commands a :func:`tracked` group wraps, from its replies
-    (``OK``, ``QUEUED``..., then EXEC's array, whose last item is the PTTL's).
-
-    Raises:
-        CacheUnavailableError: ``fail(reason)``, when a command failed inside the
-            transaction (an error reply there is the server's refusal, as anywhere).
-    """
-    executed = replies[-1]
-    if not isinstance(executed, list):
-        raise fail(f"EXEC answered {executed!r}")
-    for reply in executed:
-        if isinstance(reply, Exception):
-            raise fail(f"{type(reply).__name__}: {reply}")
-    return executed[:-1]
-
 
 class Tracking:
     """Tracking-mode invalidation for one cache in one process.
@@ -123,10 +95,13 @@ class Tracking:
         self._primaries = primaries
         self._away: dict[str, tuple[float, float]] = {}  # lost server -> next check, backoff
         self._target = weakref.ref(target)
+        self.own = OwnWrites(target)
         self._nodes = nodes
         self._prefix = prefix.encode()
         self._lock = threading.Lock()  # the registry of idle connections, the counters
-        self._tracked: weakref.WeakSet[redis.Connection] = weakref.WeakSet()
+        # Each tracked connection's socket now, as its pushes name it.
+        self._tracked: weakref.WeakKeyDictionary[redis.Connection, Link] = (
+            weakref.WeakKeyDictionary())
         # Idle connections: their pool, since when, their socket's descriptor (-1: none).
         self._idle: dict[redis.Connection, tuple[Connections, float, int]] = {}
         self._by_fd: dict[int, redis.Connection] = {}
@@ -185,11 +160,13 @@ class Tracking:
 
     def _connected(self, connection: redis.Connection) -> None:
         with self._lock:
-            reconnected = connection in self._tracked
-        if reconnected:  # a new socket, and nobody told us that the old one closed
+            old = self._tracked.pop(connection, None)
+        if old is not None:  # a new socket, and nobody told us that the old one closed
+            self.own.lost(old)
             self._lost(connection, "reconnected")
+        link = Link(connection, noloop=False)
         parser = connection._parser
-        parser.set_invalidation_push_handler(self._on_push)
+        parser.set_invalidation_push_handler(functools.partial(self._on_push, link))
         parser.set_pubsub_push_handler(lambda _push: PUSHED)  # none expected: skip them
         for options in ((("NOLOOP",) if self._noloop else ()), ()):
             connection.send_command("CLIENT", "TRACKING", "ON", *options, check_health=False)
@@ -203,20 +180,22 @@ class Tracking:
                 raise redis.ConnectionError(
                     f"CLIENT TRACKING ON refused ({exc}); l1.invalidation=tracking needs it "
                     "(auto picks pubsub where the server refuses it)") from exc
+            link.noloop = bool(options)
             with self._lock:
-                self._tracked.add(connection)
+                self._tracked[connection] = link
                 self._away.pop(format_address(connection.host, connection.port), None)
             return
 
-    def taken(self, connection: redis.Connection) -> None:
+    def taken(self, connection: redis.Connection, armed: bool = True) -> None:
         # The socket stays registered, disarmed: armed, the reply the caller waits for
         # would wake the poller thread too (a thread switch per call: measured 0.5 futex
         # waits and one epoll_wait per get_many), and the next return arms it again.
+        # (``armed=False``: its one-shot event fired, which disarmed it already.)
         with self._lock:
             entry = self._idle.pop(connection, None)
             if entry is not None and entry[2] >= 0:
                 del self._by_fd[entry[2]]
-        if entry is not None and entry[2] >= 0 and self._epoll is not None:
+        if armed and entry is not None and entry[2] >= 0 and self._epoll is not None:
             with contextlib.suppress(OSError, ValueError):  # closed, or the poller stopped
                 self._epoll.modify(entry[2], 0)
 
@@ -236,11 +215,21 @@ class Tracking:
             except (OSError, ValueError):  # the poller stopped and closed it
                 pass
 
+    def preferred(self) -> redis.Connection | None:
+        return self.own.preferred()
+
+    def replied(self, connection: redis.Connection) -> None:
+        if self.own.writing():  # only a thread with an own write in flight needs to know
+            with self._lock:
+                link = self._tracked.get(connection)
+            if link is not None:
+                self.own.replied(link)
+
     def dropped(self, connection: redis.Connection) -> None:
         with self._lock:
-            tracked = connection in self._tracked
-            self._tracked.discard(connection)
-        if tracked:
+            link = self._tracked.pop(connection, None)
+        if link is not None:
+            self.own.lost(link)
             self._lost(connection, "closed")
 
     def _lost(self, connection: redis.Connection, how: str) -> None:
@@ -265,8 +254,17 @@ class Tracking:
 
     # -- pushes ----------------------------------------------------------------------------
 
-    def _on_push(self, push: Any) -> object:
-        """Apply one push frame (redis-py's parser calls this, in whatever thread reads)."""
+    def own_write(self, key: str, ticket: Ticket) -> Flight | NoFlight:
+        """The :class:`Flight` of an own write of one key (see :mod:`._ownwrites`)."""
+        return self.own.flight(key, ticket) if self.state == SUBSCRIBED else NO_FLIGHT
+
+    def wrote_untracked(self, names: Iterable[str | bytes]) -> None:
+        """An own write of ``names`` (prefixed) that does not read them back has run."""
+        self.own.forget(self._ours(names))
+
+    def _on_push(self, link: Link, push: Any) -> object:
+        """Apply one push frame read on ``link`` (redis-py's parser calls this, in whatever
+        thread reads)."""
         target = self._target()
         if target is None or len(push) < 2 or push[0] not in (b"invalidate", "invalidate"):
             return PUSHED
@@ -279,7 +277,7 @@ class Tracking:
                 with self._lock:
                     self.flushes += 1
             else:
-                target.invalidate(self._ours(keys))
+                self.own.apply(link, self._ours(keys))
         except Exception:  # never break the read of the reply behind this push
             logger.exception("applying an invalidation failed; L1 flushed")
             target.clear()
@@ -290,7 +288,8 @@ class Tracking:
 
     def _ours(self, names: Iterable[Any]) -> list[str]:
         prefix, size = self._prefix, len(self._prefix)
-        return [name[size:].decode("utf-8", "replace") for name in names
+        encoded = (name.encode() if isinstance(name, str) else name for name in names)
+        return [name[size:].decode("utf-8", "replace") for name in encoded
                 if isinstance(name, bytes) and name.startswith(prefix)]
 
     # -- the poller --------------------------------------------------------------------------
@@ -372,7 +371,7 @@ class Tracking:
         try:
             if not connections.borrow(connection):
                 return
-            self.taken(connection)
+            self.taken(connection, armed=ping)  # read because it fired: disarmed
             connections.settle(connection, ping)
             connections.give_back(connection, True)  # settle() disconnected it if it failed
         finally:

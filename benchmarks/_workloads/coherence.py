@@ -3,6 +3,7 @@ was overwritten (the processes themselves live in ``_staleness.py``)."""
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from typing import Any
@@ -78,6 +79,7 @@ def staleness_by_mode(ctx: Context) -> Result:
         rows.append([mode, writer,
                      f"{fmt(result['delay_p50_ms'], 2)} ms" if heard else "never heard",
                      f"{fmt(result['delay_p99_ms'], 2)} ms" if heard else "never heard",
+                     f"{fmt(result['stale_answers_p99_ms'], 2)} ms" if heard else "-",
                      f"{result['versions_seen']}/{result['versions_written']}"])
         if mode == "tracking":
             targets.append(target(f"tracking, {writer} writer: staleness p99 ≤ 5 ms",
@@ -88,8 +90,14 @@ def staleness_by_mode(ctx: Context) -> Result:
         "note": "As cross_process_staleness (A writes a version every period, B reads in a "
                 "tight loop through its own TieredCache), for each l1.invalidation mode and "
                 "with A a plain redis-py client doing SET (another application). In pub/sub "
-                "mode a raw writer is never heard: B keeps its first version for l1.ttl.",
-        "columns": ["mode", "writer", "delay p50", "delay p99", "versions seen"],
+                "mode a raw writer is never heard: B keeps its first version for l1.ttl. "
+                "'old value answered, p99': how long after the write a read of B that "
+                "*began* then still answered an older version (the delay also counts B's "
+                "own L2 read of the new one, which may wait for the server or the CPU "
+                "while nothing stale is served). "
+                f"Load average at start: {os.getloadavg()[0]:.2f}.",
+        "columns": ["mode", "writer", "delay p50", "delay p99", "old value answered, p99",
+                    "versions seen"],
         "rows": rows, "data": data, "targets": targets,
     }
 
