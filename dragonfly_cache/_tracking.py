@@ -75,6 +75,7 @@ logger = logging.getLogger(__name__)
 
 _POLL = 0.25  # seconds between the poller's checks for stop and for connections to PING
 _FALLBACK_POLL = 0.01  # without epoll: how often the set of idle sockets is rebuilt
+_RETRY_POLL = 0.005  # seconds: how soon a connection that could not be tended is tried again
 _LOG_EVERY = 10.0  # seconds between two warnings about lost tracked connections
 _BACKOFF_FIRST, _BACKOFF_CAP = 0.05, 2.0  # asking for the primaries after a loss
 _ONE_SHOT = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
@@ -105,6 +106,8 @@ class Tracking:
         # Idle connections: their pool, since when, their socket's descriptor (-1: none).
         self._idle: dict[redis.Connection, tuple[Connections, float, int]] = {}
         self._by_fd: dict[int, redis.Connection] = {}
+        # Idle connections whose pushes wait for a free slot (the poller thread's own).
+        self._deferred: list[redis.Connection] = []
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
         self._noloop = True  # until a server refuses it
         self._stop = threading.Event()
@@ -297,7 +300,9 @@ class Tracking:
     def _run(self) -> None:
         try:
             while not self._stop.is_set() and self._target() is not None:
-                for connection in self._readable():
+                deferred, self._deferred = self._deferred, []
+                timeout = _RETRY_POLL if deferred else _POLL
+                for connection in [*deferred, *self._readable(timeout)]:
                     self._tend(connection, ping=False)
                 now = time.monotonic()
                 with self._lock:
@@ -342,10 +347,10 @@ class Tracking:
                     backoff = min(entry[1] * 2, _BACKOFF_CAP)
                     self._away[address] = (now + entry[1], backoff)
 
-    def _readable(self) -> list[redis.Connection]:
-        """Idle connections with something to read, waiting up to ``_POLL`` for one."""
+    def _readable(self, timeout: float) -> list[redis.Connection]:
+        """Idle connections with something to read, waiting up to ``timeout`` for one."""
         if self._epoll is not None:
-            events = self._epoll.poll(_POLL)
+            events = self._epoll.poll(timeout)
             with self._lock:
                 return [self._by_fd[fd] for fd, _ in events if fd in self._by_fd]
         with self._lock:  # no epoll: poll the idle sockets of now, briefly
@@ -364,9 +369,14 @@ class Tracking:
             return
         connections = entry[0]
         slots = self._slots_of(connections)
-        # No slot free: every connection is busy or about to be, and the caller that
-        # takes this one reads its pushes before its reply.
-        if slots is None or not slots.acquire(0):
+        if slots is None:
+            return
+        # No slot free: every connection is busy or about to be. A caller that takes this
+        # one reads its pushes before its reply; if none does (it took another, or gave
+        # up), its fired event is spent, so try again soon rather than at the next PING.
+        if not slots.acquire(0):
+            if not ping:
+                self._deferred.append(connection)
             return
         try:
             if not connections.borrow(connection):

@@ -348,6 +348,26 @@ def test_the_poller_keeps_the_pool_within_pool_size(cache_factory: CacheFactory,
     assert 1 <= most <= 2
 
 
+def test_a_push_that_found_every_slot_taken_is_applied_once_one_is_free(
+        cache_factory: CacheFactory, raw: redis.Redis) -> None:
+    """The poller tends an idle connection under one of its node's slots. A push that
+    arrives while every slot is held (here by the test, as by a caller that then takes
+    no connection) is applied soon after a slot is free, not at the next PING (1 s)."""
+    cache = cache_factory(key_prefix="app:", invalidation="tracking", pool_size=1)
+    raw.set("app:k", b"old")
+    in_l1(cache, "k", b"old")
+    slots = cache._l2.router.nodes.node(cache._l2.address).slots
+    assert slots.acquire(1.0)
+    try:
+        raw.set("app:k", b"new")
+        time.sleep(0.2)  # the poller's event fires now, and finds no slot
+        assert cache._tiers.l1.peek("k") is not None
+    finally:
+        slots.release()
+    assert gone_within(cache, "k", 2.0) < BOUND
+    assert cache.get("k") == b"new"
+
+
 def test_close_stops_the_poller_and_flushes(cache_factory: CacheFactory,
                                             redis_server: Any) -> None:
     cache = cache_factory(invalidation="tracking")
