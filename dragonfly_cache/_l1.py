@@ -52,8 +52,6 @@ class L1:
 
     def __init__(self, max_size: int, timer: Callable[[], float] = time.monotonic, *,
                  max_bytes: int = 2**62, max_entry_bytes: int = 2**62) -> None:
-        self.max_size = max_size
-        self.max_bytes = max_bytes
         self.timer = timer
         self._lock = threading.RLock()
         self._entries = LRU(max_size, max_bytes, max_entry_bytes)
@@ -255,9 +253,9 @@ class L1:
             evicted = entries.evicted
             return {
                 "size": len(entries),
-                "max_size": self.max_size,
+                "max_size": entries.max_entries,
                 "bytes": entries.bytes,
-                "max_bytes": self.max_bytes,
+                "max_bytes": entries.max_bytes,
                 "hits": self.hits,
                 "misses": self.misses,
                 "hit_rate": self.hits / lookups if lookups else 0.0,

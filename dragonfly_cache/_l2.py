@@ -185,22 +185,15 @@ class L2:
             CacheUnavailableError: a write or the announcement failed (a write nobody
                 heard about must be reported).
         """
-        if self.replica_reads is not None:  # read from the primary for a while
-            try:
-                return self._write_to_primaries(operation, groups, announce)
-            finally:
-                self.replica_reads.recent.note(name for name, _ in groups)
-        return self._write_to_primaries(operation, groups, announce)
-
-    def _write_to_primaries(self, operation: str, groups: list[Group], announce: str | None
-                            ) -> list[list[Any]]:
         tracked = self.tracked_writes and operation in TRACKED_WRITES
         untracked = None if tracked or not groups else self.untracked_write
         try:
             return self._send_writes(operation, groups, announce, tracked)
-        finally:
+        finally:  # sent or not, these keys may have changed
             if untracked is not None:
                 untracked([name for name, _ in groups])
+            if self.replica_reads is not None:  # read from the primary for a while
+                self.replica_reads.recent.note(name for name, _ in groups)
 
     def _send_writes(self, operation: str, groups: list[Group], announce: str | None,
                      tracked: bool) -> list[list[Any]]:

@@ -24,7 +24,7 @@ connection, as a push frame between replies. So:
   flushed (the simplest answer that cannot leave a stale entry). In a cluster the poller
   then asks for the slot map again, with backoff, until that server answers again or is
   no longer a primary (a failover: the promoted replica takes its slots), as the pub/sub
-  listeners do. A push with no keys (a
+  listeners do (:mod:`dragonfly_cache._lostservers`). A push with no keys (a
   FLUSHALL or FLUSHDB) flushes L1 too.
 - Pushes go through the same door as the listener's messages (the
   L1, whose invalidations stamp tickets in flight, so a racing read never installs a value
@@ -63,10 +63,10 @@ from ._listener import (
     InvalidationTarget,
     state_changed,
 )
+from ._lostservers import LostServers
 from ._nodes import Nodes, format_address
 from ._ownwrites import NO_FLIGHT, Flight, Link, NoFlight, OwnWrites
 from ._slots import FairSlots
-from .exceptions import CacheUnavailableError
 from .types import CoherenceStats
 
 __all__ = ["Tracking"]
@@ -77,7 +77,6 @@ _POLL = 0.25  # seconds between the poller's checks for stop and for connections
 _FALLBACK_POLL = 0.01  # without epoll: how often the set of idle sockets is rebuilt
 _RETRY_POLL = 0.005  # seconds: how soon a connection that could not be tended is tried again
 _LOG_EVERY = 10.0  # seconds between two warnings about lost tracked connections
-_BACKOFF_FIRST, _BACKOFF_CAP = 0.05, 2.0  # asking for the primaries after a loss
 _ONE_SHOT = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
 
 class Tracking:
@@ -93,8 +92,7 @@ class Tracking:
 
     def __init__(self, target: InvalidationTarget, nodes: Nodes, prefix: str,
                  primaries: Callable[[], list[str]] | None = None) -> None:
-        self._primaries = primaries
-        self._away: dict[str, tuple[float, float]] = {}  # lost server -> next check, backoff
+        self._away = LostServers(primaries)
         self._target = weakref.ref(target)
         self.own = OwnWrites(target)
         self._nodes = nodes
@@ -186,7 +184,7 @@ class Tracking:
             link.noloop = bool(options)
             with self._lock:
                 self._tracked[connection] = link
-                self._away.pop(format_address(connection.host, connection.port), None)
+            self._away.back(format_address(connection.host, connection.port))
             return
 
     def taken(self, connection: redis.Connection, armed: bool = True) -> None:
@@ -246,9 +244,7 @@ class Tracking:
         with self._lock:
             self.flushes += 1
             self.reconnects += 1
-            if self._primaries is not None:
-                self._away[format_address(connection.host, connection.port)] = (
-                    time.monotonic(), _BACKOFF_FIRST)
+        self._away.lost(format_address(connection.host, connection.port))
         now = time.monotonic()
         if now - self._warned_at >= _LOG_EVERY:
             self._warned_at = now
@@ -311,7 +307,7 @@ class Tracking:
                 for connection in due:
                     self._tend(connection, ping=True)
                 if self._away:
-                    self._follow(now)
+                    self._away.follow(now)
         except Exception:  # a bug: say so, and stop vouching for L1
             logger.exception("the invalidation poller failed; L1 entries now live "
                              "l1.degraded_ttl at most")
@@ -323,29 +319,6 @@ class Tracking:
         finally:
             if self._epoll is not None:
                 self._epoll.close()
-
-    def _follow(self, now: float) -> None:
-        """Ask for the primaries again for each lost server that is due (see the module
-        docs): a failover moves its slots elsewhere, and routing must follow."""
-        assert self._primaries is not None  # only then is anything away
-        with self._lock:
-            due = [address for address, (when, _) in self._away.items() if when <= now]
-        if not due:
-            return
-        try:
-            primaries = set(self._primaries())
-        except CacheUnavailableError:
-            primaries = set(due)  # no answer: ask again later
-        with self._lock:
-            for address in due:
-                entry = self._away.get(address)
-                if entry is None:
-                    continue
-                if address not in primaries:  # its slots are served elsewhere now
-                    del self._away[address]
-                else:
-                    backoff = min(entry[1] * 2, _BACKOFF_CAP)
-                    self._away[address] = (now + entry[1], backoff)
 
     def _readable(self, timeout: float) -> list[redis.Connection]:
         """Idle connections with something to read, waiting up to ``timeout`` for one."""
